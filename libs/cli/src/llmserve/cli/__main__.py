@@ -1,0 +1,92 @@
+"""The `llmserve` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmserve", description="llmserve: serve LLMs over gRPC and REST.")
+    sub = p.add_subparsers(dest="command", required=True)
+    grpc_addr = os.environ.get("LLMSERVE_ROUTER_GRPC_ADDR", "127.0.0.1:50051")
+
+    up = sub.add_parser("up", help="start a whole local cluster")
+    up.add_argument("--grpc", default=grpc_addr, help="gRPC address of the router (default %(default)s)")
+    up.add_argument("--workers", type=int, default=1, help="model workers to start (default %(default)s)")
+    up.add_argument("--state-dir", default=".llmserve", help="where servers keep data and logs (default %(default)s)")
+    up.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness")
+
+    chat = sub.add_parser("chat", help="ask a question and stream the answer")
+    chat.add_argument("prompt")
+    chat.add_argument("--addr", default=grpc_addr, help="router gRPC address (default %(default)s)")
+    chat.add_argument("--model", default="", help="model name (default: the cluster's default)")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0)
+    chat.add_argument("--system", default=None, help="system message")
+
+    models = sub.add_parser("models", help="list or publish models")
+    models.add_argument("--addr", default=grpc_addr, help="router gRPC address (default %(default)s)")
+    msub = models.add_subparsers(dest="action")
+    msub.add_parser("list", help="list models (the default action)")
+    pub = msub.add_parser("publish", help="publish a model version into the store and the registry")
+    src = pub.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dir", type=Path, help="a transformers model directory")
+    src.add_argument("--gguf", type=Path, help="a GGUF file (converted to safetensors)")
+    src.add_argument("--default", action="store_true", help="the packaged SmolLM2-135M-Instruct")
+    pub.add_argument("--name", help="model name (required with --dir or --gguf)")
+    pub.add_argument("--stable", action="store_true", help="make the new version the stable one")
+    return p
+
+
+async def _publish(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from llmserve.common.catalog import ModelCatalog
+    from llmserve.common.config import CommonSettings
+    from llmserve.common.keys import RedisKeys
+    from llmserve.registry import publish
+
+    settings = CommonSettings.from_env()
+    redis = aioredis.from_url(settings.redis_url)
+    catalog = ModelCatalog(redis, RedisKeys(settings.key_prefix))
+    try:
+        if args.default:
+            record = await publish.ensure_default_model(catalog, settings.model_store)
+        elif not args.name:
+            print("error: --name is required with --dir or --gguf", file=sys.stderr)
+            return 2
+        elif args.dir:
+            record = await publish.publish_directory(catalog, settings.model_store, args.name, args.dir, make_stable=args.stable)
+        else:
+            record = await publish.publish_gguf(catalog, settings.model_store, args.name, args.gguf, make_stable=args.stable)
+    finally:
+        await redis.aclose()
+    print(f"published {record.name} v{record.version} sha256={record.sha256[:16]}... aliases={list(record.aliases)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from llmserve.cli.up import up
+
+        return up(Path(args.state_dir), args.grpc, args.workers, args.ready_timeout)
+    if args.command == "chat":
+        from llmserve.cli.chat import chat
+
+        return chat(args.addr, args.prompt, args.model, args.max_tokens, args.temperature, args.system)
+    if args.command == "models":
+        if args.action == "publish":
+            return asyncio.run(_publish(args))
+        from llmserve.cli.chat import list_models
+
+        return list_models(args.addr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""`llmserve chat` and `llmserve models`: clients of the router's gRPC API."""
+
+from __future__ import annotations
+
+import sys
+
+import grpc
+
+from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+
+def chat(addr: str, prompt: str, model: str, max_tokens: int, temperature: float, system: str | None) -> int:
+    messages = []
+    if system:
+        messages.append(common_pb2.ChatMessage(role="system", content=system))
+    messages.append(common_pb2.ChatMessage(role="user", content=prompt))
+    request = inference_pb2.GenerateRequest(
+        model=model,
+        messages=inference_pb2.ChatMessages(messages=messages),
+        sampling=common_pb2.SamplingParams(max_tokens=max_tokens, temperature=temperature),
+    )
+    with grpc.insecure_channel(addr) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        try:
+            for response in stub.GenerateStream(request, timeout=600):
+                sys.stdout.write(response.text)
+                sys.stdout.flush()
+        except grpc.RpcError as exc:
+            print(f"\nerror: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+    sys.stdout.write("\n")
+    return 0
+
+
+def list_models(addr: str) -> int:
+    with grpc.insecure_channel(addr) as channel:
+        try:
+            response = inference_pb2_grpc.InferenceStub(channel).ListModels(inference_pb2.ListModelsRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"{'MODEL':<32} {'STABLE':>6} {'VERSIONS':<16} {'WORKERS':>7}")
+    for m in response.models:
+        print(f"{m.name:<32} {m.stable_version:>6} {','.join(map(str, m.versions)):<16} {m.live_workers:>7}")
+    return 0

@@ -1,0 +1,178 @@
+"""`llmserve up`: a whole local cluster in one command.
+
+Reuses NATS and Redis when they answer at the configured URLs, otherwise starts them as children;
+publishes the default model on first run; starts every service as `python -m llmserve.<service>`;
+waits until the router is ready; restarts a service that crashes (with backoff); stops everything
+on Ctrl-C or SIGTERM, services first, then the servers it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmserve.cli import infra
+from llmserve.common.config import CommonSettings
+
+# Start order; shutdown goes in reverse.
+SERVICES = ("registry", "scheduler", "monitor", "model_worker", "router")
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Child:
+    name: str
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.started_at = time.monotonic()
+
+
+def _wait_router_ready(addr: str, children: list[Child], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            for child in children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise TimeoutError(f"the cluster was not ready within {timeout_s:.0f} s; logs are in {children[0].log_path.parent}")
+
+
+def up(state_dir: Path, grpc_addr: str, workers: int, ready_timeout_s: float) -> int:
+    settings = CommonSettings.from_env()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    servers: list[subprocess.Popen] = []
+    stop = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+
+    nats_host, nats_port = infra.host_port(settings.nats_url, 4222)
+    if infra.reachable(nats_host, nats_port):
+        print(f"NATS      {settings.nats_url} (already running)")
+    else:
+        servers.append(infra.start_nats(nats_host, nats_port, state_dir / "nats", logs / "nats-server.log"))
+        print(f"NATS      {settings.nats_url} (started, JetStream store in {state_dir / 'nats'})")
+    redis_host, redis_port = infra.host_port(settings.redis_url, 6379)
+    if infra.reachable(redis_host, redis_port):
+        print(f"Redis     {settings.redis_url} (already running)")
+    else:
+        servers.append(infra.start_redis(redis_host, redis_port, state_dir / "redis", log_file=logs / "redis-server.log"))
+        print(f"Redis     {settings.redis_url} (started, AOF in {state_dir / 'redis'})")
+
+    try:
+        record = asyncio.run(_publish_default(settings))
+        print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
+
+        env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr}
+        children: list[Child] = []
+        for service in SERVICES:
+            count = workers if service == "model_worker" else 1
+            for i in range(count):
+                name = service.replace("_", "-") + (f"-{i}" if count > 1 else "")
+                children.append(Child(name, f"llmserve.{service}", env, logs / f"{name}.log"))
+        for child in children:
+            child.start()
+        print("Starting services (logs in " + str(logs) + ") ...", flush=True)
+        _wait_router_ready(grpc_addr, children, ready_timeout_s)
+        print(f"\nllmserve is ready.\n  gRPC  {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
+        print("Press Ctrl-C to stop.", flush=True)
+        _supervise(children, lambda: stop)
+        print("\nStopping ...", flush=True)
+        _stop_children(children)
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _stop_children(locals().get("children", []))
+        return 1
+    finally:
+        for server in reversed(servers):
+            infra.stop_process(server)
+    return 0
+
+
+async def _publish_default(settings: CommonSettings):
+    import redis.asyncio as aioredis
+
+    from llmserve.common.catalog import ModelCatalog
+    from llmserve.common.keys import RedisKeys
+    from llmserve.registry.publish import ensure_default_model
+
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        return await ensure_default_model(ModelCatalog(redis, RedisKeys(settings.key_prefix)), settings.model_store)
+    finally:
+        await redis.aclose()
+
+
+def _supervise(children: list[Child], should_stop) -> None:
+    """Restarts crashed services with exponential backoff until asked to stop."""
+    while not should_stop():
+        now = time.monotonic()
+        for child in children:
+            if child.proc is None:
+                if now >= child.next_start:
+                    child.start()
+                    print(f"restarted {child.name} (restart {child.restarts})", flush=True)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            # A service that ran a while before crashing starts again from the shortest backoff.
+            if now - child.started_at > 60:
+                child.restarts = 0
+            delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
+            child.restarts += 1
+            child.next_start = now + delay
+            child.proc = None
+            print(f"{child.name} exited with code {code}; restarting in {delay:.0f} s (log: {child.log_path})", flush=True)
+        time.sleep(0.2)
+
+
+def _stop_children(children: list[Child], grace_s: float = 30.0) -> None:
+    for child in reversed(children):
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in reversed(children):
+        if child.proc is None:
+            continue
+        try:
+            child.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.proc.kill()
+            child.proc.wait(5)

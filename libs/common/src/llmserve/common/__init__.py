@@ -1,0 +1,1 @@
+"""Code shared by every llmserve service: settings, logging, NATS subjects, Redis keys, errors."""

@@ -1,0 +1,80 @@
+"""Settings shared by every service, read from the environment once in each service's main()."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+
+def env_str(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip()
+    return value or default
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def default_model_store() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "llmserve" / "models"
+
+
+DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """What every service needs to find the cluster."""
+
+    # LLMSERVE_NATS_URL (or NATS_URL): the NATS server with JetStream.
+    nats_url: str = "nats://127.0.0.1:4222"
+    # LLMSERVE_REDIS_URL (or REDIS_URL): the Redis server that holds the registry.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # LLMSERVE_SUBJECT_PREFIX: first token of every NATS subject, so clusters can share a server.
+    subject_prefix: str = "llm"
+    # LLMSERVE_KEY_PREFIX: prefix of every Redis key.
+    key_prefix: str = "llm:"
+    # LLMSERVE_MODEL_STORE: directory that holds the published model artifacts.
+    model_store: Path = default_model_store()
+    # LLMSERVE_DEFAULT_MODEL: model used when a request names none.
+    default_model: str = DEFAULT_MODEL
+    # LLMSERVE_HEARTBEAT_INTERVAL_S: seconds between heartbeats of every instance.
+    heartbeat_interval_s: float = 1.0
+    # LLMSERVE_LOG_FORMAT: "json", "console", or "auto" (console on a terminal, else JSON).
+    log_format: str = "auto"
+    # LLMSERVE_LOG_LEVEL: debug, info, warning or error.
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "CommonSettings":
+        env = os.environ if env is None else env
+        return cls(
+            nats_url=env_str(env, "LLMSERVE_NATS_URL", env_str(env, "NATS_URL", cls.nats_url)),
+            redis_url=env_str(env, "LLMSERVE_REDIS_URL", env_str(env, "REDIS_URL", cls.redis_url)),
+            subject_prefix=env_str(env, "LLMSERVE_SUBJECT_PREFIX", cls.subject_prefix),
+            key_prefix=env_str(env, "LLMSERVE_KEY_PREFIX", cls.key_prefix),
+            model_store=Path(env_str(env, "LLMSERVE_MODEL_STORE", str(default_model_store()))),
+            default_model=env_str(env, "LLMSERVE_DEFAULT_MODEL", DEFAULT_MODEL),
+            heartbeat_interval_s=env_float(env, "LLMSERVE_HEARTBEAT_INTERVAL_S", 1.0),
+            log_format=env_str(env, "LLMSERVE_LOG_FORMAT", "auto"),
+            log_level=env_str(env, "LLMSERVE_LOG_LEVEL", "info"),
+        )

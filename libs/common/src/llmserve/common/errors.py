@@ -1,0 +1,66 @@
+"""One error type that crosses service boundaries, and its mapping to gRPC and HTTP."""
+
+from __future__ import annotations
+
+import grpc
+
+from llmserve.v1 import events_pb2
+
+_GRPC = {
+    events_pb2.ERROR_CODE_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    events_pb2.ERROR_CODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    events_pb2.ERROR_CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    events_pb2.ERROR_CODE_DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    events_pb2.ERROR_CODE_INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+_HTTP = {
+    events_pb2.ERROR_CODE_INVALID_ARGUMENT: 400,
+    events_pb2.ERROR_CODE_NOT_FOUND: 404,
+    events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED: 429,
+    events_pb2.ERROR_CODE_UNAVAILABLE: 503,
+    events_pb2.ERROR_CODE_DEADLINE_EXCEEDED: 504,
+    events_pb2.ERROR_CODE_INTERNAL: 500,
+}
+
+
+class ServiceError(Exception):
+    """A failure with a status a client can act on. Raised anywhere; turned into a status in one place."""
+
+    def __init__(self, code: int, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return _GRPC.get(self.code, grpc.StatusCode.INTERNAL)
+
+    @property
+    def http_status(self) -> int:
+        return _HTTP.get(self.code, 500)
+
+    @classmethod
+    def invalid(cls, message: str) -> "ServiceError":
+        return cls(events_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> "ServiceError":
+        return cls(events_pb2.ERROR_CODE_NOT_FOUND, message)
+
+    @classmethod
+    def unavailable(cls, message: str) -> "ServiceError":
+        return cls(events_pb2.ERROR_CODE_UNAVAILABLE, message)
+
+    @classmethod
+    def deadline(cls, message: str) -> "ServiceError":
+        return cls(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, message)
+
+    @classmethod
+    def internal(cls, message: str) -> "ServiceError":
+        return cls(events_pb2.ERROR_CODE_INTERNAL, message)
+
+    def __repr__(self) -> str:
+        return f"ServiceError({events_pb2.ErrorCode.Name(self.code)}, {self.message!r})"

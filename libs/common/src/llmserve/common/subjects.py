@@ -1,0 +1,89 @@
+"""Every NATS subject and JetStream name llmserve uses. No other module builds subjects.
+
+Layout (prefix "llm" by default):
+  llm.sched.submit                      router -> scheduler, request/reply, queue group "scheduler"
+  llm.jobs.<model>.<version>.p<N>       scheduler -> workers, JetStream work queue (stream LLM_JOBS)
+  llm.work.<model>.<version>            scheduler -> workers, "a job is waiting" doorbell (core NATS)
+  llm.tokens.<request_id>               worker -> router, TokenChunk messages
+  llm.cancel.<request_id>               router -> workers, Cancel
+  llm.hb.<kind>.<instance_id>           every instance -> monitor, schedulers, routers: Heartbeat
+  llm.events.<what>                     monitor -> everyone: InstanceEvent and the like
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llmserve.v1 import common_pb2
+
+# Model names become subject tokens and consumer names: no dots, wildcards or spaces.
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Request ids become subject tokens.
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Priorities that have a queue subject, highest first: the order workers pull in.
+PRIORITIES_HIGH_FIRST = (
+    common_pb2.PRIORITY_CRITICAL,
+    common_pb2.PRIORITY_HIGH,
+    common_pb2.PRIORITY_NORMAL,
+    common_pb2.PRIORITY_LOW,
+)
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = "llm"
+
+    def __post_init__(self) -> None:
+        if not PREFIX_RE.match(self.prefix):
+            raise ValueError(f"subject prefix must be letters, digits, '-' or '_', got {self.prefix!r}")
+
+    # -- scheduler ----------------------------------------------------------------------------
+    @property
+    def submit(self) -> str:
+        return f"{self.prefix}.sched.submit"
+
+    SCHEDULER_QUEUE_GROUP = "scheduler"
+
+    # -- job queue ----------------------------------------------------------------------------
+    @property
+    def jobs_stream(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_JOBS"
+
+    @property
+    def jobs_all(self) -> str:
+        return f"{self.prefix}.jobs.>"
+
+    def jobs(self, model: str, version: int, priority: int) -> str:
+        return f"{self.prefix}.jobs.{model}.{version}.p{priority}"
+
+    def jobs_consumer(self, model: str, version: int, priority: int) -> str:
+        """Durable consumer shared by every worker of one model version and priority."""
+        return f"{model}_v{version}_p{priority}"
+
+    def doorbell(self, model: str, version: int) -> str:
+        return f"{self.prefix}.work.{model}.{version}"
+
+    # -- token path ---------------------------------------------------------------------------
+    def tokens(self, request_id: str) -> str:
+        return f"{self.prefix}.tokens.{request_id}"
+
+    def cancel(self, request_id: str) -> str:
+        return f"{self.prefix}.cancel.{request_id}"
+
+    @property
+    def cancel_all(self) -> str:
+        return f"{self.prefix}.cancel.*"
+
+    # -- control plane ------------------------------------------------------------------------
+    def heartbeat(self, kind: str, instance_id: str) -> str:
+        return f"{self.prefix}.hb.{kind}.{instance_id}"
+
+    @property
+    def heartbeat_all(self) -> str:
+        return f"{self.prefix}.hb.>"
+
+    def event(self, what: str) -> str:
+        return f"{self.prefix}.events.{what}"

@@ -1,0 +1,1 @@
+"""llmserve model worker: pulls jobs from JetStream, runs them on a model, streams tokens back."""

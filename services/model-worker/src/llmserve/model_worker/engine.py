@@ -1,0 +1,73 @@
+"""The engine interface: what the worker asks of whatever runs the model.
+
+submit() returns an async stream of outputs for one request; cancel() ends a request at the next
+decode step; stats() reports load for heartbeats. Engines run torch on their own thread, so the
+event loop (heartbeats, cancels, NATS) never waits on a forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol
+
+from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.v1 import common_pb2
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    # Unique id of the request.
+    request_id: str
+    # Prompt token ids (the chat template already applied).
+    prompt_ids: tuple[int, ...]
+    # Sampling settings, defaults applied.
+    sampling: SamplingConfig
+    # Generate exactly max_tokens, ignoring end-of-sequence (benchmarks only).
+    ignore_eos: bool = False
+
+
+@dataclass
+class EngineOutput:
+    # Token ids generated since the previous output.
+    token_ids: list[int] = field(default_factory=list)
+    # Text those tokens add (stop sequences and incomplete characters held back).
+    text: str = ""
+    # FINISH_REASON_UNSPECIFIED until the last output.
+    finish_reason: int = common_pb2.FINISH_REASON_UNSPECIFIED
+    # Set on the last output.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    # Set when finish_reason is FINISH_REASON_ERROR.
+    error: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason != common_pb2.FINISH_REASON_UNSPECIFIED
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    # Sequences the engine can run at once.
+    slots_total: int
+    # Sequences running or admitted.
+    slots_busy: int
+
+    @property
+    def slots_free(self) -> int:
+        return max(0, self.slots_total - self.slots_busy)
+
+
+class Engine(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def submit(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Starts a request; the stream ends after the output whose finish_reason is set."""
+        ...
+
+    def cancel(self, request_id: str) -> bool:
+        """Ends a request at its next decode step with FINISH_REASON_CANCELLED; False if unknown."""
+        ...
+
+    def stats(self) -> EngineStats: ...

@@ -1,0 +1,96 @@
+"""Pulling jobs from the JetStream work queue, highest priority first, without waiting on empty queues.
+
+One durable pull consumer per (model, version, priority) is shared by every worker of that version,
+so a job goes to exactly one worker. A pull asks for at most as many jobs as the worker has free
+slots, with no_wait, so an empty high-priority queue costs one round trip, not a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from llmserve.common.natsio import jobs_stream_config
+from llmserve.common.subjects import PRIORITIES_HIGH_FIRST, Subjects
+
+# Status codes JetStream answers a pull with when it has nothing (more) to give.
+_EMPTY_STATUSES = {"404", "408", "409"}
+
+
+class JobPuller:
+    def __init__(self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._stream = subjects.jobs_stream
+        self._model = model
+        self._version = version
+        self._ack_wait_s = ack_wait_s
+        self._inbox = nc.new_inbox()
+        self._replies: asyncio.Queue[Msg] = asyncio.Queue()
+        self._sub = None
+
+    async def start(self) -> None:
+        js = self._nc.jetstream()
+        try:
+            await js.stream_info(self._stream)
+        except NotFoundError:
+            # The scheduler normally creates it; a worker that starts first creates it with defaults.
+            await js.add_stream(jobs_stream_config(self._subjects, max_queued=10_000))
+        for priority in PRIORITIES_HIGH_FIRST:
+            await js.add_consumer(
+                self._stream,
+                ConsumerConfig(
+                    durable_name=self._subjects.jobs_consumer(self._model, self._version, priority),
+                    filter_subject=self._subjects.jobs(self._model, self._version, priority),
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    ack_wait=self._ack_wait_s,
+                    max_waiting=512,
+                ),
+            )
+        self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def pull(self, max_jobs: int, timeout_s: float = 2.0) -> list[Msg]:
+        """Up to max_jobs job messages, highest priority first; empty when every queue is empty."""
+        taken: list[Msg] = []
+        for priority in PRIORITIES_HIGH_FIRST:
+            if len(taken) >= max_jobs:
+                break
+            consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
+            taken.extend(await self._pull_one(consumer, max_jobs - len(taken), timeout_s))
+        return taken
+
+    async def _pull_one(self, consumer: str, batch: int, timeout_s: float) -> list[Msg]:
+        # A fresh reply subject per pull, so the "no messages" status of an earlier pull cannot end this one.
+        reply = f"{self._inbox}.{time.monotonic_ns()}"
+        request = json.dumps({"batch": batch, "no_wait": True}).encode()
+        await self._nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self._stream}.{consumer}", request, reply=reply)
+        got: list[Msg] = []
+        deadline = time.monotonic() + timeout_s
+        while len(got) < batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                msg = await asyncio.wait_for(self._replies.get(), remaining)
+            except asyncio.TimeoutError:
+                break
+            status = (msg.headers or {}).get("Status")
+            if status is None:
+                # A job. It arrives under its stream subject, not the reply subject, so it cannot
+                # be told apart from a late answer to an earlier pull; either way it is ours to run.
+                got.append(msg)
+            elif msg.subject == reply and status in _EMPTY_STATUSES:
+                break
+            # Other statuses (heartbeats, answers to earlier pulls) carry nothing to act on.
+        return got

@@ -1,0 +1,75 @@
+"""The per-request state an engine keeps between decode steps, independent of how steps are batched."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from llmserve.model_worker.engine import EngineOutput, EngineRequest
+from llmserve.model_worker.sampling import sample_next
+from llmserve.model_worker.textstream import IncrementalDetokenizer, StopMatcher
+from llmserve.v1 import common_pb2
+
+
+class Sequence:
+    """One request inside an engine: its generator, generated ids, text state and finish rule."""
+
+    def __init__(self, request: EngineRequest, tokenizer: Any, eos_ids: frozenset[int]) -> None:
+        self.request = request
+        self.eos_ids = eos_ids
+        seed = request.sampling.seed
+        # Every request has its own generator, so concurrent requests never disturb each other's draws.
+        self.generator = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
+        self.generated: list[int] = []
+        self._detok = IncrementalDetokenizer(tokenizer)
+        self._stops = StopMatcher(request.sampling.stop)
+        self.cancelled = False
+        self.finished = False
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    def _seen(self) -> torch.Tensor:
+        if self.request.sampling.repetition_penalty == 1.0:
+            return torch.empty(0, dtype=torch.long)
+        return torch.tensor([*self.request.prompt_ids, *self.generated], dtype=torch.long)
+
+    def sample(self, logits: torch.Tensor) -> int:
+        """Next token from this request's row of logits (1-D, on any device)."""
+        return sample_next(logits.float().cpu(), self.request.sampling, self._seen(), self.generator)
+
+    def append(self, token_id: int) -> EngineOutput:
+        """Records a sampled token and returns what the client gets for it."""
+        self.generated.append(token_id)
+        finish = common_pb2.FINISH_REASON_UNSPECIFIED
+        text = ""
+        if token_id in self.eos_ids and not self.request.ignore_eos:
+            finish = common_pb2.FINISH_REASON_STOP
+            text = self._stops.flush()
+        else:
+            text = self._stops.feed(self._detok.add(token_id))
+            if self._stops.matched:
+                finish = common_pb2.FINISH_REASON_STOP
+            elif len(self.generated) >= self.request.sampling.max_tokens:
+                finish = common_pb2.FINISH_REASON_LENGTH
+                text += self._stops.flush()
+        return self._output([token_id], text, finish)
+
+    def cancel_output(self) -> EngineOutput:
+        return self._output([], "", common_pb2.FINISH_REASON_CANCELLED)
+
+    def error_output(self, error: str) -> EngineOutput:
+        out = self._output([], "", common_pb2.FINISH_REASON_ERROR)
+        out.error = error
+        return out
+
+    def _output(self, token_ids: list[int], text: str, finish: int) -> EngineOutput:
+        out = EngineOutput(token_ids=token_ids, text=text, finish_reason=finish)
+        if finish != common_pb2.FINISH_REASON_UNSPECIFIED:
+            self.finished = True
+            out.prompt_tokens = len(self.request.prompt_ids)
+            out.completion_tokens = len(self.generated)
+        return out

@@ -1,0 +1,40 @@
+"""Settings of the model worker, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from llmserve.common.config import CommonSettings, env_int, env_str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    common: CommonSettings = field(default_factory=CommonSettings)
+    # LLMSERVE_WORKER_MODEL: the model this worker serves (default: LLMSERVE_DEFAULT_MODEL).
+    model: str = ""
+    # LLMSERVE_WORKER_MODEL_ALIAS: alias resolved at start ("stable"), unless a version is given.
+    model_alias: str = "stable"
+    # LLMSERVE_WORKER_MODEL_VERSION: serve this exact version instead of the alias (0 = use the alias).
+    model_version: int = 0
+    # LLMSERVE_WORKER_DEVICE: "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    # LLMSERVE_WORKER_DTYPE: "auto" (bfloat16 on CUDA, float32 on CPU), "float32", "bfloat16", "float16".
+    dtype: str = "auto"
+    # LLMSERVE_WORKER_TORCH_THREADS: intra-op threads for torch on CPU (0 = torch's default).
+    torch_threads: int = 0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerSettings":
+        env = os.environ if env is None else env
+        common = CommonSettings.from_env(env)
+        return cls(
+            common=common,
+            model=env_str(env, "LLMSERVE_WORKER_MODEL", common.default_model),
+            model_alias=env_str(env, "LLMSERVE_WORKER_MODEL_ALIAS", "stable"),
+            model_version=env_int(env, "LLMSERVE_WORKER_MODEL_VERSION", 0),
+            device=env_str(env, "LLMSERVE_WORKER_DEVICE", "auto"),
+            dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", "auto"),
+            torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", 0),
+        )

@@ -1,0 +1,233 @@
+"""The worker's NATS side: takes jobs when it has free slots, streams tokens, obeys cancels."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from llmserve.common.heartbeat import HeartbeatPublisher
+from llmserve.common.subjects import Subjects
+from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
+from llmserve.model_worker.job_puller import JobPuller
+from llmserve.model_worker.loader import LoadedModel
+from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.v1 import common_pb2, events_pb2, registry_pb2
+
+log = structlog.get_logger()
+
+# How long the pull loop sleeps when every queue is empty and no doorbell rings.
+_IDLE_WAIT_S = 0.5
+
+
+class JobRejected(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        engine: Engine,
+        loaded: LoadedModel,
+        record: registry_pb2.ModelVersion,
+        instance_id: str,
+        heartbeat_interval_s: float,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._engine = engine
+        self._loaded = loaded
+        self._record = record
+        self.instance_id = instance_id
+        self._puller = JobPuller(nc, subjects, record.name, record.version)
+        self._doorbell = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._subs: list = []
+        self._pull_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self.heartbeat = HeartbeatPublisher(
+            nc, subjects, instance_id, events_pb2.INSTANCE_KIND_WORKER, heartbeat_interval_s, self._fill_beat
+        )
+
+    def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
+        stats = self._engine.stats()
+        beat.model = self._record.name
+        beat.model_version = self._record.version
+        beat.slots_total = stats.slots_total
+        beat.slots_busy = stats.slots_busy
+        beat.ready = not self._draining
+
+    async def start(self) -> None:
+        await self._puller.start()
+
+        async def _ring(_msg: Msg) -> None:
+            self._doorbell.set()
+
+        async def _cancel(msg: Msg) -> None:
+            request = events_pb2.Cancel.FromString(msg.data)
+            if self._engine.cancel(request.request_id):
+                log.info("job_cancel_requested", request_id=request.request_id, reason=request.reason)
+
+        self._subs.append(await self._nc.subscribe(self._subjects.doorbell(self._record.name, self._record.version), cb=_ring))
+        self._subs.append(await self._nc.subscribe(self._subjects.cancel_all, cb=_cancel))
+        self._pull_task = asyncio.create_task(self._pull_loop(), name="pull-loop")
+        self.heartbeat.start()
+        await self.heartbeat.beat_once()  # announce readiness now rather than one interval later
+        log.info("worker_ready", model=self._record.name, version=self._record.version)
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Stops taking jobs, lets running ones finish within grace_s, then stops."""
+        self._draining = True
+        await self.heartbeat.beat_once()
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            await asyncio.gather(self._pull_task, return_exceptions=True)
+        if self._jobs:
+            log.info("worker_draining", running=len(self._jobs))
+            _, pending = await asyncio.wait(list(self._jobs.values()), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await self._puller.stop()
+        await self.heartbeat.stop()
+
+    # -- taking jobs --------------------------------------------------------------------------
+    async def _pull_loop(self) -> None:
+        while not self._draining:
+            free = self._engine.stats().slots_free - self._starting()
+            if free <= 0:
+                self._slot_freed.clear()
+                await _wait(self._slot_freed, _IDLE_WAIT_S)
+                continue
+            self._doorbell.clear()
+            try:
+                msgs = await self._puller.pull(free)
+            except Exception as exc:  # NATS reconnecting: try again shortly
+                log.warning("pull_failed", error=str(exc))
+                await asyncio.sleep(_IDLE_WAIT_S)
+                continue
+            if not msgs:
+                await _wait(self._doorbell, _IDLE_WAIT_S)
+                continue
+            for msg in msgs:
+                await msg.ack()
+                job = events_pb2.Job.FromString(msg.data)
+                task = asyncio.create_task(self._run_job(job), name=f"job-{job.request_id}")
+                self._jobs[job.request_id] = task
+                task.add_done_callback(lambda _t, rid=job.request_id: self._job_done(rid))
+
+    def _starting(self) -> int:
+        """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
+        return max(0, len(self._jobs) - self._engine.stats().slots_busy)
+
+    def _job_done(self, request_id: str) -> None:
+        self._jobs.pop(request_id, None)
+        self._slot_freed.set()
+
+    # -- running one job ----------------------------------------------------------------------
+    async def _run_job(self, job: events_pb2.Job) -> None:
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        seq = 0
+        try:
+            request = self._engine_request(job)
+            log.info("job_started", prompt_tokens=len(request.prompt_ids), queued_s=round(time.time() - job.submitted_at, 4))
+            async for out in self._engine.submit(request):
+                await self._publish(job, self._chunk(job, seq, out))
+                seq += 1
+            log.info("job_finished", tokens=seq)
+        except JobRejected as exc:
+            await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
+        except asyncio.CancelledError:
+            self._engine.cancel(job.request_id)
+            raise
+        except Exception as exc:
+            log.exception("job_failed")
+            await self._publish(job, self._error_chunk(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    def _engine_request(self, job: events_pb2.Job) -> EngineRequest:
+        if job.deadline and time.time() > job.deadline:
+            raise JobRejected(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
+        tokenizer = self._loaded.tokenizer
+        if job.WhichOneof("input") == "messages":
+            messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
+            try:
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:
+                raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = tokenizer(job.prompt)["input_ids"]
+        if not prompt_ids:
+            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
+        room = self._loaded.max_context - len(prompt_ids)
+        if room <= 0:
+            raise JobRejected(
+                events_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                f"the prompt has {len(prompt_ids)} tokens; the model's context is {self._loaded.max_context}",
+            )
+        s = job.sampling
+        sampling = SamplingConfig(
+            temperature=s.temperature,
+            top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
+            top_k=s.top_k,
+            seed=s.seed if s.HasField("seed") else None,
+            repetition_penalty=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
+            # Never past the model's context: the answer ends with finish_reason "length" instead.
+            max_tokens=min(s.max_tokens, room),
+            stop=tuple(s.stop),
+        )
+        return EngineRequest(request_id=job.request_id, prompt_ids=tuple(prompt_ids), sampling=sampling)
+
+    def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
+        chunk = events_pb2.TokenChunk(
+            request_id=job.request_id,
+            seq=seq,
+            text=out.text,
+            token_ids=out.token_ids,
+            final=out.finished,
+            finish_reason=out.finish_reason,
+            worker_id=self.instance_id,
+            model_version=self._record.version,
+        )
+        if out.finished:
+            chunk.usage.CopyFrom(_usage(out.prompt_tokens, out.completion_tokens))
+            if out.finish_reason == common_pb2.FINISH_REASON_ERROR:
+                chunk.error_code = events_pb2.ERROR_CODE_INTERNAL
+                chunk.error_message = out.error
+        return chunk
+
+    def _error_chunk(self, job: events_pb2.Job, seq: int, code: int, message: str) -> events_pb2.TokenChunk:
+        log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(code), error=message)
+        return events_pb2.TokenChunk(
+            request_id=job.request_id,
+            seq=seq,
+            final=True,
+            finish_reason=common_pb2.FINISH_REASON_ERROR,
+            error_code=code,
+            error_message=message,
+            worker_id=self.instance_id,
+            model_version=self._record.version,
+        )
+
+    async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
+        await self._nc.publish(job.reply_subject, chunk.SerializeToString())
+
+
+def _usage(prompt: int, completion: int) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,1 @@
+"""llmserve monitor: watches heartbeats and announces instances that come up or die."""

@@ -1,0 +1,112 @@
+"""Publishing a model: copy (or convert) the artifact into the model store, record it in Redis.
+
+The store is content-addressed (<store>/<name>/<sha256 prefix>), so publishing the same artifact
+twice reuses one directory and one version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+from llmserve.common.catalog import ModelCatalog
+from llmserve.common.modelstore import artifact_sha256, artifact_files, artifact_size
+from llmserve.v1 import registry_pb2
+
+
+def _hash_with_progress(path: Path, label: str, show: bool) -> str:
+    with tqdm(total=artifact_size(path), unit="B", unit_scale=True, desc=label, disable=not show) as bar:
+        return artifact_sha256(path, progress=bar.update)
+
+
+def _copy_with_progress(src: Path, dest: Path, show: bool) -> None:
+    with tqdm(total=artifact_size(src), unit="B", unit_scale=True, desc="copying", disable=not show) as bar:
+        for file in artifact_files(src):
+            target = dest / file.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+            bar.update(file.stat().st_size)
+
+
+async def publish_directory(
+    catalog: ModelCatalog,
+    store: Path,
+    name: str,
+    source_dir: Path,
+    source: str = "",
+    make_stable: bool = False,
+    show_progress: bool = True,
+    move: bool = False,
+) -> registry_pb2.ModelVersion:
+    """Publishes a transformers model directory; returns the new (or identical existing) version."""
+    source_dir = Path(source_dir)
+    if not (source_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{source_dir} is not a transformers model directory (no config.json)")
+    digest = _hash_with_progress(source_dir, "checksum", show_progress)
+    existing = await catalog.find(name, digest)
+    if existing is not None:
+        if move:
+            shutil.rmtree(source_dir, ignore_errors=True)
+        return existing
+    relative = f"{name}/{digest[:16]}"
+    dest = store / relative
+    if not dest.is_dir():
+        staging = store / ".staging" / uuid.uuid4().hex
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            shutil.move(str(source_dir), staging)
+        else:
+            _copy_with_progress(source_dir, staging, show_progress)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # The rename is atomic: a worker never sees a half-written artifact under its final name.
+        staging.rename(dest)
+    return await catalog.publish(name, relative, digest, source or str(source_dir), make_stable=make_stable)
+
+
+async def publish_gguf(
+    catalog: ModelCatalog,
+    store: Path,
+    name: str,
+    gguf_file: Path,
+    make_stable: bool = False,
+    show_progress: bool = True,
+) -> registry_pb2.ModelVersion:
+    """Converts a GGUF file to safetensors once (cached by the file's size and name) and publishes it."""
+    gguf_file = Path(gguf_file)
+    marker = store / ".converted" / f"{name}-{gguf_file.name}-{gguf_file.stat().st_size}.json"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        artifact = store / done["path"]
+        if artifact.is_dir() and _hash_with_progress(artifact, "checksum", show_progress) == done["sha256"]:
+            existing = await catalog.find(name, done["sha256"])
+            if existing is not None:
+                return existing
+            return await catalog.publish(name, done["path"], done["sha256"], str(gguf_file), make_stable=make_stable)
+    # Conversion needs torch and transformers: the model worker's code does it.
+    from llmserve.model_worker.convert import convert_gguf
+
+    staging = store / ".staging" / uuid.uuid4().hex
+    if show_progress:
+        print(f"converting {gguf_file.name} to safetensors (about 30 s, once)...", flush=True)
+    convert_gguf(gguf_file, staging)
+    record = await publish_directory(
+        catalog, store, name, staging, source=str(gguf_file), make_stable=make_stable, show_progress=show_progress, move=True
+    )
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"path": record.path, "sha256": record.sha256}))
+    return record
+
+
+async def ensure_default_model(catalog: ModelCatalog, store: Path, show_progress: bool = True) -> registry_pb2.ModelVersion:
+    """The packaged SmolLM2-135M-Instruct, published on first use."""
+    from llmserve.model_worker.convert import PACKAGED_MODEL_NAME, packaged_gguf
+
+    try:
+        return await catalog.get_by_alias(PACKAGED_MODEL_NAME)
+    except Exception:
+        pass
+    return await publish_gguf(catalog, store, PACKAGED_MODEL_NAME, packaged_gguf(), show_progress=show_progress)

@@ -1,0 +1,114 @@
+"""The gRPC Inference service: a thin layer over GenerationService; errors become statuses in the interceptor."""
+
+from __future__ import annotations
+
+import time
+from typing import AsyncIterator
+
+import grpc
+import structlog
+
+from llmserve.common.catalog import ModelCatalog
+from llmserve.common.liveness import LivenessTable
+from llmserve.router.generation import GenerationService
+from llmserve.router.settings import RouterSettings
+from llmserve.router.validation import build_job
+from llmserve.common.subjects import Subjects
+from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(
+        self,
+        settings: RouterSettings,
+        subjects: Subjects,
+        generation: GenerationService,
+        catalog: ModelCatalog,
+        liveness: LivenessTable,
+    ) -> None:
+        self._settings = settings
+        self._subjects = subjects
+        self._generation = generation
+        self._catalog = catalog
+        self._liveness = liveness
+
+    def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
+        remaining = context.time_remaining()
+        job = build_job(
+            request,
+            default_model=self._settings.common.default_model,
+            default_max_tokens=self._settings.default_max_tokens,
+            max_tokens_limit=self._settings.max_tokens_limit,
+            reply_subject_for=self._subjects.tokens,
+            deadline=time.time() + remaining if remaining is not None else 0.0,
+            tenant=_metadata(context, "x-tenant"),
+        )
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        return job
+
+    async def GenerateStream(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
+        job = self._job(request, context)
+        await context.send_initial_metadata((("x-request-id", job.request_id),))
+        index = 0
+        async for chunk in self._generation.stream(job):
+            if not chunk.text and not chunk.final:
+                continue  # tokens that produced no text yet (held back): nothing to show
+            response = inference_pb2.GenerateStreamResponse(
+                request_id=job.request_id,
+                index=index,
+                text=chunk.text,
+                finish_reason=chunk.finish_reason,
+                model=job.model,
+                model_version=chunk.model_version,
+            )
+            if chunk.final:
+                response.usage.CopyFrom(chunk.usage)
+            index += 1
+            yield response
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.GenerateResponse:
+        job = self._job(request, context)
+        parts: list[str] = []
+        response = inference_pb2.GenerateResponse(request_id=job.request_id, model=job.model)
+        async for chunk in self._generation.stream(job):
+            parts.append(chunk.text)
+            if chunk.final:
+                response.finish_reason = chunk.finish_reason
+                response.usage.CopyFrom(chunk.usage)
+                response.model_version = chunk.model_version
+        response.text = "".join(parts)
+        return response
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        return await list_models(self._catalog, self._liveness)
+
+
+async def list_models(catalog: ModelCatalog, liveness: LivenessTable) -> inference_pb2.ListModelsResponse:
+    response = inference_pb2.ListModelsResponse()
+    for name in await catalog.model_names():
+        versions = await catalog.versions(name)
+        try:
+            stable = await catalog.resolve(name)
+        except Exception:
+            stable = 0
+        response.models.append(
+            inference_pb2.ModelInfo(
+                name=name, stable_version=stable, versions=versions, live_workers=len(liveness.live_workers(name))
+            )
+        )
+    return response
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v if isinstance(v, str) else v.decode()
+    return ""
+
+

@@ -1,0 +1,1 @@
+"""llmserve scheduler: admits submissions, picks the model version, queues jobs on JetStream."""

@@ -1,0 +1,29 @@
+"""Deciding whether and where a submission is queued."""
+
+from __future__ import annotations
+
+import time
+
+from llmserve.common.catalog import ModelCatalog
+from llmserve.common.errors import ServiceError
+from llmserve.common.liveness import LivenessTable
+from llmserve.v1 import common_pb2, events_pb2
+
+
+async def admit(job: events_pb2.Job, catalog: ModelCatalog, liveness: LivenessTable) -> int:
+    """Returns the model version the job is queued for, or raises the reason it is not."""
+    if job.deadline and time.time() >= job.deadline:
+        raise ServiceError.deadline("deadline passed before the request was queued")
+    version = job.model_version or await catalog.resolve(job.model, job.model_alias or "stable")
+    if job.model_version:
+        await catalog.get(job.model, version)  # NOT_FOUND for an unknown version
+    if not liveness.live_workers(job.model, version):
+        raise ServiceError.unavailable(f"no live worker serves {job.model} version {version}")
+    return version
+
+
+def effective_priority(requested: int) -> int:
+    """Unset means normal; anything out of range is clamped into the defined levels."""
+    if requested == common_pb2.PRIORITY_UNSPECIFIED:
+        return common_pb2.PRIORITY_NORMAL
+    return max(common_pb2.PRIORITY_LOW, min(common_pb2.PRIORITY_CRITICAL, requested))
