@@ -7,6 +7,7 @@ transformers' generate), and it stops a cancelled request at the next decode ste
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import threading
 from typing import Any, AsyncIterator
@@ -33,6 +34,8 @@ class SerialEngine:
         self._sequences: dict[str, Sequence] = {}
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Newer transformers name the KV cache argument `cache`; older ones `past_key_values`.
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -101,7 +104,7 @@ class SerialEngine:
             if seq.cancelled:
                 self._emit(outputs, seq.cancel_output())
                 return
-            logits = self._model(input_ids=input_ids, past_key_values=cache, use_cache=True).logits[0, -1]
+            logits = self._model(input_ids=input_ids, use_cache=True, **{self._cache_arg: cache}).logits[0, -1]
             token = seq.sample(logits)
             out = seq.append(token)
             self._emit(outputs, out)

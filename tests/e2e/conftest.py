@@ -1,0 +1,18 @@
+import uuid
+
+import pytest
+
+from tests.conftest import register
+from tests.helpers.cluster import Cluster
+
+
+@pytest.fixture(scope="module")
+def real_cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
+    """Router, scheduler, monitor and one worker serving the real SmolLM2-135M-Instruct."""
+    prefix = "e" + uuid.uuid4().hex[:10]
+    register(redis_srv.url, prefix, smollm)
+    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path_factory.mktemp("logs"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -1,0 +1,135 @@
+"""Service processes for end-to-end tests, each started as `python -m llmserve.<service>`.
+
+A test cluster has its own subject and key prefix, so clusters of different tests share one NATS
+and one Redis without seeing each other.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmserve.cli import infra
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    module: str
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=self.env,
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.log_tail()}")
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Cluster:
+    nats_url: str
+    redis_url: str
+    prefix: str
+    model_store: Path
+    log_dir: Path
+    default_model: str = "SmolLM2-135M-Instruct"
+    grpc_port: int = field(default_factory=infra.free_port)
+    services: list[ServiceProcess] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def grpc_addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_")}
+        env.update(
+            LLMSERVE_NATS_URL=self.nats_url,
+            LLMSERVE_REDIS_URL=self.redis_url,
+            LLMSERVE_SUBJECT_PREFIX=self.prefix,
+            LLMSERVE_KEY_PREFIX=f"{self.prefix}:",
+            LLMSERVE_MODEL_STORE=str(self.model_store),
+            LLMSERVE_DEFAULT_MODEL=self.default_model,
+            LLMSERVE_LOG_FORMAT="json",
+            LLMSERVE_ROUTER_GRPC_ADDR=self.grpc_addr,
+            LLMSERVE_WORKER_TORCH_THREADS="1",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(self.extra_env)
+        return env
+
+    def start_service(self, module: str, name: str | None = None, **env: str) -> ServiceProcess:
+        name = name or module
+        service = ServiceProcess(name, f"llmserve.{module}", {**self.env, **env}, self.log_dir / f"{name}.log")
+        service.start()
+        self.services.append(service)
+        return service
+
+    def start(self, workers: int = 1, **worker_env: str) -> "Cluster":
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.start_service("scheduler")
+        self.start_service("monitor")
+        for i in range(workers):
+            self.start_service("model_worker", f"worker-{i}", **worker_env)
+        self.start_service("router")
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until the router reports SERVING (a worker is live); fails fast if any service dies."""
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.grpc_addr) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                for service in self.services:
+                    service.check_alive()
+                try:
+                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
+        raise TimeoutError(f"cluster not ready within {timeout_s:.0f} s\n{tails}")
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.services.clear()
