@@ -1,0 +1,56 @@
+"""`llmserve up` on free ports: starts its own NATS and Redis, publishes the model, serves, stops cleanly."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from llmserve.cli import infra
+from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+
+pytestmark = pytest.mark.e2e
+
+
+def test_up_serves_and_stops(tmp_path, model_store, smollm):
+    nats_port, redis_port, grpc_port = infra.free_port(), infra.free_port(), infra.free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_")}
+    env.update(
+        LLMSERVE_NATS_URL=f"nats://127.0.0.1:{nats_port}",
+        LLMSERVE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        LLMSERVE_MODEL_STORE=str(model_store),
+        LLMSERVE_WORKER_TORCH_THREADS="1",
+        PYTHONUNBUFFERED="1",
+    )
+    cli = Path(sys.executable).parent / "llmserve"
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [str(cli), "up", "--grpc", f"127.0.0.1:{grpc_port}", "--state-dir", str(tmp_path / "state"), "--ready-timeout", "180"],
+        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while "llmserve is ready" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, log.read_text(errors="replace")
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.25)
+        assert infra.reachable("127.0.0.1", nats_port) and infra.reachable("127.0.0.1", redis_port)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            request = inference_pb2.GenerateRequest(
+                messages=inference_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="What is the capital of France?")]),
+                sampling=common_pb2.SamplingParams(max_tokens=24),
+            )
+            text = "".join(r.text for r in inference_pb2_grpc.InferenceStub(channel).GenerateStream(request, timeout=60))
+        assert "Paris" in text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, log.read_text(errors="replace")
+    # Everything it started is gone, servers included.
+    assert not infra.reachable("127.0.0.1", grpc_port)
+    assert not infra.reachable("127.0.0.1", nats_port)
+    assert not infra.reachable("127.0.0.1", redis_port)
