@@ -102,7 +102,7 @@ class Cluster:
         self.services.append(service)
         return service
 
-    def start(self, workers: int = 1, **worker_env: str) -> "Cluster":
+    def start(self, workers: int = 1, **worker_env: str) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.start_service("scheduler")
         self.start_service("monitor")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 
 def env_str(env: Mapping[str, str], name: str, default: str) -> str:
@@ -65,7 +65,7 @@ class CommonSettings:
     log_level: str = "info"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "CommonSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CommonSettings:
         env = os.environ if env is None else env
         return cls(
             nats_url=env_str(env, "LLMSERVE_NATS_URL", env_str(env, "NATS_URL", cls.nats_url)),

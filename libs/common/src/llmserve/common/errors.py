@@ -43,23 +43,23 @@ class ServiceError(Exception):
         return _HTTP.get(self.code, 500)
 
     @classmethod
-    def invalid(cls, message: str) -> "ServiceError":
+    def invalid(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
 
     @classmethod
-    def not_found(cls, message: str) -> "ServiceError":
+    def not_found(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_NOT_FOUND, message)
 
     @classmethod
-    def unavailable(cls, message: str) -> "ServiceError":
+    def unavailable(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_UNAVAILABLE, message)
 
     @classmethod
-    def deadline(cls, message: str) -> "ServiceError":
+    def deadline(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, message)
 
     @classmethod
-    def internal(cls, message: str) -> "ServiceError":
+    def internal(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_INTERNAL, message)
 
     def __repr__(self) -> str:

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
-from llmserve.common.logging import configure_logging
+from llmserve.common.runtime import run_main
 from llmserve.model_worker.settings import WorkerSettings
+
+
+async def _run(settings: WorkerSettings) -> None:
+    # torch and transformers load only after logging is set up: their import takes seconds.
+    from llmserve.model_worker.service import run
+
+    await run(settings)
 
 
 def main() -> int:
     settings = WorkerSettings.from_env()
-    configure_logging("model-worker", settings.common.log_format, settings.common.log_level)
-    # torch and transformers load only after logging is set up: their import takes seconds.
-    from llmserve.model_worker.service import run
-
-    try:
-        asyncio.run(run(settings))
-    except KeyboardInterrupt:
-        pass
-    return 0
+    return run_main("model-worker", settings.common, lambda: _run(settings))
 
 
 if __name__ == "__main__":

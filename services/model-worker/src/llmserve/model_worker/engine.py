@@ -7,8 +7,9 @@ event loop (heartbeats, cancels, NATS) never waits on a forward pass.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol
+from typing import Protocol
 
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2

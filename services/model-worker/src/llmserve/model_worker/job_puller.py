@@ -83,7 +83,7 @@ class JobPuller:
                 break
             try:
                 msg = await asyncio.wait_for(self._replies.get(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             status = (msg.headers or {}).get("Status")
             if status is None:

@@ -10,7 +10,8 @@ import asyncio
 import inspect
 import queue
 import threading
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import structlog
 import torch

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from llmserve.common.config import CommonSettings, env_int, env_str
 
@@ -26,7 +26,7 @@ class WorkerSettings:
     torch_threads: int = 0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "WorkerSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
         env = os.environ if env is None else env
         common = CommonSettings.from_env(env)
         return cls(

@@ -6,7 +6,8 @@ emitted half-way, and a stop sequence that spans several tokens is still found.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 class IncrementalDetokenizer:

@@ -229,5 +229,5 @@ def _usage(prompt: int, completion: int) -> common_pb2.Usage:
 async def _wait(event: asyncio.Event, timeout: float) -> None:
     try:
         await asyncio.wait_for(event.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass

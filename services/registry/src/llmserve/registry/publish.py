@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llmserve.common.catalog import ModelCatalog
-from llmserve.common.modelstore import artifact_sha256, artifact_files, artifact_size
+from llmserve.common.modelstore import artifact_files, artifact_sha256, artifact_size
 from llmserve.v1 import registry_pb2
 
 

@@ -7,18 +7,12 @@ import contextlib
 import sys
 
 import grpc
-import redis.asyncio as aioredis
 import structlog
 
-from llmserve.common.catalog import ModelCatalog
 from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
 from llmserve.common.heartbeat import HeartbeatPublisher
-from llmserve.common.keys import RedisKeys
-from llmserve.common.lifecycle import new_instance_id, shutdown_event
-from llmserve.common.liveness import DEAD_AFTER_BEATS, LivenessTable
-from llmserve.common.logging import configure_logging
-from llmserve.common.natsio import connect_nats
-from llmserve.common.subjects import Subjects
+from llmserve.common.liveness import LivenessTable
+from llmserve.common.runtime import run_main, service_runtime
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
 from llmserve.router.settings import RouterSettings
@@ -46,39 +40,27 @@ async def _track_readiness(health, liveness: LivenessTable, heartbeat: Heartbeat
 
 
 async def run(settings: RouterSettings) -> None:
-    stop = shutdown_event()
-    common = settings.common
-    instance_id = new_instance_id("router")
-    structlog.contextvars.bind_contextvars(instance=instance_id)
-    subjects = Subjects(common.subject_prefix)
-    async with contextlib.AsyncExitStack() as stack:
-        redis = aioredis.from_url(common.redis_url)
-        stack.push_async_callback(redis.aclose)
-        nc = await connect_nats(common.nats_url, name=instance_id)
-        stack.push_async_callback(nc.drain)
-        liveness = LivenessTable(dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s)
-        await liveness.subscribe(nc, subjects)
+    async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_ROUTER) as rt:
+        redis = rt.connect_redis()
+        nc = await rt.connect_nats()
+        liveness = await rt.liveness(nc)
         generation = GenerationService(
             nc,
-            subjects,
+            rt.subjects,
             StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s),
         )
-        catalog = ModelCatalog(redis, RedisKeys(common.key_prefix))
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(settings, subjects, generation, catalog, liveness), server
+            InferenceServicer(settings, rt.subjects, generation, rt.catalog(redis), liveness), server
         )
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
-        port = server.add_insecure_port(settings.grpc_addr)
-        if port == 0:
+        if server.add_insecure_port(settings.grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {settings.grpc_addr}")
         await server.start()
-        heartbeat = HeartbeatPublisher(nc, subjects, instance_id, events_pb2.INSTANCE_KIND_ROUTER, common.heartbeat_interval_s)
-        heartbeat.start()
-        stack.push_async_callback(heartbeat.stop)
-        readiness = asyncio.create_task(_track_readiness(health, liveness, heartbeat, stop))
+        heartbeat = rt.start_heartbeat(nc)
+        readiness = asyncio.create_task(_track_readiness(health, liveness, heartbeat, rt.stop))
         log.info("router_listening", grpc=settings.grpc_addr)
-        await stop.wait()
+        await rt.stop.wait()
         log.info("router_stopping")
         await set_serving(health, [INFERENCE_SERVICE], False)
         # New calls are refused from here; open streams get the grace period to finish.
@@ -88,10 +70,7 @@ async def run(settings: RouterSettings) -> None:
 
 def main() -> int:
     settings = RouterSettings.from_env()
-    configure_logging("router", settings.common.log_format, settings.common.log_level)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(settings))
-    return 0
+    return run_main("router", settings.common, lambda: run(settings))
 
 
 if __name__ == "__main__":

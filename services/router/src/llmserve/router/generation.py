@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -90,7 +90,7 @@ class GenerationService:
             msg = await self._nc.request(self._subjects.submit, data, timeout=self._timeouts.submit_s)
         except NoRespondersError:
             raise ServiceError.unavailable("no scheduler is running") from None
-        except (NatsTimeoutError, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeoutError):
             raise ServiceError.unavailable("the scheduler did not answer in time") from None
         return events_pb2.SubmitReply.FromString(msg.data)
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.liveness import LivenessTable
+from llmserve.common.subjects import Subjects
 from llmserve.router.generation import GenerationService
 from llmserve.router.settings import RouterSettings
 from llmserve.router.validation import build_job
-from llmserve.common.subjects import Subjects
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
 

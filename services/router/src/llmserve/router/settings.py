@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from llmserve.common.config import CommonSettings, env_float, env_int, env_str
 
@@ -27,7 +27,7 @@ class RouterSettings:
     stall_timeout_s: float = 30.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "RouterSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RouterSettings:
         env = os.environ if env is None else env
         return cls(
             common=CommonSettings.from_env(env),

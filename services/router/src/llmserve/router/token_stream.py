@@ -27,7 +27,7 @@ class TokenStream:
         self._early: dict[int, events_pb2.TokenChunk] = {}
         self.next_seq = 0
 
-    async def open(self) -> "TokenStream":
+    async def open(self) -> TokenStream:
         async def _on_chunk(msg: Msg) -> None:
             try:
                 self._queue.put_nowait(events_pb2.TokenChunk.FromString(msg.data))
@@ -52,7 +52,7 @@ class TokenStream:
         while self.next_seq not in self._early:
             try:
                 chunk = await asyncio.wait_for(self._queue.get(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ServiceError.unavailable(f"no output from the worker for {timeout_s:.0f} s") from None
             if chunk.seq >= self.next_seq:
                 self._early[chunk.seq] = chunk

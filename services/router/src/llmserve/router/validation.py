@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.subjects import MODEL_NAME_RE, REQUEST_ID_RE

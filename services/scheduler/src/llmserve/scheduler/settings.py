@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from llmserve.common.config import CommonSettings, env_int
 
@@ -17,6 +17,6 @@ class SchedulerSettings:
     max_queued: int = 10_000
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "SchedulerSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SchedulerSettings:
         env = os.environ if env is None else env
         return cls(common=CommonSettings.from_env(env), max_queued=env_int(env, "LLMSERVE_SCHEDULER_MAX_QUEUED", 10_000))
