@@ -6,9 +6,9 @@ from tests.conftest import register
 from tests.helpers.cluster import Cluster
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def real_cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
-    """Router, scheduler, monitor and one worker serving the real SmolLM2-135M-Instruct."""
+    """Router, scheduler, monitor and one worker serving the real SmolLM2-135M-Instruct, shared by the e2e tests."""
     prefix = "e" + uuid.uuid4().hex[:10]
     register(redis_srv.url, prefix, smollm)
     cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path_factory.mktemp("logs"))

@@ -29,7 +29,7 @@ def test_up_serves_and_stops(tmp_path, model_store, smollm):
     cli = Path(sys.executable).parent / "llmserve"
     log = tmp_path / "up.log"
     proc = subprocess.Popen(
-        [str(cli), "up", "--grpc", f"127.0.0.1:{grpc_port}", "--state-dir", str(tmp_path / "state"), "--ready-timeout", "180"],
+        [str(cli), "up", "--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{infra.free_port()}", "--state-dir", str(tmp_path / "state"), "--ready-timeout", "180"],
         env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
     )
     try:

@@ -70,12 +70,17 @@ class Cluster:
     log_dir: Path
     default_model: str = "SmolLM2-135M-Instruct"
     grpc_port: int = field(default_factory=infra.free_port)
+    http_port: int = field(default_factory=infra.free_port)
     services: list[ServiceProcess] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def grpc_addr(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -89,6 +94,7 @@ class Cluster:
             LLMSERVE_DEFAULT_MODEL=self.default_model,
             LLMSERVE_LOG_FORMAT="json",
             LLMSERVE_ROUTER_GRPC_ADDR=self.grpc_addr,
+            LLMSERVE_ROUTER_HTTP_ADDR=f"127.0.0.1:{self.http_port}",
             LLMSERVE_WORKER_TORCH_THREADS="1",
             PYTHONUNBUFFERED="1",
         )

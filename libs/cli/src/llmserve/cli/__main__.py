@@ -16,6 +16,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a whole local cluster")
     up.add_argument("--grpc", default=grpc_addr, help="gRPC address of the router (default %(default)s)")
+    up.add_argument(
+        "--http",
+        default=os.environ.get("LLMSERVE_ROUTER_HTTP_ADDR", "127.0.0.1:8000"),
+        help="REST address of the router (default %(default)s)",
+    )
     up.add_argument("--workers", type=int, default=1, help="model workers to start (default %(default)s)")
     up.add_argument("--state-dir", default=".llmserve", help="where servers keep data and logs (default %(default)s)")
     up.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from llmserve.cli.up import up
 
-        return up(Path(args.state_dir), args.grpc, args.workers, args.ready_timeout)
+        return up(Path(args.state_dir), args.grpc, args.http, args.workers, args.ready_timeout)
     if args.command == "chat":
         from llmserve.cli.chat import chat
 

@@ -65,7 +65,7 @@ def _wait_router_ready(addr: str, children: list[Child], timeout_s: float) -> No
     raise TimeoutError(f"the cluster was not ready within {timeout_s:.0f} s; logs are in {children[0].log_path.parent}")
 
 
-def up(state_dir: Path, grpc_addr: str, workers: int, ready_timeout_s: float) -> int:
+def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_timeout_s: float) -> int:
     settings = CommonSettings.from_env()
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
@@ -97,7 +97,8 @@ def up(state_dir: Path, grpc_addr: str, workers: int, ready_timeout_s: float) ->
         record = asyncio.run(_publish_default(settings))
         print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
 
-        env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr}
+        env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr,
+               "LLMSERVE_ROUTER_HTTP_ADDR": http_addr}
         children: list[Child] = []
         for service in SERVICES:
             count = workers if service == "model_worker" else 1
@@ -108,7 +109,10 @@ def up(state_dir: Path, grpc_addr: str, workers: int, ready_timeout_s: float) ->
             child.start()
         print("Starting services (logs in " + str(logs) + ") ...", flush=True)
         _wait_router_ready(grpc_addr, children, ready_timeout_s)
-        print(f"\nllmserve is ready.\n  gRPC  {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
+        print("\nllmserve is ready.")
+        print(f"  gRPC        {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
+        print(f"  REST        http://{http_addr}/v1  (OpenAI API)")
+        print(f"  playground  http://{http_addr}/   docs: http://{http_addr}/docs   metrics: http://{http_addr}/metrics")
         print("Press Ctrl-C to stop.", flush=True)
         _supervise(children, lambda: stop)
         print("\nStopping ...", flush=True)

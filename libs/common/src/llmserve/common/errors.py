@@ -28,11 +28,13 @@ _HTTP = {
 class ServiceError(Exception):
     """A failure with a status a client can act on. Raised anywhere; turned into a status in one place."""
 
-    def __init__(self, code: int, message: str, retry_after_s: float | None = None) -> None:
+    def __init__(self, code: int, message: str, retry_after_s: float | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
+        # The request field at fault, for clients that show it (OpenAI's "param").
+        self.param = param
 
     @property
     def grpc_status(self) -> grpc.StatusCode:
@@ -43,8 +45,8 @@ class ServiceError(Exception):
         return _HTTP.get(self.code, 500)
 
     @classmethod
-    def invalid(cls, message: str) -> ServiceError:
-        return cls(events_pb2.ERROR_CODE_INVALID_ARGUMENT, message)
+    def invalid(cls, message: str, param: str | None = None) -> ServiceError:
+        return cls(events_pb2.ERROR_CODE_INVALID_ARGUMENT, message, param=param)
 
     @classmethod
     def not_found(cls, message: str) -> ServiceError:

@@ -15,6 +15,8 @@ from llmserve.common.liveness import LivenessTable
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
+from llmserve.router.http_server import HttpServer
+from llmserve.router.rest_api import RestBridge, create_app
 from llmserve.router.settings import RouterSettings
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
@@ -49,22 +51,27 @@ async def run(settings: RouterSettings) -> None:
             rt.subjects,
             StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s),
         )
+        catalog = rt.catalog(redis)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(settings, rt.subjects, generation, rt.catalog(redis), liveness), server
+            InferenceServicer(settings, rt.subjects, generation, catalog, liveness), server
         )
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
         if server.add_insecure_port(settings.grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {settings.grpc_addr}")
         await server.start()
+        http = HttpServer(
+            create_app(RestBridge(settings, rt.subjects, generation, catalog, liveness)), settings.http_addr, SHUTDOWN_GRACE_S
+        )
+        await http.start()
         heartbeat = rt.start_heartbeat(nc)
         readiness = asyncio.create_task(_track_readiness(health, liveness, heartbeat, rt.stop))
-        log.info("router_listening", grpc=settings.grpc_addr)
+        log.info("router_listening", grpc=settings.grpc_addr, http=settings.http_addr)
         await rt.stop.wait()
         log.info("router_stopping")
         await set_serving(health, [INFERENCE_SERVICE], False)
         # New calls are refused from here; open streams get the grace period to finish.
-        await server.stop(SHUTDOWN_GRACE_S)
+        await asyncio.gather(server.stop(SHUTDOWN_GRACE_S), http.stop())
         await readiness
 
 

@@ -18,6 +18,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.subjects import Subjects
+from llmserve.router import metrics
 from llmserve.router.token_stream import TokenStream
 from llmserve.v1 import common_pb2, events_pb2
 
@@ -50,12 +51,14 @@ class GenerationService:
             raise ServiceError.invalid(f"the request is {len(data)} bytes; this cluster accepts at most {limit}")
         return data
 
-    async def stream(self, job: events_pb2.Job) -> AsyncIterator[events_pb2.TokenChunk]:
+    async def stream(self, job: events_pb2.Job, api: str = "grpc") -> AsyncIterator[events_pb2.TokenChunk]:
         """Yields the job's chunks in order, the final one last. Error finals become ServiceError."""
         data = self.check_size(job)
         tokens = await TokenStream(self._nc, job.reply_subject).open()
         finished = False
-        started = time.monotonic()
+        outcome = "cancelled"
+        started = last = time.monotonic()
+        metrics.IN_FLIGHT.inc()
         try:
             reply = await self._submit(data)
             if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
@@ -64,17 +67,30 @@ class GenerationService:
             timeout = self._first_chunk_timeout(job)
             while True:
                 chunk = await tokens.next(timeout)
+                now = time.monotonic()
                 if tokens.next_seq == 1:
-                    log.info("first_chunk", ttft_s=round(time.monotonic() - started, 4), worker=chunk.worker_id)
+                    metrics.TIME_TO_FIRST_TOKEN.observe(now - started)
+                    log.info("first_chunk", ttft_s=round(now - started, 4), worker=chunk.worker_id)
+                else:
+                    metrics.INTER_TOKEN_LATENCY.observe(now - last)
+                last = now
                 timeout = self._timeouts.stall_s
                 if chunk.final:
                     finished = True
                     if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
                         raise ServiceError(chunk.error_code or events_pb2.ERROR_CODE_INTERNAL, chunk.error_message)
+                    outcome = "ok"
+                    metrics.GENERATED_TOKENS.inc(chunk.usage.completion_tokens)
+                    metrics.REQUEST_DURATION.observe(now - started)
                     yield chunk
                     return
                 yield chunk
+        except ServiceError as exc:
+            outcome = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
+            raise
         finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
             await tokens.close()
             if not finished:
                 # Client gone, deadline hit or stream stalled: the worker must stop spending compute on it.

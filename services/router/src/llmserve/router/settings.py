@@ -14,6 +14,8 @@ class RouterSettings:
     common: CommonSettings = field(default_factory=CommonSettings)
     # LLMSERVE_ROUTER_GRPC_ADDR: where the gRPC API listens.
     grpc_addr: str = "127.0.0.1:50051"
+    # LLMSERVE_ROUTER_HTTP_ADDR: where the REST bridge (OpenAI API, health, metrics, playground) listens.
+    http_addr: str = "127.0.0.1:8000"
     # LLMSERVE_ROUTER_DEFAULT_MAX_TOKENS: max_tokens of a request that sets none.
     default_max_tokens: int = 256
     # LLMSERVE_ROUTER_MAX_TOKENS_LIMIT: the most tokens one request may ask for.
@@ -32,6 +34,7 @@ class RouterSettings:
         return cls(
             common=CommonSettings.from_env(env),
             grpc_addr=env_str(env, "LLMSERVE_ROUTER_GRPC_ADDR", cls.grpc_addr),
+            http_addr=env_str(env, "LLMSERVE_ROUTER_HTTP_ADDR", cls.http_addr),
             default_max_tokens=env_int(env, "LLMSERVE_ROUTER_DEFAULT_MAX_TOKENS", cls.default_max_tokens),
             max_tokens_limit=env_int(env, "LLMSERVE_ROUTER_MAX_TOKENS_LIMIT", cls.max_tokens_limit),
             submit_timeout_s=env_float(env, "LLMSERVE_ROUTER_SUBMIT_TIMEOUT_S", cls.submit_timeout_s),

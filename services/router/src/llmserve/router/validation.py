@@ -24,20 +24,20 @@ def _check_sampling(s: common_pb2.SamplingParams, default_max_tokens: int, max_t
     out = common_pb2.SamplingParams()
     out.CopyFrom(s)
     if not math.isfinite(s.temperature) or not 0.0 <= s.temperature <= 2.0:
-        raise ServiceError.invalid(f"sampling.temperature must be between 0 and 2, got {s.temperature}")
+        raise ServiceError.invalid(f"sampling.temperature must be between 0 and 2, got {s.temperature}", param="temperature")
     if not math.isfinite(s.top_p) or not 0.0 <= s.top_p <= 1.0:
-        raise ServiceError.invalid(f"sampling.top_p must be between 0 and 1, got {s.top_p}")
+        raise ServiceError.invalid(f"sampling.top_p must be between 0 and 1, got {s.top_p}", param="top_p")
     if s.top_k < 0:
-        raise ServiceError.invalid(f"sampling.top_k must be 0 or more, got {s.top_k}")
+        raise ServiceError.invalid(f"sampling.top_k must be 0 or more, got {s.top_k}", param="top_k")
     if not math.isfinite(s.repetition_penalty) or s.repetition_penalty < 0:
-        raise ServiceError.invalid(f"sampling.repetition_penalty must be positive, got {s.repetition_penalty}")
+        raise ServiceError.invalid(f"sampling.repetition_penalty must be positive, got {s.repetition_penalty}", param="repetition_penalty")
     if s.max_tokens < 0 or s.max_tokens > max_tokens_limit:
-        raise ServiceError.invalid(f"sampling.max_tokens must be between 1 and {max_tokens_limit}, got {s.max_tokens}")
+        raise ServiceError.invalid(f"sampling.max_tokens must be between 1 and {max_tokens_limit}, got {s.max_tokens}", param="max_tokens")
     if len(s.stop) > MAX_STOP_SEQUENCES:
-        raise ServiceError.invalid(f"sampling.stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(s.stop)}")
+        raise ServiceError.invalid(f"sampling.stop takes at most {MAX_STOP_SEQUENCES} sequences, got {len(s.stop)}", param="stop")
     for stop in s.stop:
         if not stop or len(stop) > MAX_STOP_LENGTH:
-            raise ServiceError.invalid(f"sampling.stop sequences must be 1 to {MAX_STOP_LENGTH} characters")
+            raise ServiceError.invalid(f"sampling.stop sequences must be 1 to {MAX_STOP_LENGTH} characters", param="stop")
     out.max_tokens = s.max_tokens or default_max_tokens
     return out
 
@@ -54,14 +54,14 @@ def build_job(
 ) -> events_pb2.Job:
     model = request.model or default_model
     if not MODEL_NAME_RE.match(model):
-        raise ServiceError.invalid(f"model {model!r} is not a valid model name")
+        raise ServiceError.invalid(f"model {model!r} is not a valid model name", param="model")
     request_id = request.request_id or new_request_id()
     if not REQUEST_ID_RE.match(request_id):
-        raise ServiceError.invalid("request_id must be 1-64 letters, digits, '-' or '_'")
+        raise ServiceError.invalid("request_id must be 1-64 letters, digits, '-' or '_'", param="request_id")
     if request.model_alias and not MODEL_NAME_RE.match(request.model_alias):
-        raise ServiceError.invalid(f"model_alias {request.model_alias!r} is not a valid alias")
+        raise ServiceError.invalid(f"model_alias {request.model_alias!r} is not a valid alias", param="model_alias")
     if request.priority not in common_pb2.Priority.values():
-        raise ServiceError.invalid(f"priority {request.priority} is not a known level")
+        raise ServiceError.invalid(f"priority {request.priority} is not a known level", param="priority")
     job = events_pb2.Job(
         request_id=request_id,
         model=model,
@@ -75,20 +75,20 @@ def build_job(
     )
     if request.HasField("model_version"):
         if request.model_version == 0:
-            raise ServiceError.invalid("model_version starts at 1")
+            raise ServiceError.invalid("model_version starts at 1", param="model_version")
         job.model_version = request.model_version
     kind = request.WhichOneof("input")
     if kind == "prompt":
         if not request.prompt:
-            raise ServiceError.invalid("prompt is empty")
+            raise ServiceError.invalid("prompt is empty", param="prompt")
         job.prompt = request.prompt
     elif kind == "messages":
         if not request.messages.messages:
-            raise ServiceError.invalid("messages is empty")
+            raise ServiceError.invalid("messages is empty", param="messages")
         for i, message in enumerate(request.messages.messages):
             if message.role not in ROLES:
-                raise ServiceError.invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}")
+                raise ServiceError.invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}", param="messages")
         job.messages.messages.extend(request.messages.messages)
     else:
-        raise ServiceError.invalid("either prompt or messages is required")
+        raise ServiceError.invalid("either prompt or messages is required", param="messages")
     return job

@@ -1,0 +1,157 @@
+"""Request and response shapes of the OpenAI API subset llmserve speaks, and their mapping to llmserve's own."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmserve.common.errors import ServiceError
+from llmserve.v1 import common_pb2, inference_pb2
+
+FINISH_REASONS = {
+    common_pb2.FINISH_REASON_STOP: "stop",
+    common_pb2.FINISH_REASON_LENGTH: "length",
+    common_pb2.FINISH_REASON_CANCELLED: "stop",
+}
+PRIORITY_NAMES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
+
+
+class ContentPart(BaseModel):
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    role: str
+    # A string, or a list of parts of which only text parts are understood.
+    content: str | list[ContentPart] | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share. Unknown fields are ignored, as other OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    temperature: float | None = Field(None, description="0 (greedy) to 2; OpenAI's default is 1.")
+    top_p: float | None = Field(None, description="Nucleus sampling mass, (0, 1].")
+    max_tokens: int | None = Field(None, description="Most tokens to generate.")
+    stop: str | list[str] | None = Field(None, description="Up to 8 stop sequences.")
+    seed: int | None = Field(None, description="Seed for reproducible sampling.")
+    n: int = Field(1, description="Only 1 is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    user: str | None = None
+    # llmserve's own fields, accepted the way other OpenAI-compatible servers accept extras.
+    top_k: int | None = Field(None, description="llmserve extra: keep only the k most likely tokens.")
+    repetition_penalty: float | None = Field(None, description="llmserve extra: > 1 discourages repeats.")
+    priority: int | str | None = Field(None, description="llmserve extra: 1-4 or low/normal/high/critical.")
+
+    def to_request(self) -> inference_pb2.GenerateRequest:
+        if self.n != 1:
+            raise ServiceError.invalid("only n=1 is supported", param="n")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name):
+                raise ServiceError.invalid(f"{name} is not supported; use repetition_penalty", param=name)
+        sampling = common_pb2.SamplingParams(
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            max_tokens=self._max_tokens(),
+            repetition_penalty=self.repetition_penalty or 0.0,
+            stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+        )
+        if self.seed is not None:
+            if self.seed < 0:
+                raise ServiceError.invalid("seed must be 0 or more", param="seed")
+            sampling.seed = self.seed
+        return inference_pb2.GenerateRequest(model=self.model, sampling=sampling, priority=self._priority())
+
+    def _max_tokens(self) -> int:
+        value = self.max_tokens
+        if value is not None and value < 1:
+            raise ServiceError.invalid("max_tokens must be at least 1", param="max_tokens")
+        return value or 0
+
+    def _priority(self) -> int:
+        if self.priority is None:
+            return common_pb2.PRIORITY_UNSPECIFIED
+        if isinstance(self.priority, str):
+            if self.priority.lower() not in PRIORITY_NAMES:
+                raise ServiceError.invalid(f"priority must be 1-4 or one of {sorted(PRIORITY_NAMES)}", param="priority")
+            return PRIORITY_NAMES[self.priority.lower()]
+        return self.priority
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessageIn]
+    max_completion_tokens: int | None = Field(None, description="Preferred over max_tokens when both are set.")
+
+    def _max_tokens(self) -> int:
+        if self.max_completion_tokens is not None:
+            if self.max_completion_tokens < 1:
+                raise ServiceError.invalid("max_completion_tokens must be at least 1", param="max_completion_tokens")
+            return self.max_completion_tokens
+        return super()._max_tokens()
+
+    def to_request(self) -> inference_pb2.GenerateRequest:
+        request = super().to_request()
+        for i, message in enumerate(self.messages):
+            request.messages.messages.append(common_pb2.ChatMessage(role=message.role, content=_text_of(message, i)))
+        if not self.messages:
+            raise ServiceError.invalid("messages must hold at least one message", param="messages")
+        return request
+
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[str]
+
+    def to_request(self) -> inference_pb2.GenerateRequest:
+        request = super().to_request()
+        prompt = self.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise ServiceError.invalid("prompt must be one string (batches of prompts are not supported)", param="prompt")
+            prompt = prompt[0]
+        request.prompt = prompt
+        return request
+
+
+def _text_of(message: ChatMessageIn, index: int) -> str:
+    if message.content is None:
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for part in message.content:
+        if part.type != "text":
+            raise ServiceError.invalid(f"messages[{index}].content: only text parts are supported", param="messages")
+        texts.append(part.text or "")
+    return "".join(texts)
+
+
+def usage_dict(usage: common_pb2.Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def created() -> int:
+    return int(time.time())
+
+
+Kind = Literal["chat", "completion"]

@@ -1,0 +1,256 @@
+"""The REST bridge: OpenAI-compatible routes, health, metrics and the playground, over GenerationService.
+
+Errors are OpenAI-shaped ({"error": {message, type, param, code}}) with the matching HTTP status.
+A streamed response only starts once the first chunk is in hand, so an error that happens before
+any output (unknown model, full queue, no worker) still gets its real status code.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from llmserve.common.catalog import ModelCatalog
+from llmserve.common.errors import ServiceError
+from llmserve.common.liveness import LivenessTable
+from llmserve.common.subjects import Subjects
+from llmserve.router.generation import GenerationService
+from llmserve.router.openai_protocol import (
+    FINISH_REASONS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Kind,
+    created,
+    error_body,
+    usage_dict,
+)
+from llmserve.router.settings import RouterSettings
+from llmserve.router.validation import build_job
+from llmserve.v1 import events_pb2
+
+log = structlog.get_logger()
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    status = exc.http_status
+    code = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    body = error_body(exc.message, _ERROR_TYPES.get(status, "server_error"), exc.param, code)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _sse(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+
+
+class RestBridge:
+    def __init__(
+        self,
+        settings: RouterSettings,
+        subjects: Subjects,
+        generation: GenerationService,
+        catalog: ModelCatalog,
+        liveness: LivenessTable,
+    ) -> None:
+        self._settings = settings
+        self._subjects = subjects
+        self._generation = generation
+        self._catalog = catalog
+        self._liveness = liveness
+
+    def _job(self, body: ChatCompletionRequest | CompletionRequest, request: Request) -> events_pb2.Job:
+        proto = body.to_request()
+        proto.request_id = request.headers.get("x-request-id", "")
+        timeout = request.headers.get("x-request-timeout")
+        deadline = 0.0
+        if timeout:
+            try:
+                deadline = time.time() + float(timeout)
+            except ValueError:
+                raise ServiceError.invalid("X-Request-Timeout must be a number of seconds", param="X-Request-Timeout") from None
+        job = build_job(
+            proto,
+            default_model=self._settings.common.default_model,
+            default_max_tokens=self._settings.default_max_tokens,
+            max_tokens_limit=self._settings.max_tokens_limit,
+            reply_subject_for=self._subjects.tokens,
+            deadline=deadline,
+            tenant=request.headers.get("x-tenant", ""),
+        )
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        return job
+
+    async def complete(self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Response:
+        job = self._job(body, request)
+        chunks = self._generation.stream(job, api="rest")
+        headers = {"x-request-id": job.request_id}
+        if body.stream:
+            # Wait for the first chunk before answering 200: errors before any output keep their status.
+            first = await anext(chunks)
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                self._sse_stream(kind, job, first, chunks, include_usage),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache"},
+            )
+        text, final = [], None
+        async for chunk in chunks:
+            text.append(chunk.text)
+            final = chunk
+        assert final is not None and final.final
+        return JSONResponse(self._whole(kind, job, "".join(text), final), headers=headers)
+
+    def _whole(self, kind: Kind, job: events_pb2.Job, text: str, final: events_pb2.TokenChunk) -> dict:
+        finish = FINISH_REASONS.get(final.finish_reason, "stop")
+        if kind == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+            obj, prefix = "chat.completion", "chatcmpl-"
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            obj, prefix = "text_completion", "cmpl-"
+        return {
+            "id": prefix + job.request_id,
+            "object": obj,
+            "created": created(),
+            "model": job.model,
+            "choices": [choice],
+            "usage": usage_dict(final.usage),
+            "system_fingerprint": f"{job.model}-v{final.model_version}",
+        }
+
+    async def _sse_stream(
+        self,
+        kind: Kind,
+        job: events_pb2.Job,
+        first: events_pb2.TokenChunk,
+        rest: AsyncIterator[events_pb2.TokenChunk],
+        include_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        is_chat = kind == "chat"
+        base = {
+            "id": ("chatcmpl-" if is_chat else "cmpl-") + job.request_id,
+            "object": "chat.completion.chunk" if is_chat else "text_completion",
+            "created": created(),
+            "model": job.model,
+        }
+
+        def piece(text: str | None, finish: str | None, role: bool = False) -> dict:
+            if is_chat:
+                delta: dict = {"role": "assistant"} if role else {}
+                if text is not None:
+                    delta["content"] = text
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            else:
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return {**base, "choices": [choice]}
+
+        if is_chat:
+            yield _sse(piece("", None, role=True))
+        chunk = first
+        try:
+            while True:
+                if chunk.text:
+                    yield _sse(piece(chunk.text, None))
+                if chunk.final:
+                    yield _sse(piece(None if is_chat else "", FINISH_REASONS.get(chunk.finish_reason, "stop")))
+                    if include_usage:
+                        yield _sse({**base, "choices": [], "usage": usage_dict(chunk.usage)})
+                    break
+                chunk = await anext(rest)
+        except ServiceError as exc:
+            # Headers are gone: the error travels as an event, the way OpenAI's API reports one mid-stream.
+            code = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
+            yield _sse(error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, code))
+        yield b"data: [DONE]\n\n"
+
+    async def models(self) -> dict:
+        data = []
+        for name in await self._catalog.model_names():
+            try:
+                record = await self._catalog.get_by_alias(name)
+            except ServiceError:
+                continue  # a model without a stable version cannot be requested by name alone
+            data.append({"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"})
+        return {"object": "list", "data": data}
+
+    def ready(self) -> bool:
+        return bool(self._liveness.live_workers())
+
+
+def create_app(bridge: RestBridge) -> FastAPI:
+    app = FastAPI(
+        title="llmserve",
+        version="0.1.0",
+        description="OpenAI-compatible API of an llmserve cluster, plus health, metrics and a playground.",
+    )
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = f"{param}: {first.get('msg', 'invalid value')}" if param else first.get("msg", "invalid request body")
+        return JSONResponse(error_body(message, "invalid_request_error", param, "invalid_argument"), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("rest_request_failed")
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", None, "internal"), status_code=500)
+
+    @app.middleware("http")
+    async def _clean_log_context(request: Request, call_next):
+        structlog.contextvars.unbind_contextvars("request_id", "model")
+        return await call_next(request)
+
+    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streamed with stream=true)")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await bridge.complete("chat", body, request)
+
+    @app.post("/v1/completions", tags=["openai"], summary="Text completion (streamed with stream=true)")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await bridge.complete("completion", body, request)
+
+    @app.get("/v1/models", tags=["openai"], summary="Models that can be requested")
+    async def models() -> dict:
+        return await bridge.models()
+
+    @app.get("/healthz", tags=["operations"], summary="The router process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], summary="A worker for at least one model is live")
+    async def readyz() -> JSONResponse:
+        ready = bridge.ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(resources.files("llmserve.router").joinpath("static/playground.html").read_text())
+
+    return app

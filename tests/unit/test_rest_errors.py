@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from llmserve.common.errors import ServiceError
+from llmserve.router.openai_protocol import ChatCompletionRequest
+from llmserve.router.rest_api import error_response
+from llmserve.v1 import events_pb2
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [
+        (events_pb2.ERROR_CODE_INVALID_ARGUMENT, 400),
+        (events_pb2.ERROR_CODE_NOT_FOUND, 404),
+        (events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, 429),
+        (events_pb2.ERROR_CODE_UNAVAILABLE, 503),
+        (events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, 504),
+    ],
+)
+def test_each_code_has_its_status_and_openai_shape(code, status):
+    response = error_response(ServiceError(code, "why", param="field"))
+    body = json.loads(response.body)
+    assert response.status_code == status
+    assert body["error"]["message"] == "why" and body["error"]["param"] == "field"
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+def test_overload_carries_retry_after():
+    response = error_response(ServiceError(events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, "full", retry_after_s=2.4))
+    assert response.status_code == 429 and response.headers["retry-after"] == "2"
+
+
+def test_content_parts_and_max_completion_tokens_are_understood():
+    body = ChatCompletionRequest(
+        model="m",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}],
+        max_tokens=5,
+        max_completion_tokens=9,
+        stop="x",
+        temperature=0,
+    )
+    request = body.to_request()
+    assert request.messages.messages[0].content == "ab"
+    assert request.sampling.max_tokens == 9 and list(request.sampling.stop) == ["x"]
+
+
+def test_image_parts_are_refused_with_the_field_named():
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "image_url"}]}])
+    with pytest.raises(ServiceError) as err:
+        body.to_request()
+    assert err.value.param == "messages"
