@@ -113,3 +113,17 @@ def register(redis_url: str, prefix: str, record: registry_pb2.ModelVersion, nam
     return asyncio.run(
         _with_catalog(redis_url, f"{prefix}:", lambda c: c.publish(name or record.name, record.path, record.sha256, "test"))
     )
+
+
+@pytest.fixture(scope="session")
+def loaded_smollm(smollm, model_store):
+    """The real model loaded in this process (CPU, float32), shared by the engine tests."""
+    from llmserve.model_worker.loader import load_model
+
+    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32")
+
+
+def chat_ids(loaded, question: str) -> tuple[int, ...]:
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
+    return tuple(tok(text, add_special_tokens=False)["input_ids"])

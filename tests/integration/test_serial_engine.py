@@ -6,17 +6,17 @@ import pytest
 import torch
 
 from llmserve.model_worker.engine import EngineRequest
-from llmserve.model_worker.loader import load_model
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.v1 import common_pb2
+from tests.conftest import chat_ids
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def loaded(smollm, model_store):
-    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32")
+@pytest.fixture
+def loaded(loaded_smollm):
+    return loaded_smollm
 
 
 @pytest.fixture
@@ -27,9 +27,7 @@ async def engine(loaded):
     await e.stop()
 
 
-def prompt_ids(loaded, question: str) -> tuple[int, ...]:
-    text = loaded.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    return tuple(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+prompt_ids = chat_ids
 
 
 async def run(engine, request):

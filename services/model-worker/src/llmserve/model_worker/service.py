@@ -12,7 +12,9 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.modelstore import ChecksumMismatch
 from llmserve.common.runtime import service_runtime
-from llmserve.model_worker.loader import load_model
+from llmserve.model_worker.batching_engine import BatchingEngine
+from llmserve.model_worker.engine import Engine
+from llmserve.model_worker.loader import LoadedModel, load_model
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.model_worker.settings import WorkerSettings
 from llmserve.model_worker.worker import ModelWorker
@@ -35,6 +37,22 @@ async def wait_for_version(catalog: ModelCatalog, settings: WorkerSettings, stop
     return None
 
 
+def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
+    if settings.engine == "serial":
+        return SerialEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
+    if settings.engine != "batching":
+        raise SystemExit(f"LLMSERVE_WORKER_ENGINE must be 'batching' or 'serial', got {settings.engine!r}")
+    return BatchingEngine(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.eos_ids,
+        loaded.device,
+        max_running=settings.max_running,
+        max_kv_tokens=min(settings.max_kv_tokens, loaded.max_context * settings.max_running),
+        prefill_chunk=settings.prefill_chunk,
+    )
+
+
 async def run(settings: WorkerSettings) -> None:
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
@@ -50,7 +68,7 @@ async def run(settings: WorkerSettings) -> None:
         except ChecksumMismatch as exc:
             log.error("model_checksum_mismatch", model=record.name, version=record.version, error=str(exc))
             raise SystemExit(2) from exc
-        engine = SerialEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
+        engine = build_engine(settings, loaded)
         await engine.start()
         rt.stack.push_async_callback(engine.stop)
         nc = await rt.connect_nats()

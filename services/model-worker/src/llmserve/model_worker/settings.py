@@ -24,6 +24,16 @@ class WorkerSettings:
     dtype: str = "auto"
     # LLMSERVE_WORKER_TORCH_THREADS: intra-op threads for torch on CPU (0 = torch's default).
     torch_threads: int = 0
+    # LLMSERVE_WORKER_ENGINE: "batching" (continuous batching) or "serial" (one request at a time).
+    engine: str = "batching"
+    # LLMSERVE_WORKER_MAX_RUNNING: sequences decoded together at most (the worker's slots).
+    max_running: int = 32
+    # LLMSERVE_WORKER_MAX_KV_TOKENS: KV-cache positions the engine may reserve (prompt + max_tokens of
+    # every running request); bounds the worker's memory. SmolLM2-135M needs 46 KB per position in float32.
+    max_kv_tokens: int = 65536
+    # LLMSERVE_WORKER_PREFILL_CHUNK: prompt tokens prefilled per engine iteration; longer prompts are
+    # prefilled in several chunks so running requests keep decoding meanwhile.
+    prefill_chunk: int = 512
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -37,4 +47,8 @@ class WorkerSettings:
             device=env_str(env, "LLMSERVE_WORKER_DEVICE", "auto"),
             dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", "auto"),
             torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", 0),
+            engine=env_str(env, "LLMSERVE_WORKER_ENGINE", "batching"),
+            max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
+            max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
+            prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 512),
         )

@@ -168,11 +168,12 @@ class ModelWorker:
             prompt_ids = tokenizer(job.prompt)["input_ids"]
         if not prompt_ids:
             raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
-        room = self._loaded.max_context - len(prompt_ids)
+        context = min(self._loaded.max_context, getattr(self._engine, "max_kv_tokens", self._loaded.max_context))
+        room = context - len(prompt_ids)
         if room <= 0:
             raise JobRejected(
                 events_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                f"the prompt has {len(prompt_ids)} tokens; the model's context is {self._loaded.max_context}",
+                f"the prompt has {len(prompt_ids)} tokens; this model serves at most {context}",
             )
         s = job.sampling
         sampling = SamplingConfig(
@@ -185,7 +186,9 @@ class ModelWorker:
             max_tokens=min(s.max_tokens, room),
             stop=tuple(s.stop),
         )
-        return EngineRequest(request_id=job.request_id, prompt_ids=tuple(prompt_ids), sampling=sampling)
+        return EngineRequest(
+            request_id=job.request_id, prompt_ids=tuple(prompt_ids), sampling=sampling, ignore_eos=s.ignore_eos
+        )
 
     def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
         chunk = events_pb2.TokenChunk(
