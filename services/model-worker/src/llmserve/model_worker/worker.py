@@ -137,13 +137,25 @@ class ModelWorker:
     async def _run_job(self, job: events_pb2.Job) -> None:
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
         seq = 0
+        taken = time.perf_counter()
         try:
             request = self._engine_request(job)
-            log.info("job_started", prompt_tokens=len(request.prompt_ids), queued_s=round(time.time() - job.submitted_at, 4))
+            prepared = time.perf_counter()
+            first = 0.0
             async for out in self._engine.submit(request):
                 await self._publish(job, self._chunk(job, seq, out))
+                if seq == 0:
+                    first = time.perf_counter()
                 seq += 1
-            log.info("job_finished", tokens=seq)
+            log.info(
+                "job_finished",
+                prompt_tokens=len(request.prompt_ids),
+                completion_tokens=out.completion_tokens,
+                queued_s=round(job_started_wall(taken) - job.submitted_at, 4),
+                prepare_s=round(prepared - taken, 4),
+                first_token_s=round(first - prepared, 4),
+                total_s=round(time.perf_counter() - taken, 4),
+            )
         except JobRejected as exc:
             await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
         except asyncio.CancelledError:
@@ -223,6 +235,11 @@ class ModelWorker:
 
     async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
         await self._nc.publish(job.reply_subject, chunk.SerializeToString())
+
+
+def job_started_wall(perf_at: float) -> float:
+    """Wall-clock time of a perf_counter reading (queue time is measured against the router's wall clock)."""
+    return time.time() - (time.perf_counter() - perf_at)
 
 
 def _usage(prompt: int, completion: int) -> common_pb2.Usage:

@@ -34,9 +34,9 @@ class TokenStream:
             except Exception:
                 pass  # not a TokenChunk: ignore rather than kill the stream
 
+        # No flush needed: NATS handles one connection's protocol messages in order, so this SUB
+        # reaches the server before the submission that follows it on the same connection.
         self._sub = await self._nc.subscribe(self._subject, cb=_on_chunk)
-        # The subscription must be known to the server before the job can produce tokens.
-        await self._nc.flush(timeout=5)
         return self
 
     async def close(self) -> None:
