@@ -70,7 +70,7 @@ class BatchingEngine:
         device: torch.device,
         max_running: int = 16,
         max_kv_tokens: int = 65536,
-        prefill_chunk: int = 512,
+        prefill_chunk: int = 1024,
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer

@@ -33,7 +33,7 @@ class WorkerSettings:
     max_kv_tokens: int = 65536
     # LLMSERVE_WORKER_PREFILL_CHUNK: prompt tokens prefilled per engine iteration; longer prompts are
     # prefilled in several chunks so running requests keep decoding meanwhile.
-    prefill_chunk: int = 512
+    prefill_chunk: int = 1024
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -50,5 +50,5 @@ class WorkerSettings:
             engine=env_str(env, "LLMSERVE_WORKER_ENGINE", "batching"),
             max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
-            prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 512),
+            prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 1024),
         )
