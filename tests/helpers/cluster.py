@@ -135,6 +135,22 @@ class Cluster:
         tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
         raise TimeoutError(f"cluster not ready within {timeout_s:.0f} s\n{tails}")
 
+    def wait_workers(self, count: int, timeout_s: float = 120.0) -> None:
+        """Until the router sees `count` live workers (ListModels), failing fast if a service dies."""
+        from llmserve.v1 import inference_pb2, inference_pb2_grpc
+
+        deadline = time.monotonic() + timeout_s
+        with grpc.insecure_channel(self.grpc_addr) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            while time.monotonic() < deadline:
+                for service in self.services:
+                    service.check_alive()
+                models = stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5).models
+                if sum(m.live_workers for m in models) >= count:
+                    return
+                time.sleep(0.2)
+        raise TimeoutError(f"fewer than {count} live workers after {timeout_s:.0f} s")
+
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()

@@ -41,7 +41,7 @@ INSTANCE_KIND_REGISTRY: InstanceKind
 INSTANCE_KIND_MONITOR: InstanceKind
 
 class Job(_message.Message):
-    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant")
+    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,9 @@ class Job(_message.Message):
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     model_version: int
@@ -66,7 +69,10 @@ class Job(_message.Message):
     deadline: float
     submitted_at: float
     tenant: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ...) -> None: ...
+    attempt: int
+    resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    resume_text_chars: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text_chars: _Optional[int] = ...) -> None: ...
 
 class JobMessages(_message.Message):
     __slots__ = ("messages",)
@@ -87,7 +93,7 @@ class SubmitReply(_message.Message):
     def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "text", "token_ids", "final", "finish_reason", "usage", "error_code", "error_message", "worker_id", "model_version")
+    __slots__ = ("request_id", "seq", "text", "token_ids", "final", "finish_reason", "usage", "error_code", "error_message", "worker_id", "model_version", "attempt", "handed_back")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +105,8 @@ class TokenChunk(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    HANDED_BACK_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     text: str
@@ -110,15 +118,19 @@ class TokenChunk(_message.Message):
     error_message: str
     worker_id: str
     model_version: int
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[bool] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    attempt: int
+    handed_back: bool
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[bool] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_version: _Optional[int] = ..., attempt: _Optional[int] = ..., handed_back: _Optional[bool] = ...) -> None: ...
 
 class Cancel(_message.Message):
-    __slots__ = ("request_id", "reason")
+    __slots__ = ("request_id", "reason", "max_attempt")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MAX_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reason: str
-    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    max_attempt: int
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., max_attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host")

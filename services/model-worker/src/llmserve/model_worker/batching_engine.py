@@ -122,8 +122,9 @@ class BatchingEngine:
     async def submit(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         if request.request_id in self._sequences:
             raise ValueError(f"request {request.request_id} is already running")
-        if len(request.prompt_ids) + request.sampling.max_tokens > self.max_kv_tokens:
-            raise ValueError(f"request needs {len(request.prompt_ids) + request.sampling.max_tokens} KV positions; the engine has {self.max_kv_tokens}")
+        need = len(request.prompt_ids) + request.sampling.max_tokens
+        if need > self.max_kv_tokens:
+            raise ValueError(f"request needs {need} KV positions; the engine has {self.max_kv_tokens}")
         assert self._loop is not None, "engine not started"
         outputs: asyncio.Queue[EngineOutput] = asyncio.Queue()
         seq = Sequence(request, self._tokenizer, self._eos_ids)
@@ -227,14 +228,14 @@ class BatchingEngine:
         budget = self.prefill_chunk
         while budget > 0 and self._prefilling:
             head = self._prefilling[0]
-            remaining = len(head.seq.request.prompt_ids) - head.offset
+            remaining = len(head.seq.request.context_ids) - head.offset
             if head.offset > 0 or remaining > budget:
                 budget -= self._prefill_chunk_of(head, budget)
                 continue
             group: list[_Pending] = []
             width = 0
             for pending in self._prefilling:
-                length = len(pending.seq.request.prompt_ids)
+                length = len(pending.seq.request.context_ids)
                 # Padding counts against the budget: every row is as wide as the longest prompt.
                 if pending.offset > 0 or max(width, length) * (len(group) + 1) > budget:
                     break
@@ -246,7 +247,7 @@ class BatchingEngine:
             budget -= width * len(group)
 
     def _prefill_chunk_of(self, pending: _Pending, budget: int) -> int:
-        prompt = pending.seq.request.prompt_ids
+        prompt = pending.seq.request.context_ids
         if pending.cache is None:
             pending.cache = DynamicCache(config=self._model.config)
         chunk = prompt[pending.offset : pending.offset + budget]
@@ -258,12 +259,12 @@ class BatchingEngine:
         return len(chunk)
 
     def _prefill_group(self, group: list[_Pending]) -> None:
-        prompts = [p.seq.request.prompt_ids for p in group]
+        prompts = [p.seq.request.context_ids for p in group]
         cache = DynamicCache(config=self._model.config)
         inputs = kv_batch.prefill_inputs(prompts, self._pad_id, self._device)
         logits = self._forward(inputs.pop("input_ids"), cache, **inputs)
         for p in group:
-            p.offset = len(p.seq.request.prompt_ids)
+            p.offset = len(p.seq.request.context_ids)
         self._first_tokens(group, logits, cache)
 
     def _first_tokens(self, group: list[_Pending], logits: torch.Tensor, cache: Any) -> None:
@@ -342,4 +343,4 @@ def _deliver(batch: list[tuple[asyncio.Queue, EngineOutput]]) -> None:
 
 
 def _reservation(seq: Sequence) -> int:
-    return len(seq.request.prompt_ids) + seq.request.sampling.max_tokens
+    return len(seq.request.context_ids) + seq.request.sampling.max_tokens - len(seq.request.resume_ids)

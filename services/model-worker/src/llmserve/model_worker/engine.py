@@ -25,6 +25,16 @@ class EngineRequest:
     sampling: SamplingConfig
     # Generate exactly max_tokens, ignoring end-of-sequence (benchmarks only).
     ignore_eos: bool = False
+    # Tokens generated before a migration: the sequence continues after them (they count towards
+    # max_tokens and completion tokens, and are prefilled with the prompt).
+    resume_ids: tuple[int, ...] = ()
+    # Characters of the resumed tokens' text the client already has.
+    resume_text_chars: int = 0
+
+    @property
+    def context_ids(self) -> tuple[int, ...]:
+        """What the engine prefills: the prompt, then any resumed tokens."""
+        return self.prompt_ids + self.resume_ids
 
 
 @dataclass

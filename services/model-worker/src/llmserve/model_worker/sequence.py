@@ -22,9 +22,13 @@ class Sequence:
         seed = request.sampling.seed
         # Every request has its own generator, so concurrent requests never disturb each other's draws.
         self.generator = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
-        self.generated: list[int] = []
+        self.generated: list[int] = list(request.resume_ids)
         self._detok = IncrementalDetokenizer(tokenizer)
         self._stops = StopMatcher(request.sampling.stop)
+        if request.resume_ids:
+            self._detok.prime(request.resume_ids)
+            text = tokenizer.decode(request.resume_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            self._stops.prime(text, request.resume_text_chars)
         self.cancelled = False
         self.finished = False
 
@@ -35,7 +39,7 @@ class Sequence:
     def _seen(self) -> torch.Tensor:
         if self.request.sampling.repetition_penalty == 1.0:
             return torch.empty(0, dtype=torch.long)
-        return torch.tensor([*self.request.prompt_ids, *self.generated], dtype=torch.long)
+        return torch.tensor([*self.request.prompt_ids, *self.generated], dtype=torch.long)  # generated includes resumed
 
     def sample(self, logits: torch.Tensor) -> int:
         """Next token from this request's row of logits (1-D, on any device)."""

@@ -100,7 +100,7 @@ class SerialEngine:
     @torch.inference_mode()
     def _generate(self, seq: Sequence, outputs: asyncio.Queue[EngineOutput]) -> None:
         cache = DynamicCache()
-        input_ids = torch.tensor([seq.request.prompt_ids], dtype=torch.long, device=self._device)
+        input_ids = torch.tensor([seq.request.context_ids], dtype=torch.long, device=self._device)
         while True:
             if seq.cancelled:
                 self._emit(outputs, seq.cancel_output())

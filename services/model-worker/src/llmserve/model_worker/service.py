@@ -76,4 +76,4 @@ async def run(settings: WorkerSettings) -> None:
         await worker.start()
         await rt.stop.wait()
         log.info("worker_stopping")
-        await worker.drain()
+        await worker.drain(settings.drain_grace_s)

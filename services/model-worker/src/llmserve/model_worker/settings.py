@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from llmserve.common.config import CommonSettings, env_int, env_str
+from llmserve.common.config import CommonSettings, env_float, env_int, env_str
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class WorkerSettings:
     # LLMSERVE_WORKER_PREFILL_CHUNK: prompt tokens prefilled per engine iteration; longer prompts are
     # prefilled in several chunks so running requests keep decoding meanwhile.
     prefill_chunk: int = 1024
+    # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
+    # the worker hands them back to the routers, which resume them on another worker.
+    drain_grace_s: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -51,4 +54,5 @@ class WorkerSettings:
             max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
             prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 1024),
+            drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", 30.0),
         )

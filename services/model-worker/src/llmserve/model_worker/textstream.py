@@ -23,6 +23,13 @@ class IncrementalDetokenizer:
         self._prefix_offset = 0
         self._read_offset = 0
 
+    def prime(self, ids: Sequence[int]) -> None:
+        """Continues after ids already turned into text (a migrated request); a few tokens of context
+        before the boundary let the next token's leading space come out right."""
+        self._ids = list(ids)
+        self._read_offset = len(self._ids)
+        self._prefix_offset = max(0, self._read_offset - 6)
+
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
@@ -46,6 +53,11 @@ class StopMatcher:
         self._text = ""
         self._emitted = 0
         self.matched = False
+
+    def prime(self, text: str, emitted: int) -> None:
+        """Continues a migrated request: `text` was generated, its first `emitted` characters were sent."""
+        self._text = text
+        self._emitted = min(emitted, len(text))
 
     def feed(self, delta: str) -> str:
         """Adds generated text; returns what can be sent now. After a match, returns the rest before it."""

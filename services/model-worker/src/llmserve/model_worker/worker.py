@@ -50,6 +50,8 @@ class ModelWorker:
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        # Request id and attempt (see Job.attempt) of each running job, by job key.
+        self._attempts: dict[str, tuple[str, int]] = {}
         self._subs: list = []
         self._pull_task: asyncio.Task[None] | None = None
         self._draining = False
@@ -73,8 +75,10 @@ class ModelWorker:
 
         async def _cancel(msg: Msg) -> None:
             request = events_pb2.Cancel.FromString(msg.data)
-            if self._engine.cancel(request.request_id):
-                log.info("job_cancel_requested", request_id=request.request_id, reason=request.reason)
+            for key, (request_id, attempt) in list(self._attempts.items()):
+                # A cancel for an earlier attempt must not stop a migrated request this worker now runs.
+                if request_id == request.request_id and attempt <= request.max_attempt and self._engine.cancel(key):
+                    log.info("job_cancel_requested", request_id=request_id, attempt=attempt, reason=request.reason)
 
         self._subs.append(await self._nc.subscribe(self._subjects.doorbell(self._record.name, self._record.version), cb=_ring))
         self._subs.append(await self._nc.subscribe(self._subjects.cancel_all, cb=_cancel))
@@ -95,6 +99,9 @@ class ModelWorker:
             _, pending = await asyncio.wait(list(self._jobs.values()), timeout=grace_s)
             for task in pending:
                 task.cancel()
+            if pending:
+                log.info("worker_handing_back", requests=len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
         for sub in self._subs:
             await sub.unsubscribe()
         await self._puller.stop()
@@ -121,27 +128,39 @@ class ModelWorker:
             for msg in msgs:
                 await msg.ack()
                 job = events_pb2.Job.FromString(msg.data)
-                task = asyncio.create_task(self._run_job(job), name=f"job-{job.request_id}")
-                self._jobs[job.request_id] = task
-                task.add_done_callback(lambda _t, rid=job.request_id: self._job_done(rid))
+                key = job_key(job)
+                task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
+                self._jobs[key] = task
+                self._attempts[key] = (job.request_id, job.attempt)
+                task.add_done_callback(lambda _t, key=key: self._job_done(key))
 
     def _starting(self) -> int:
         """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
         return max(0, len(self._jobs) - self._engine.stats().slots_busy)
 
-    def _job_done(self, request_id: str) -> None:
-        self._jobs.pop(request_id, None)
+    def _job_done(self, key: str) -> None:
+        self._jobs.pop(key, None)
+        self._attempts.pop(key, None)
         self._slot_freed.set()
 
     # -- running one job ----------------------------------------------------------------------
     async def _run_job(self, job: events_pb2.Job) -> None:
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
-        seq = 0
+        # seq 0 says "taken by this worker": the router knows whom to watch before any token exists.
+        await self._publish(job, self._started_chunk(job))
+        seq = 1
         taken = time.perf_counter()
+        out = None
         try:
             request = self._engine_request(job)
             prepared = time.perf_counter()
             first = 0.0
+            if len(request.resume_ids) >= request.sampling.max_tokens:
+                # Migrated after its last token but before its final chunk: nothing left to generate.
+                done = EngineOutput(finish_reason=common_pb2.FINISH_REASON_LENGTH, prompt_tokens=len(request.prompt_ids),
+                                    completion_tokens=len(request.resume_ids))
+                await self._publish(job, self._chunk(job, seq, done))
+                return
             async for out in self._engine.submit(request):
                 await self._publish(job, self._chunk(job, seq, out))
                 if seq == 0:
@@ -150,7 +169,8 @@ class ModelWorker:
             log.info(
                 "job_finished",
                 prompt_tokens=len(request.prompt_ids),
-                completion_tokens=out.completion_tokens,
+                completion_tokens=out.completion_tokens if out else 0,
+                attempt=job.attempt,
                 queued_s=round(job_started_wall(taken) - job.submitted_at, 4),
                 prepare_s=round(prepared - taken, 4),
                 first_token_s=round(first - prepared, 4),
@@ -159,7 +179,10 @@ class ModelWorker:
         except JobRejected as exc:
             await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
         except asyncio.CancelledError:
-            self._engine.cancel(job.request_id)
+            self._engine.cancel(job_key(job))
+            if self._draining:
+                # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
+                await self._publish(job, self._handed_back_chunk(job, seq))
             raise
         except Exception as exc:
             log.exception("job_failed")
@@ -182,6 +205,7 @@ class ModelWorker:
             raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
         context = min(self._loaded.max_context, getattr(self._engine, "max_kv_tokens", self._loaded.max_context))
         room = context - len(prompt_ids)
+        # A migrated request's resumed tokens count against max_tokens; they need room too.
         if room <= 0:
             raise JobRejected(
                 events_pb2.ERROR_CODE_INVALID_ARGUMENT,
@@ -199,7 +223,12 @@ class ModelWorker:
             stop=tuple(s.stop),
         )
         return EngineRequest(
-            request_id=job.request_id, prompt_ids=tuple(prompt_ids), sampling=sampling, ignore_eos=s.ignore_eos
+            request_id=job_key(job),
+            prompt_ids=tuple(prompt_ids),
+            sampling=sampling,
+            ignore_eos=s.ignore_eos,
+            resume_ids=tuple(job.resume_token_ids),
+            resume_text_chars=job.resume_text_chars,
         )
 
     def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
@@ -212,12 +241,24 @@ class ModelWorker:
             finish_reason=out.finish_reason,
             worker_id=self.instance_id,
             model_version=self._record.version,
+            attempt=job.attempt,
         )
         if out.finished:
             chunk.usage.CopyFrom(_usage(out.prompt_tokens, out.completion_tokens))
             if out.finish_reason == common_pb2.FINISH_REASON_ERROR:
                 chunk.error_code = events_pb2.ERROR_CODE_INTERNAL
                 chunk.error_message = out.error
+        return chunk
+
+    def _started_chunk(self, job: events_pb2.Job) -> events_pb2.TokenChunk:
+        return events_pb2.TokenChunk(
+            request_id=job.request_id, seq=0, worker_id=self.instance_id, model_version=self._record.version, attempt=job.attempt
+        )
+
+    def _handed_back_chunk(self, job: events_pb2.Job, seq: int) -> events_pb2.TokenChunk:
+        chunk = self._started_chunk(job)
+        chunk.seq = seq
+        chunk.handed_back = True
         return chunk
 
     def _error_chunk(self, job: events_pb2.Job, seq: int, code: int, message: str) -> events_pb2.TokenChunk:
@@ -231,10 +272,16 @@ class ModelWorker:
             error_message=message,
             worker_id=self.instance_id,
             model_version=self._record.version,
+            attempt=job.attempt,
         )
 
     async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
         await self._nc.publish(job.reply_subject, chunk.SerializeToString())
+
+
+def job_key(job: events_pb2.Job) -> str:
+    """One attempt of one request: a migrated request may come back to a worker still running its old attempt."""
+    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
 
 
 def job_started_wall(perf_at: float) -> float:

@@ -50,7 +50,9 @@ async def run(settings: RouterSettings) -> None:
             nc,
             rt.subjects,
             StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s),
+            settings.max_migrations,
         )
+        await generation.watch_instances()
         catalog = rt.catalog(redis)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         inference_pb2_grpc.add_InferenceServicer_to_server(

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.subjects import Subjects
 from llmserve.router import metrics
-from llmserve.router.token_stream import TokenStream
+from llmserve.router.token_stream import StreamStalled, TokenStream, WorkerLost
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
@@ -39,10 +40,26 @@ class StreamTimeouts:
 
 
 class GenerationService:
-    def __init__(self, nc: NATS, subjects: Subjects, timeouts: StreamTimeouts) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, timeouts: StreamTimeouts, max_migrations: int = 3) -> None:
         self._nc = nc
         self._subjects = subjects
         self._timeouts = timeouts
+        self._max_migrations = max_migrations
+        self._streams: set[TokenStream] = set()
+
+    async def watch_instances(self) -> None:
+        """Listens for the monitor's verdicts: streams on a dead worker migrate at once."""
+
+        async def _on_dead(msg: Msg) -> None:
+            try:
+                event = events_pb2.InstanceEvent.FromString(msg.data)
+            except Exception:
+                return
+            for stream in list(self._streams):
+                if stream.worker_id == event.instance_id:
+                    stream.interrupt(event.instance_id, "declared dead")
+
+        await self._nc.subscribe(self._subjects.event("instance.dead"), cb=_on_dead)
 
     def check_size(self, job: events_pb2.Job) -> bytes:
         data = job.SerializeToString()
@@ -52,29 +69,56 @@ class GenerationService:
         return data
 
     async def stream(self, job: events_pb2.Job, api: str = "grpc") -> AsyncIterator[events_pb2.TokenChunk]:
-        """Yields the job's chunks in order, the final one last. Error finals become ServiceError."""
+        """Yields the job's chunks in order, the final one last. Error finals become ServiceError.
+
+        The router owns the request until its final chunk: when its worker dies, stalls or hands it
+        back, the request is resubmitted as a continuation (prompt + tokens so far, same request id and
+        settings, raised priority) and the client's stream goes on without a gap or a repeat.
+        """
         data = self.check_size(job)
         tokens = await TokenStream(self._nc, job.reply_subject).open()
+        self._streams.add(tokens)
         finished = False
         outcome = "cancelled"
+        delivered_ids: list[int] = []
+        delivered_chars = 0
+        migrations = 0
         started = last = time.monotonic()
         metrics.IN_FLIGHT.inc()
         try:
-            reply = await self._submit(data)
-            if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
-                finished = True  # nothing was queued, nothing to cancel
-                raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
-            timeout = self._first_chunk_timeout(job)
+            job.model_version = await self._submit(data)
+            timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
-                chunk = await tokens.next(timeout)
+                try:
+                    chunk = await tokens.next(timeout)
+                except (WorkerLost, StreamStalled) as exc:
+                    self._check_deadline(job)
+                    if isinstance(exc, StreamStalled) and not tokens.worker_id:
+                        raise ServiceError.unavailable("no worker started the request in time") from None
+                    if migrations >= self._max_migrations:
+                        raise ServiceError.unavailable(f"the request failed on {migrations + 1} workers") from None
+                    migrations += 1
+                    metrics.MIGRATIONS.inc()
+                    await self._cancel(job.request_id, "migrated", job.attempt)
+                    job = continuation(job, delivered_ids, delivered_chars)
+                    log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(exc),
+                             resumed_tokens=len(delivered_ids))
+                    tokens.new_attempt(job.attempt)
+                    await self._submit(job.SerializeToString())
+                    timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
+                    continue
                 now = time.monotonic()
-                if tokens.next_seq == 1:
+                timeout = self._wait_limit(job, self._timeouts.stall_s)
+                if not chunk.token_ids and not chunk.final:
+                    continue  # "taken by worker X" marker, or tokens still held back
+                if not delivered_ids and migrations == 0:
                     metrics.TIME_TO_FIRST_TOKEN.observe(now - started)
-                    log.info("first_chunk", ttft_s=round(now - started, 4), worker=chunk.worker_id)
+                    log.info("first_token", ttft_s=round(now - started, 4), worker=chunk.worker_id)
                 else:
                     metrics.INTER_TOKEN_LATENCY.observe(now - last)
                 last = now
-                timeout = self._timeouts.stall_s
+                delivered_ids.extend(chunk.token_ids)
+                delivered_chars += len(chunk.text)
                 if chunk.final:
                     finished = True
                     if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
@@ -87,35 +131,62 @@ class GenerationService:
                 yield chunk
         except ServiceError as exc:
             outcome = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
+            if exc.code == events_pb2.ERROR_CODE_UNSPECIFIED:
+                outcome = "error"
             raise
         finally:
+            self._streams.discard(tokens)
             metrics.IN_FLIGHT.dec()
             metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
             await tokens.close()
             if not finished:
-                # Client gone, deadline hit or stream stalled: the worker must stop spending compute on it.
-                await asyncio.shield(self._cancel(job.request_id, "client_gone"))
+                # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
+                await asyncio.shield(self._cancel(job.request_id, "client_gone", job.attempt))
 
-    def _first_chunk_timeout(self, job: events_pb2.Job) -> float:
+    def _wait_limit(self, job: events_pb2.Job, limit_s: float) -> float:
+        """How long to wait for the next chunk: the limit, or less when the request's deadline is closer."""
         if job.deadline:
-            return max(0.001, min(self._timeouts.first_chunk_s, job.deadline - time.time()))
-        return self._timeouts.first_chunk_s
+            remaining = job.deadline - time.time()
+            if remaining <= 0:
+                raise ServiceError.deadline("the request's deadline passed")
+            return min(limit_s, remaining)
+        return limit_s
 
-    async def _submit(self, data: bytes) -> events_pb2.SubmitReply:
+    def _check_deadline(self, job: events_pb2.Job) -> None:
+        if job.deadline and time.time() >= job.deadline:
+            raise ServiceError.deadline("the request's deadline passed")
+
+    async def _submit(self, data: bytes) -> int:
+        """Hands the job to a scheduler; returns the model version it was queued for."""
         try:
             msg = await self._nc.request(self._subjects.submit, data, timeout=self._timeouts.submit_s)
         except NoRespondersError:
             raise ServiceError.unavailable("no scheduler is running") from None
         except (TimeoutError, NatsTimeoutError):
             raise ServiceError.unavailable("the scheduler did not answer in time") from None
-        return events_pb2.SubmitReply.FromString(msg.data)
+        reply = events_pb2.SubmitReply.FromString(msg.data)
+        if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
+            raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
+        return reply.model_version
 
-    async def _cancel(self, request_id: str, reason: str) -> None:
+    async def _cancel(self, request_id: str, reason: str, attempt: int) -> None:
         try:
             await self._nc.publish(
                 self._subjects.cancel(request_id),
-                events_pb2.Cancel(request_id=request_id, reason=reason).SerializeToString(),
+                events_pb2.Cancel(request_id=request_id, reason=reason, max_attempt=attempt).SerializeToString(),
             )
             log.info("request_cancelled", request_id=request_id, reason=reason)
         except Exception as exc:
             log.warning("cancel_failed", request_id=request_id, error=str(exc))
+
+
+def continuation(job: events_pb2.Job, delivered_ids: list[int], delivered_chars: int) -> events_pb2.Job:
+    """The same request, to be resumed after the tokens the client already has, on the same model version."""
+    resumed = events_pb2.Job()
+    resumed.CopyFrom(job)
+    resumed.attempt = job.attempt + 1
+    resumed.resume_token_ids[:] = delivered_ids
+    resumed.resume_text_chars = delivered_chars
+    # Migrated work goes ahead of new work of the same level: its client has been waiting longest.
+    resumed.priority = min(common_pb2.PRIORITY_CRITICAL, max(job.priority, common_pb2.PRIORITY_NORMAL) + 1)
+    return resumed

@@ -24,3 +24,6 @@ REQUEST_DURATION = Histogram(
     "llmserve_router_request_duration_seconds", "From submission to the last chunk.", buckets=_LATENCY_BUCKETS
 )
 GENERATED_TOKENS = Counter("llmserve_router_generated_tokens_total", "Completion tokens delivered to clients.")
+MIGRATIONS = Counter(
+    "llmserve_router_migrations_total", "Requests resumed on another worker (worker dead, stalled or draining)."
+)

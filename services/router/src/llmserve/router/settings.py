@@ -27,6 +27,8 @@ class RouterSettings:
     queue_timeout_s: float = 300.0
     # LLMSERVE_ROUTER_STALL_TIMEOUT_S: longest silence between two chunks of a running stream.
     stall_timeout_s: float = 30.0
+    # LLMSERVE_ROUTER_MAX_MIGRATIONS: times one request may be resumed on another worker.
+    max_migrations: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterSettings:
@@ -40,4 +42,5 @@ class RouterSettings:
             submit_timeout_s=env_float(env, "LLMSERVE_ROUTER_SUBMIT_TIMEOUT_S", cls.submit_timeout_s),
             queue_timeout_s=env_float(env, "LLMSERVE_ROUTER_QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             stall_timeout_s=env_float(env, "LLMSERVE_ROUTER_STALL_TIMEOUT_S", cls.stall_timeout_s),
+            max_migrations=env_int(env, "LLMSERVE_ROUTER_MAX_MIGRATIONS", cls.max_migrations),
         )

@@ -67,7 +67,7 @@ class Scheduler:
         subject = self._subjects.jobs(job.model, job.model_version, job.priority)
         try:
             ack = await self._js.publish(
-                subject, job.SerializeToString(), timeout=5.0, headers={"Nats-Msg-Id": job.request_id}
+                subject, job.SerializeToString(), timeout=5.0, headers={"Nats-Msg-Id": _message_id(job)}
             )
         except APIError as exc:
             if exc.err_code in _STREAM_FULL_CODES:
@@ -78,6 +78,11 @@ class Scheduler:
             return
         log.info("job_queued", subject=subject)
         await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
+
+
+def _message_id(job: events_pb2.Job) -> str:
+    """JetStream's de-duplication key: a resubmitted request runs once, a migrated one runs again."""
+    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
 
 
 def _rejected(exc: ServiceError) -> events_pb2.SubmitReply:
