@@ -111,9 +111,7 @@ async def test_kill_9_mid_stream_loses_nothing(cluster):
     await undisturbed.run()
 
     async def kill_busiest(streams: Streams) -> None:
-        victim = streams.worker_of(streams.rids[0])
-        streams.victim = victim
-        os.kill(pid_of(victim), signal.SIGKILL)
+        os.kill(pid_of(streams.worker_of(streams.rids[0])), signal.SIGKILL)
 
     disturbed = Streams(cluster, "kill")
     await disturbed.run(after_start=kill_busiest)
@@ -122,7 +120,7 @@ async def test_kill_9_mid_stream_loses_nothing(cluster):
     for calm_rid, rid in zip(undisturbed.rids, disturbed.rids, strict=True):
         assert disturbed.texts[rid] == undisturbed.texts[calm_rid], rid
     disturbed.check_contiguous()
-    cluster.services[:] = [s for s in cluster.services if s.proc is None or s.proc.poll() is None]
+    cluster.forget_stopped()
 
 
 async def test_sigterm_hands_requests_over_without_client_errors(cluster):
@@ -130,11 +128,53 @@ async def test_sigterm_hands_requests_over_without_client_errors(cluster):
     cluster.wait_workers(2)
 
     async def drain_busiest(streams: Streams) -> None:
-        victim = streams.worker_of(streams.rids[0])
-        os.kill(pid_of(victim), signal.SIGTERM)
+        streams.victim_pid = pid_of(streams.worker_of(streams.rids[0]))
+        os.kill(streams.victim_pid, signal.SIGTERM)
 
     streams = Streams(cluster, "drain")
     await streams.run(after_start=drain_busiest)
     assert len(streams.texts) == len(QUESTIONS)
     assert any(c.handed_back for cs in streams.chunks.values() for c in cs)
+    streams.check_contiguous()
+    # The drained worker exits cleanly once it has handed everything back.
+    drained = next(s for s in cluster.services if s.proc is not None and s.proc.pid == streams.victim_pid)
+    assert drained.proc.wait(30) == 0
+    cluster.forget_stopped()
+
+
+async def test_sigstop_is_declared_dead_within_3s_and_late_tokens_never_reach_clients(cluster):
+    cluster.start_service("model_worker", "worker-spare", LLMSERVE_WORKER_DRAIN_GRACE_S="0.5")
+    cluster.wait_workers(2)
+    reference = Streams(cluster, "ref")
+    await reference.run()
+
+    nc = await nats.connect(cluster.nats_url)
+    dead: dict[str, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def on_dead(msg):
+        dead[events_pb2.InstanceEvent.FromString(msg.data).instance_id] = loop.time()
+
+    await nc.subscribe(f"{cluster.prefix}.events.instance.dead", cb=on_dead)
+    await nc.flush()
+    stopped: dict[str, float] = {}
+
+    async def freeze_busiest(streams: Streams) -> None:
+        victim = streams.worker_of(streams.rids[0])
+        os.kill(pid_of(victim), signal.SIGSTOP)
+        stopped[victim] = loop.time()
+
+    streams = Streams(cluster, "frozen")
+    try:
+        await streams.run(after_start=freeze_busiest)
+    finally:
+        for victim in stopped:
+            os.kill(pid_of(victim), signal.SIGCONT)
+    (victim, at), = stopped.items()
+    assert victim in dead and dead[victim] - at <= 3.0, f"declared dead after {dead.get(victim, float('inf')) - at:.2f} s"
+    # The thawed worker may still publish a few tokens of its old attempt: clients never see them.
+    await asyncio.sleep(1.0)
+    await nc.close()
+    for ref_rid, rid in zip(reference.rids, streams.rids, strict=True):
+        assert streams.texts[rid] == reference.texts[ref_rid], rid
     streams.check_contiguous()

@@ -135,6 +135,10 @@ class Cluster:
         tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
         raise TimeoutError(f"cluster not ready within {timeout_s:.0f} s\n{tails}")
 
+    def forget_stopped(self) -> None:
+        """Drops services a test stopped on purpose, so readiness checks do not count them as crashed."""
+        self.services[:] = [s for s in self.services if s.proc is None or s.proc.poll() is None]
+
     def wait_workers(self, count: int, timeout_s: float = 120.0) -> None:
         """Until the router sees `count` live workers (ListModels), failing fast if a service dies."""
         from llmserve.v1 import inference_pb2, inference_pb2_grpc
