@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -76,27 +77,21 @@ def median_run(runs: list[dict]) -> dict:
     return chosen
 
 
-def run_stack(store: Path, work: Path, new_tokens: int, log, repeats: int) -> dict[str, list[dict]]:
+@contextlib.contextmanager
+def running_stack(store: Path, work: Path):
+    """NATS, Redis and every service with one worker, for the whole run; yields (grpc address, worker pid)."""
     nats, redis = nats_server(work), redis_server(work)
     prefix = "bench" + uuid.uuid4().hex[:6]
     asyncio.run(_publish(redis.url, f"{prefix}:", store))
     cluster = Cluster(nats.url, redis.url, prefix, store, work / "logs")
-    results: dict[str, list[dict]] = {f"d{c}": [] for c in CONCURRENCY}
     try:
         cluster.start(LLMSERVE_WORKER_TORCH_THREADS="0", LLMSERVE_WORKER_MAX_RUNNING="32")
         worker = next(s for s in cluster.services if s.name.startswith("worker"))
-        for round_ in range(repeats):
-            for c in CONCURRENCY:
-                if round_ > 0 and f"d{c}" not in RATIO_SCENARIOS:
-                    continue
-                log(f"round {round_ + 1}/{repeats}: stack, concurrency {c}")
-                questions = scenarios.questions(requests_at(c))
-                results[f"d{c}"].append(scenarios.stack_through_grpc(cluster.grpc_addr, worker.proc.pid, questions, new_tokens, c))
+        yield cluster.grpc_addr, worker.proc.pid
     finally:
         cluster.stop()
         nats.stop()
         redis.stop()
-    return results
 
 
 def in_fresh_process(spec: dict) -> dict:
@@ -190,17 +185,22 @@ def main() -> int:
             "b": {**base, "kind": "static", "requests": 16},
             **{f"c{c}": {**base, "kind": "engine", "requests": requests_at(c), "concurrency": c, "max_running": 32} for c in CONCURRENCY},
         }
-        runs: dict[str, list[dict]] = {key: [] for key in specs}
-        # The scenarios the targets compare run `repeats` times, interleaved, so that the machine's
-        # drift hits all of them alike; each reports its median run.
-        for round_ in range(args.repeats):
-            for key, spec in specs.items():
-                if round_ > 0 and key not in RATIO_SCENARIOS:
-                    continue
-                log(f"round {round_ + 1}/{args.repeats}: {key}")
-                runs[key].append(in_fresh_process(spec))
-        stack_runs = run_stack(store, work, n, log, args.repeats)
-        runs.update(stack_runs)
+        runs: dict[str, list[dict]] = {key: [] for key in [*specs, *(f"d{c}" for c in CONCURRENCY)]}
+        log("starting the stack (NATS, Redis, scheduler, monitor, worker, router) ...")
+        with running_stack(store, work) as (addr, worker_pid):
+            # The scenarios the targets compare run `repeats` times, interleaved (in-process and stack
+            # alike), so that the machine's drift hits all of them; each reports its median run.
+            for round_ in range(args.repeats):
+                for key in runs:
+                    if round_ > 0 and key not in RATIO_SCENARIOS:
+                        continue
+                    log(f"round {round_ + 1}/{args.repeats}: {key}")
+                    if key in specs:
+                        runs[key].append(in_fresh_process(specs[key]))
+                    else:
+                        c = int(key[1:])
+                        questions = scenarios.questions(requests_at(c))
+                        runs[key].append(scenarios.stack_through_grpc(addr, worker_pid, questions, n, c))
         rows = [median_run(v) for v in runs.values()]
 
     report = {

@@ -15,8 +15,11 @@ from importlib import resources
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from swagger_ui_bundle import swagger_ui_path
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
@@ -200,7 +203,22 @@ def create_app(bridge: RestBridge) -> FastAPI:
         title="llmserve",
         version="0.1.0",
         description="OpenAI-compatible API of an llmserve cluster, plus health, metrics and a playground.",
+        docs_url=None,
+        redoc_url=None,
     )
+    # The interactive docs' script and styles are served from the swagger-ui-bundle package, so /docs
+    # works on machines that cannot reach a CDN.
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="llmserve API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="data:,",
+        )
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
