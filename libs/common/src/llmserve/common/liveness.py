@@ -45,6 +45,13 @@ class LivenessTable:
     def _is_live(self, state: InstanceState, now: float) -> bool:
         return now - state.seen_at < self.dead_after_s
 
+    def forgive(self) -> None:
+        """Restarts every instance's clock: beats missed while this process was cut off from NATS say
+        nothing about the instances (called after a reconnect)."""
+        now = time.monotonic()
+        for state in self.instances.values():
+            state.seen_at = now
+
     def expire(self) -> list[InstanceState]:
         """Removes and returns the instances whose beats stopped."""
         now = time.monotonic()

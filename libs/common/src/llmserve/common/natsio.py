@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import nats
 import structlog
@@ -16,8 +17,13 @@ from llmserve.common.subjects import Subjects
 log = structlog.get_logger()
 
 
-async def connect_nats(url: str, name: str, wait_s: float = 30.0) -> NATS:
-    """Connects, retrying for up to wait_s so services may start before the server; reconnects forever after."""
+async def connect_nats(
+    url: str, name: str, wait_s: float = 30.0, on_reconnect: list[Callable[[], None]] | None = None
+) -> NATS:
+    """Connects, retrying for up to wait_s so services may start before the server; reconnects forever after.
+
+    `on_reconnect` is a list the caller may keep adding to; each function in it runs after every reconnect.
+    """
 
     async def _error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
@@ -27,6 +33,8 @@ async def connect_nats(url: str, name: str, wait_s: float = 30.0) -> NATS:
 
     async def _reconnected() -> None:
         log.info("nats_reconnected")
+        for hook in on_reconnect or ():
+            hook()
 
     deadline = time.monotonic() + wait_s
     while True:

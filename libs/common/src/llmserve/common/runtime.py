@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 import structlog
@@ -41,9 +41,11 @@ class ServiceRuntime:
     subjects: Subjects
     keys: RedisKeys
     stack: contextlib.AsyncExitStack
+    # Run after every NATS reconnect.
+    reconnect_hooks: list[Callable[[], None]] = field(default_factory=list)
 
     async def connect_nats(self) -> NATS:
-        nc = await connect_nats(self.common.nats_url, name=self.instance_id)
+        nc = await connect_nats(self.common.nats_url, name=self.instance_id, on_reconnect=self.reconnect_hooks)
         # drain() delivers what is in flight before closing: nothing accepted is dropped on shutdown.
         self.stack.push_async_callback(nc.drain)
         return nc
@@ -59,6 +61,7 @@ class ServiceRuntime:
     async def liveness(self, nc: NATS) -> LivenessTable:
         table = LivenessTable(dead_after_s=DEAD_AFTER_BEATS * self.common.heartbeat_interval_s)
         await table.subscribe(nc, self.subjects)
+        self.reconnect_hooks.append(table.forgive)
         return table
 
     def start_heartbeat(

@@ -21,6 +21,7 @@ async def run(common: CommonSettings) -> None:
         # Dead after 2.5 missed beats: within 3 s at the default 1 s interval.
         tracker = HeartbeatTracker(nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s)
         await tracker.start()
+        rt.reconnect_hooks.append(tracker.table.forgive)
         rt.start_heartbeat(nc)
         log.info("monitor_ready")
         await tracker.run(rt.stop)

@@ -104,7 +104,7 @@ class GenerationService:
                     log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(exc),
                              resumed_tokens=len(delivered_ids))
                     tokens.new_attempt(job.attempt)
-                    await self._submit(job.SerializeToString())
+                    await self._resubmit(job)
                     timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
                     continue
                 now = time.monotonic()
@@ -155,6 +155,20 @@ class GenerationService:
     def _check_deadline(self, job: events_pb2.Job) -> None:
         if job.deadline and time.time() >= job.deadline:
             raise ServiceError.deadline("the request's deadline passed")
+
+    async def _resubmit(self, job: events_pb2.Job) -> None:
+        """Submits a continuation, retrying while no worker is live for up to the stall timeout: right
+        after a worker dies or NATS comes back, the others' next heartbeat may be a second away."""
+        give_up = time.monotonic() + self._timeouts.stall_s
+        while True:
+            try:
+                await self._submit(job.SerializeToString())
+                return
+            except ServiceError as exc:
+                if exc.code != events_pb2.ERROR_CODE_UNAVAILABLE or time.monotonic() >= give_up:
+                    raise
+            self._check_deadline(job)
+            await asyncio.sleep(0.25)
 
     async def _submit(self, data: bytes) -> int:
         """Hands the job to a scheduler; returns the model version it was queued for."""
