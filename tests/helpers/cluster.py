@@ -71,6 +71,7 @@ class Cluster:
     default_model: str = "SmolLM2-135M-Instruct"
     grpc_port: int = field(default_factory=infra.free_port)
     http_port: int = field(default_factory=infra.free_port)
+    monitor_port: int = field(default_factory=infra.free_port)
     services: list[ServiceProcess] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -81,6 +82,10 @@ class Cluster:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://127.0.0.1:{self.monitor_port}"
 
     @property
     def env(self) -> dict[str, str]:
@@ -95,6 +100,7 @@ class Cluster:
             LLMSERVE_LOG_FORMAT="json",
             LLMSERVE_ROUTER_GRPC_ADDR=self.grpc_addr,
             LLMSERVE_ROUTER_HTTP_ADDR=f"127.0.0.1:{self.http_port}",
+            LLMSERVE_MONITOR_HTTP_ADDR=f"127.0.0.1:{self.monitor_port}",
             LLMSERVE_WORKER_TORCH_THREADS="1",
             PYTHONUNBUFFERED="1",
         )

@@ -33,6 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0)
     chat.add_argument("--system", default=None, help="system message")
 
+    status = sub.add_parser("status", help="models, instances and their load, from the monitor")
+    status.add_argument(
+        "--monitor",
+        default="http://" + os.environ.get("LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001"),
+        help="monitor URL (default %(default)s)",
+    )
+
     models = sub.add_parser("models", help="list or publish models")
     models.add_argument("--addr", default=grpc_addr, help="router gRPC address (default %(default)s)")
     msub = models.add_subparsers(dest="action")
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         from llmserve.cli.chat import chat
 
         return chat(args.addr, args.prompt, args.model, args.max_tokens, args.temperature, args.system)
+    if args.command == "status":
+        from llmserve.cli.chat import cluster_status
+
+        return cluster_status(args.monitor)
     if args.command == "models":
         if args.action == "publish":
             return asyncio.run(_publish(args))

@@ -45,3 +45,25 @@ def list_models(addr: str) -> int:
     for m in response.models:
         print(f"{m.name:<32} {m.stable_version:>6} {','.join(map(str, m.versions)):<16} {m.live_workers:>7}")
     return 0
+
+
+def cluster_status(monitor_url: str) -> int:
+    """`llmserve status`: the monitor's view of models and instances, as tables."""
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/status", timeout=5) as response:
+            view = json.load(response)
+    except OSError as exc:
+        print(f"error: cannot reach the monitor at {monitor_url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{'MODEL':<32} {'VERSION':>7} {'WORKERS':>7} {'SLOTS BUSY/TOTAL':>17}")
+    for m in view["models"]:
+        print(f"{m['model']:<32} {m['version']:>7} {m['workers']:>7} {str(m['slots_busy']) + '/' + str(m['slots_total']):>17}")
+    print()
+    print(f"{'INSTANCE':<40} {'KIND':<10} {'STATE':<9} {'MEM MB':>7} {'CPU %':>6} {'LAST BEAT':>10}")
+    for i in view["instances"]:
+        state = "ready" if i["live"] and i["ready"] else ("draining" if i["live"] else "dead")
+        print(f"{i['instance']:<40} {i['kind']:<10} {state:<9} {i['rss_mb']:>7} {i['cpu_percent']:>6} {i['last_beat_s']:>9}s")
+    return 0

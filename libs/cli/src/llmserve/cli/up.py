@@ -113,6 +113,8 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
         print(f"  gRPC        {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
         print(f"  REST        http://{http_addr}/v1  (OpenAI API)")
         print(f"  playground  http://{http_addr}/   docs: http://{http_addr}/docs   metrics: http://{http_addr}/metrics")
+        monitor = os.environ.get("LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001")
+        print(f"  status      http://{monitor}/   (or: llmserve status)")
         print("Press Ctrl-C to stop.", flush=True)
         _supervise(children, lambda: stop)
         print("\nStopping ...", flush=True)

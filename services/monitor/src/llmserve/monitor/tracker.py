@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -21,11 +22,14 @@ log = structlog.get_logger()
 class HeartbeatTracker:
     """Declares an instance dead once its beats stop for dead_after_s, checking every check_s."""
 
-    def __init__(self, nc: NATS, subjects: Subjects, dead_after_s: float, check_s: float = 0.25) -> None:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, dead_after_s: float, check_s: float = 0.25, on_dead: Callable[[int], None] | None = None
+    ) -> None:
         self._nc = nc
         self._subjects = subjects
         self.table = LivenessTable(dead_after_s)
         self._check_s = check_s
+        self._on_dead = on_dead
         self._sub = None
 
     async def start(self) -> None:
@@ -51,5 +55,7 @@ class HeartbeatTracker:
         while not stop.is_set():
             for state in self.table.expire():
                 await self._announce(state.beat, "dead")
+                if self._on_dead is not None:
+                    self._on_dead(state.beat.kind)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._check_s)

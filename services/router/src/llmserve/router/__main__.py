@@ -11,11 +11,11 @@ import structlog
 
 from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
 from llmserve.common.heartbeat import HeartbeatPublisher
+from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
-from llmserve.router.http_server import HttpServer
 from llmserve.router.rest_api import RestBridge, create_app
 from llmserve.router.settings import RouterSettings
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc

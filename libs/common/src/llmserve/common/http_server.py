@@ -1,4 +1,4 @@
-"""uvicorn inside the router's own event loop, sharing its NATS connection and state."""
+"""uvicorn inside a service's own event loop (router, monitor), sharing its connections and state."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 
 class _EmbeddedServer(uvicorn.Server):
-    # The router's own SIGTERM handling stops this server; uvicorn must not take the signals over.
+    # The service's own SIGTERM handling stops this server; uvicorn must not take the signals over.
     @contextlib.contextmanager
     def capture_signals(self):
         yield

@@ -1,0 +1,128 @@
+"""The cluster view: a JSON status, a small web page and Prometheus metrics, all from the heartbeat table."""
+
+from __future__ import annotations
+
+import html
+import time
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from llmserve.common.heartbeat import KIND_NAMES
+from llmserve.common.liveness import LivenessTable
+
+# Metric names the monitor exports (documented in docs/ARCHITECTURE.md).
+INSTANCES = "llmserve_cluster_instances"
+WORKER_SLOTS = "llmserve_cluster_worker_slots"
+WORKER_SLOTS_BUSY = "llmserve_cluster_worker_slots_busy"
+INSTANCE_RSS = "llmserve_instance_resident_memory_bytes"
+INSTANCE_CPU = "llmserve_instance_cpu_percent"
+DEATHS = "llmserve_cluster_instance_deaths_total"
+
+
+class ClusterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.instances = Gauge(INSTANCES, "Live instances by kind and readiness.", ["kind", "ready"], registry=self.registry)
+        self.slots = Gauge(WORKER_SLOTS, "Sequences the live workers of a model version can run.", ["model", "version"], registry=self.registry)
+        self.busy = Gauge(WORKER_SLOTS_BUSY, "Sequences the live workers of a model version are running.", ["model", "version"], registry=self.registry)
+        self.rss = Gauge(INSTANCE_RSS, "Resident memory of each live instance.", ["instance", "kind"], registry=self.registry)
+        self.cpu = Gauge(INSTANCE_CPU, "CPU use of each live instance, percent of one core.", ["instance", "kind"], registry=self.registry)
+        self.deaths = Counter(DEATHS, "Instances declared dead, by kind.", ["kind"], registry=self.registry)
+
+    def count_death(self, kind: int) -> None:
+        self.deaths.labels(kind=KIND_NAMES.get(kind, "unknown")).inc()
+
+    def render(self, table: LivenessTable) -> bytes:
+        for gauge in (self.instances, self.slots, self.busy, self.rss, self.cpu):
+            gauge.clear()
+        for beat in table.live():
+            kind = KIND_NAMES.get(beat.kind, "unknown")
+            self.instances.labels(kind=kind, ready=str(beat.ready).lower()).inc()
+            self.rss.labels(instance=beat.instance_id, kind=kind).set(beat.rss_bytes)
+            self.cpu.labels(instance=beat.instance_id, kind=kind).set(beat.cpu_percent)
+            if beat.model:
+                self.slots.labels(model=beat.model, version=str(beat.model_version)).inc(beat.slots_total)
+                self.busy.labels(model=beat.model, version=str(beat.model_version)).inc(beat.slots_busy)
+        return generate_latest(self.registry)
+
+
+def status(table: LivenessTable) -> dict:
+    now = time.monotonic()
+    instances = []
+    for state in sorted(table.instances.values(), key=lambda s: (s.beat.kind, s.beat.instance_id)):
+        beat = state.beat
+        instances.append(
+            {
+                "instance": beat.instance_id,
+                "kind": KIND_NAMES.get(beat.kind, "unknown"),
+                "live": now - state.seen_at < table.dead_after_s,
+                "ready": beat.ready,
+                "last_beat_s": round(now - state.seen_at, 2),
+                "model": beat.model or None,
+                "version": beat.model_version or None,
+                "slots_total": beat.slots_total,
+                "slots_busy": beat.slots_busy,
+                "rss_mb": round(beat.rss_bytes / 2**20),
+                "cpu_percent": round(beat.cpu_percent, 1),
+                "host": beat.host,
+            }
+        )
+    models: dict[str, dict] = {}
+    for item in instances:
+        if item["kind"] == "worker" and item["live"]:
+            key = f"{item['model']} v{item['version']}"
+            entry = models.setdefault(key, {"model": item["model"], "version": item["version"], "workers": 0, "slots_total": 0, "slots_busy": 0})
+            entry["workers"] += 1
+            entry["slots_total"] += item["slots_total"]
+            entry["slots_busy"] += item["slots_busy"]
+    return {"instances": instances, "models": list(models.values())}
+
+
+_PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
+<title>llmserve cluster</title><style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
+td,th{{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}}.no{{color:#b00020}}</style></head>
+<body><h1>llmserve cluster</h1><h2>Models</h2><table><tr><th>model</th><th>version</th><th>workers</th><th>slots busy / total</th></tr>{models}</table>
+<h2>Instances</h2><table><tr><th>instance</th><th>kind</th><th>state</th><th>model</th><th>slots</th><th>memory MB</th><th>CPU %</th><th>last beat</th></tr>{rows}</table>
+<p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+
+
+def page(view: dict) -> str:
+    models = "".join(
+        f"<tr><td>{html.escape(str(m['model']))}</td><td>{m['version']}</td><td>{m['workers']}</td><td>{m['slots_busy']} / {m['slots_total']}</td></tr>"
+        for m in view["models"]
+    )
+    rows = []
+    for i in view["instances"]:
+        state = "ready" if i["live"] and i["ready"] else ("draining" if i["live"] else "dead")
+        css = "" if state == "ready" else ' class="no"'
+        model = f"{i['model']} v{i['version']}" if i["model"] else ""
+        slots = f"{i['slots_busy']} / {i['slots_total']}" if i["kind"] == "worker" else ""
+        rows.append(
+            f"<tr><td>{html.escape(i['instance'])}</td><td>{i['kind']}</td><td{css}>{state}</td><td>{html.escape(model)}</td>"
+            f"<td>{slots}</td><td>{i['rss_mb']}</td><td>{i['cpu_percent']}</td><td>{i['last_beat_s']} s ago</td></tr>"
+        )
+    return _PAGE.format(models=models, rows="".join(rows))
+
+
+def create_app(table: LivenessTable, metrics: ClusterMetrics) -> FastAPI:
+    app = FastAPI(title="llmserve monitor", docs_url=None, redoc_url=None)
+
+    @app.get("/status")
+    async def get_status() -> dict:
+        return status(table)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def get_page() -> str:
+        return page(status(table))
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        return Response(metrics.render(table), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,39 @@
+"""The monitor's cluster view: JSON status, web page, Prometheus metrics and `llmserve status`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from llmserve.monitor import status as names
+
+pytestmark = pytest.mark.e2e
+
+
+def test_status_lists_every_instance_and_the_model(real_cluster):
+    view = httpx.get(f"{real_cluster.monitor_url}/status", timeout=10).json()
+    kinds = {i["kind"] for i in view["instances"] if i["live"]}
+    assert {"router", "scheduler", "worker", "monitor"} <= kinds
+    (model,) = view["models"]
+    assert model["model"] == "SmolLM2-135M-Instruct" and model["workers"] == 1 and model["slots_total"] >= 1
+    page = httpx.get(f"{real_cluster.monitor_url}/", timeout=10).text
+    assert "llmserve cluster" in page and "SmolLM2-135M-Instruct" in page
+
+
+def test_metrics_parse_and_hold_the_documented_names(real_cluster):
+    text = httpx.get(f"{real_cluster.monitor_url}/metrics", timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (names.INSTANCES, names.WORKER_SLOTS, names.WORKER_SLOTS_BUSY, names.INSTANCE_RSS, names.INSTANCE_CPU):
+        assert name in families, name
+    workers = [s for s in families[names.INSTANCES].samples if s.labels["kind"] == "worker"]
+    assert sum(s.value for s in workers) == 1
+
+
+def test_cli_status_prints_the_tables(real_cluster):
+    cli = Path(sys.executable).parent / "llmserve"
+    out = subprocess.run([str(cli), "status", "--monitor", real_cluster.monitor_url], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "SmolLM2-135M-Instruct" in out.stdout and "worker" in out.stdout and "ready" in out.stdout
