@@ -37,3 +37,18 @@ def test_cli_status_prints_the_tables(real_cluster):
     out = subprocess.run([str(cli), "status", "--monitor", real_cluster.monitor_url], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "SmolLM2-135M-Instruct" in out.stdout and "worker" in out.stdout and "ready" in out.stdout
+
+
+def test_scheduler_and_worker_metrics(real_cluster):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{real_cluster.http_url}/v1", api_key="unused", max_retries=0)
+    client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
+    scheduler = httpx.get(f"http://127.0.0.1:{real_cluster.scheduler_metrics_port}/metrics", timeout=10).text
+    families = {f.name: f for f in text_string_to_metric_families(scheduler)}
+    queued = [s for s in families["llmserve_scheduler_submissions"].samples if s.labels.get("outcome") == "queued"]
+    assert queued and queued[0].value >= 1
+    worker = httpx.get(f"http://127.0.0.1:{real_cluster.worker_metrics_ports[0]}/metrics", timeout=10).text
+    names_found = {f.name for f in text_string_to_metric_families(worker)}
+    assert {"llmserve_worker_jobs", "llmserve_worker_queue_time_seconds", "llmserve_worker_generated_tokens",
+            "llmserve_worker_slots", "llmserve_worker_slots_busy", "llmserve_worker_kv_reserved_tokens"} <= names_found

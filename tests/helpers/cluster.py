@@ -72,6 +72,8 @@ class Cluster:
     grpc_port: int = field(default_factory=infra.free_port)
     http_port: int = field(default_factory=infra.free_port)
     monitor_port: int = field(default_factory=infra.free_port)
+    scheduler_metrics_port: int = field(default_factory=infra.free_port)
+    worker_metrics_ports: list[int] = field(default_factory=list)
     services: list[ServiceProcess] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -116,10 +118,12 @@ class Cluster:
 
     def start(self, workers: int = 1, **worker_env: str) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.start_service("scheduler")
+        self.start_service("scheduler", LLMSERVE_SCHEDULER_METRICS_ADDR=f"127.0.0.1:{self.scheduler_metrics_port}")
         self.start_service("monitor")
         for i in range(workers):
-            self.start_service("model_worker", f"worker-{i}", **worker_env)
+            port = infra.free_port()
+            self.worker_metrics_ports.append(port)
+            self.start_service("model_worker", f"worker-{i}", LLMSERVE_WORKER_METRICS_ADDR=f"127.0.0.1:{port}", **worker_env)
         self.start_service("router")
         self.wait_ready()
         return self

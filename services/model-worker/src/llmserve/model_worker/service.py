@@ -10,6 +10,7 @@ import torch
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
+from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.modelstore import ChecksumMismatch
 from llmserve.common.runtime import service_runtime
 from llmserve.model_worker.batching_engine import BatchingEngine
@@ -74,6 +75,7 @@ async def run(settings: WorkerSettings) -> None:
         nc = await rt.connect_nats()
         worker = ModelWorker(nc, rt.subjects, engine, loaded, record, rt.instance_id, common.heartbeat_interval_s)
         await worker.start()
+        serve_metrics(settings.metrics_addr)
         await rt.stop.wait()
         log.info("worker_stopping")
         await worker.drain(settings.drain_grace_s)

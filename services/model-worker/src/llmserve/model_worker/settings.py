@@ -37,6 +37,8 @@ class WorkerSettings:
     # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
     # the worker hands them back to the routers, which resume them on another worker.
     drain_grace_s: float = 30.0
+    # LLMSERVE_WORKER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
+    metrics_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -55,4 +57,5 @@ class WorkerSettings:
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
             prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 1024),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", 30.0),
+            metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", ""),
         )

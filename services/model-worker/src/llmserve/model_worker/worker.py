@@ -11,6 +11,7 @@ from nats.aio.msg import Msg
 
 from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.subjects import Subjects
+from llmserve.model_worker import metrics
 from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
 from llmserve.model_worker.job_puller import JobPuller
 from llmserve.model_worker.loader import LoadedModel
@@ -61,6 +62,10 @@ class ModelWorker:
 
     def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
         stats = self._engine.stats()
+        metrics.SLOTS_TOTAL.set(stats.slots_total)
+        metrics.SLOTS_BUSY.set(stats.slots_busy)
+        if hasattr(self._engine, "kv_reserved"):
+            metrics.KV_RESERVED.set(self._engine.kv_reserved())
         beat.model = self._record.name
         beat.model_version = self._record.version
         beat.slots_total = stats.slots_total
@@ -166,6 +171,10 @@ class ModelWorker:
                 if seq == 0:
                     first = time.perf_counter()
                 seq += 1
+            metrics.QUEUE_TIME.observe(max(0.0, job_started_wall(taken) - job.submitted_at))
+            if out is not None:
+                metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
+                metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
             log.info(
                 "job_finished",
                 prompt_tokens=len(request.prompt_ids),
@@ -177,6 +186,7 @@ class ModelWorker:
                 total_s=round(time.perf_counter() - taken, 4),
             )
         except JobRejected as exc:
+            metrics.JOBS.labels(outcome="rejected").inc()
             await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
         except asyncio.CancelledError:
             self._engine.cancel(job_key(job))

@@ -6,6 +6,7 @@ import sys
 
 import structlog
 
+from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.scheduler.service import Scheduler
@@ -23,6 +24,7 @@ async def run(settings: SchedulerSettings) -> None:
         scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(nc))
         await scheduler.start()
         rt.start_heartbeat(nc)
+        serve_metrics(settings.metrics_addr)
         log.info("scheduler_ready", stream=rt.subjects.jobs_stream)
         await rt.stop.wait()
         log.info("scheduler_stopping")

@@ -11,6 +11,7 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.subjects import Subjects
+from llmserve.scheduler import metrics
 from llmserve.scheduler.admission import admit, effective_priority
 from llmserve.v1 import events_pb2
 
@@ -52,18 +53,24 @@ class Scheduler:
         try:
             job.model_version = await admit(job, self._catalog, self._liveness)
             job.priority = effective_priority(job.priority)
-            await self._enqueue(job)
+            outcome = await self._enqueue(job)
         except ServiceError as exc:
             log.info("job_rejected", error=exc.message, code=events_pb2.ErrorCode.Name(exc.code))
+            # An unknown model name comes from the client: it must not become a label of its own.
+            model = "unknown" if exc.code == events_pb2.ERROR_CODE_NOT_FOUND else job.model
+            metrics.SUBMISSIONS.labels(model=model, outcome=_outcome(exc)).inc()
             return _rejected(exc)
         except Exception as exc:
             log.exception("submit_failed")
+            metrics.SUBMISSIONS.labels(model="unknown", outcome="internal").inc()
             return _rejected(ServiceError.internal(f"scheduler failed: {type(exc).__name__}"))
+        else:
+            metrics.SUBMISSIONS.labels(model=job.model, outcome=outcome).inc()
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model")
         return events_pb2.SubmitReply(model_version=job.model_version)
 
-    async def _enqueue(self, job: events_pb2.Job) -> None:
+    async def _enqueue(self, job: events_pb2.Job) -> str:
         subject = self._subjects.jobs(job.model, job.model_version, job.priority)
         try:
             ack = await self._js.publish(
@@ -75,9 +82,14 @@ class Scheduler:
             raise
         if ack.duplicate:
             log.info("job_duplicate_ignored")
-            return
+            return "duplicate"
         log.info("job_queued", subject=subject)
         await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
+        return "queued"
+
+
+def _outcome(exc: ServiceError) -> str:
+    return events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
 
 
 def _message_id(job: events_pb2.Job) -> str:

@@ -1,0 +1,16 @@
+"""Prometheus metrics of a model worker (served when LLMSERVE_WORKER_METRICS_ADDR is set)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+JOBS = Counter("llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected).", ["outcome"])
+QUEUE_TIME = Histogram(
+    "llmserve_worker_queue_time_seconds",
+    "From the router accepting a request to this worker taking it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens generated.")
+SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
+SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
+KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")
