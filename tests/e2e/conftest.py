@@ -12,6 +12,7 @@ def real_cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
     prefix = "e" + uuid.uuid4().hex[:10]
     register(redis_srv.url, prefix, smollm)
     cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path_factory.mktemp("logs"))
+    cluster.extra_env["LLMSERVE_MONITOR_PROBE_INTERVAL_S"] = "5"
     try:
         yield cluster.start()
     finally:

@@ -52,3 +52,18 @@ def test_scheduler_and_worker_metrics(real_cluster):
     names_found = {f.name for f in text_string_to_metric_families(worker)}
     assert {"llmserve_worker_jobs", "llmserve_worker_queue_time_seconds", "llmserve_worker_generated_tokens",
             "llmserve_worker_slots", "llmserve_worker_slots_busy", "llmserve_worker_kv_reserved_tokens"} <= names_found
+
+
+def test_probe_of_the_real_model_passes(real_cluster):
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        probes = httpx.get(f"{real_cluster.monitor_url}/status", timeout=10).json()["probes"]
+        if probes:
+            (probe,) = probes
+            assert probe["ok"], probe
+            assert "Paris" in probe["detail"] and probe["latency_s"] > 0
+            return
+        time.sleep(0.5)
+    raise AssertionError("no probe ran within 60 s")

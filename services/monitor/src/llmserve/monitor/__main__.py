@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import sys
 
 import structlog
 
-from llmserve.common.config import CommonSettings, env_str
 from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import DEAD_AFTER_BEATS
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.monitor.alerts import Alerter
+from llmserve.monitor.probes import Prober
+from llmserve.monitor.settings import MonitorSettings
 from llmserve.monitor.status import ClusterMetrics, create_app
 from llmserve.monitor.tracker import HeartbeatTracker
 from llmserve.v1 import events_pb2
@@ -18,30 +20,40 @@ from llmserve.v1 import events_pb2
 log = structlog.get_logger()
 
 
-async def run(common: CommonSettings, http_addr: str) -> None:
+async def run(settings: MonitorSettings) -> None:
+    common = settings.common
     async with service_runtime(common, events_pb2.INSTANCE_KIND_MONITOR) as rt:
         nc = await rt.connect_nats()
-        # Dead after 2.5 missed beats: within 3 s at the default 1 s interval.
         metrics = ClusterMetrics()
-        tracker = HeartbeatTracker(
-            nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=metrics.count_death
-        )
+        alerter = Alerter(settings.alert_webhook)
+        background: set[asyncio.Task] = set()
+
+        def on_dead(beat: events_pb2.Heartbeat) -> None:
+            metrics.count_death(beat.kind)
+            task = asyncio.create_task(
+                alerter.raise_alert("instance_down", f"{beat.instance_id} stopped sending heartbeats", instance=beat.instance_id)
+            )
+            background.add(task)
+            task.add_done_callback(background.discard)
+
+        # Dead after 2.5 missed beats: within 3 s at the default 1 s interval.
+        tracker = HeartbeatTracker(nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=on_dead)
         await tracker.start()
-        http = HttpServer(create_app(tracker.table, metrics), http_addr, graceful_s=2)
+        rt.reconnect_hooks.append(tracker.table.forgive)
+        prober = Prober(nc, rt.subjects, tracker.table, alerter, settings.probes)
+        http = HttpServer(create_app(tracker.table, metrics, prober, alerter), settings.http_addr, graceful_s=2)
         await http.start()
         rt.stack.push_async_callback(http.stop)
-        log.info("monitor_listening", http=http_addr)
-        rt.reconnect_hooks.append(tracker.table.forgive)
         rt.start_heartbeat(nc)
-        log.info("monitor_ready")
+        log.info("monitor_ready", http=settings.http_addr, probe_interval_s=settings.probes.interval_s)
+        probing = asyncio.create_task(prober.run(rt.stop))
         await tracker.run(rt.stop)
+        await probing
 
 
 def main() -> int:
-    common = CommonSettings.from_env()
-    # LLMSERVE_MONITOR_HTTP_ADDR: where the status page, /status (JSON) and /metrics are served.
-    http_addr = env_str(os.environ, "LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001")
-    return run_main("monitor", common, lambda: run(common, http_addr))
+    settings = MonitorSettings.from_env()
+    return run_main("monitor", settings.common, lambda: run(settings))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from llmserve.common.heartbeat import KIND_NAMES
 from llmserve.common.liveness import LivenessTable
+from llmserve.monitor.alerts import Alerter
+from llmserve.monitor.probes import Prober
 
 # Metric names the monitor exports (documented in docs/ARCHITECTURE.md).
 INSTANCES = "llmserve_cluster_instances"
@@ -106,12 +108,18 @@ def page(view: dict) -> str:
     return _PAGE.format(models=models, rows="".join(rows))
 
 
-def create_app(table: LivenessTable, metrics: ClusterMetrics) -> FastAPI:
+def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, alerter: Alerter) -> FastAPI:
     app = FastAPI(title="llmserve monitor", docs_url=None, redoc_url=None)
 
     @app.get("/status")
     async def get_status() -> dict:
-        return status(table)
+        view = status(table)
+        view["probes"] = [
+            {"model": r.model, "version": r.version, "ok": r.ok, "latency_s": round(r.latency_s, 3), "detail": r.detail, "at": r.at}
+            for r in prober.results.values()
+        ]
+        view["alerts"] = alerter.recent[-20:]
+        return view
 
     @app.get("/", response_class=HTMLResponse)
     async def get_page() -> str:

@@ -23,7 +23,12 @@ class HeartbeatTracker:
     """Declares an instance dead once its beats stop for dead_after_s, checking every check_s."""
 
     def __init__(
-        self, nc: NATS, subjects: Subjects, dead_after_s: float, check_s: float = 0.25, on_dead: Callable[[int], None] | None = None
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        dead_after_s: float,
+        check_s: float = 0.25,
+        on_dead: Callable[[events_pb2.Heartbeat], None] | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -56,6 +61,6 @@ class HeartbeatTracker:
             for state in self.table.expire():
                 await self._announce(state.beat, "dead")
                 if self._on_dead is not None:
-                    self._on_dead(state.beat.kind)
+                    self._on_dead(state.beat)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._check_s)
