@@ -124,3 +124,30 @@ async def test_doorbell_rings_when_a_job_is_queued(nc, subjects, scheduler):
     await sched.submit(job("a").SerializeToString())
     assert await asyncio.wait_for(rang, 5)
     await sub.unsubscribe()
+
+
+async def test_fallback_model_serves_while_the_model_has_no_worker(scheduler, catalog):
+    sched, liveness = scheduler
+    await catalog.publish("backup", "backup/a", "b" * 64, "test")
+    await live_worker(liveness, model="backup", version=1)
+    assert (await sched.submit(job("no-fallback-yet").SerializeToString())).error_code == events_pb2.ERROR_CODE_UNAVAILABLE
+    await catalog.set_fallback("m", "backup")
+    reply = await sched.submit(job("degraded").SerializeToString())
+    assert reply.error_code == 0 and reply.model == "backup" and reply.model_version == 1
+    # An explicit version asks for exactly that model: no fallback.
+    pinned = job("pinned")
+    pinned.model_version = 1
+    assert (await sched.submit(pinned.SerializeToString())).error_code == events_pb2.ERROR_CODE_UNAVAILABLE
+    # With its own worker back, the model serves itself again.
+    await live_worker(liveness, model="m", version=1)
+    assert (await sched.submit(job("healthy").SerializeToString())).model == "m"
+
+
+async def test_fallback_must_be_a_published_other_model(catalog):
+    from llmserve.common.errors import ServiceError
+
+    await catalog.publish("m", "m/a", "a" * 64, "test")
+    with pytest.raises(ServiceError):
+        await catalog.set_fallback("m", "m")
+    with pytest.raises(ServiceError):
+        await catalog.set_fallback("m", "nope")

@@ -51,7 +51,33 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--default", action="store_true", help="the packaged SmolLM2-135M-Instruct")
     pub.add_argument("--name", help="model name (required with --dir or --gguf)")
     pub.add_argument("--stable", action="store_true", help="make the new version the stable one")
+    fb = msub.add_parser("fallback", help="serve another model while this one has no live worker")
+    fb.add_argument("name", help="the model")
+    target = fb.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to", help="the model served instead")
+    target.add_argument("--clear", action="store_true", help="remove the fallback")
     return p
+
+
+async def _fallback(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from llmserve.common.catalog import ModelCatalog
+    from llmserve.common.config import CommonSettings
+    from llmserve.common.errors import ServiceError
+    from llmserve.common.keys import RedisKeys
+
+    settings = CommonSettings.from_env()
+    redis = aioredis.from_url(settings.redis_url)
+    try:
+        await ModelCatalog(redis, RedisKeys(settings.key_prefix)).set_fallback(args.name, None if args.clear else args.to)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
+    print(f"{args.name}: fallback {'removed' if args.clear else 'is ' + args.to}")
+    return 0
 
 
 async def _publish(args: argparse.Namespace) -> int:
@@ -98,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         if args.action == "publish":
             return asyncio.run(_publish(args))
+        if args.action == "fallback":
+            return asyncio.run(_fallback(args))
         from llmserve.cli.chat import list_models
 
         return list_models(args.addr)

@@ -84,6 +84,27 @@ class ModelCatalog:
     async def get_by_alias(self, name: str, alias: str = STABLE) -> registry_pb2.ModelVersion:
         return await self.get(name, await self.resolve(name, alias))
 
+    async def set_fallback(self, name: str, fallback: str | None, actor: str = "cli") -> None:
+        """Names the model served instead of `name` while no worker serves `name` (None removes it)."""
+        if fallback is not None:
+            if fallback == name:
+                raise ServiceError.invalid("a model cannot be its own fallback", param="fallback")
+            if not await self._redis.sismember(self._keys.models, fallback):
+                raise ServiceError.not_found(f"fallback model {fallback!r} is not published")
+        if not await self._redis.sismember(self._keys.models, name):
+            raise ServiceError.not_found(f"model {name!r} is not published")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if fallback is None:
+                pipe.delete(self._keys.fallback(name))
+            else:
+                pipe.set(self._keys.fallback(name), fallback)
+            pipe.xadd(self._keys.audit, {"action": "fallback", "model": name, "fallback": fallback or "", "actor": actor, "at": f"{time.time():.6f}"})
+            await pipe.execute()
+
+    async def fallback(self, name: str) -> str | None:
+        value = await self._redis.get(self._keys.fallback(name))
+        return value.decode() if value else None
+
     async def model_names(self) -> list[str]:
         return sorted(n.decode() for n in await self._redis.smembers(self._keys.models))
 

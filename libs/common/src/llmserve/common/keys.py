@@ -6,6 +6,7 @@ Layout (prefix "llm:" by default):
   llm:model:<name>:v:<version>         HASH   one ModelVersion (path, sha256, source, created_at)
   llm:model:<name>:aliases             HASH   alias -> version
   llm:model:<name>:next_version        STRING counter of the last version number handed out
+  llm:model:<name>:fallback            STRING model served instead while <name> has no live worker
   llm:audit                            STREAM every registry change (who, what, when)
 """
 
@@ -33,6 +34,9 @@ class RedisKeys:
 
     def version_counter(self, name: str) -> str:
         return f"{self.prefix}model:{name}:next_version"
+
+    def fallback(self, name: str) -> str:
+        return f"{self.prefix}model:{name}:fallback"
 
     @property
     def audit(self) -> str:

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from llmserve.v1 import common_pb2 as llmserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/events.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\x8a\x03\n\x03Job\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x13\n\x0bmodel_alias\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12,\n\x08messages\x18\x06 \x01(\x0b\x32\x18.llmserve.v1.JobMessagesH\x00\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x08 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x15\n\rreply_subject\x18\t \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x01\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\x0f\n\x07\x61ttempt\x18\r \x01(\r\x12\x18\n\x10resume_token_ids\x18\x0e \x03(\r\x12\x19\n\x11resume_text_chars\x18\x0f \x01(\rB\x07\n\x05input\"9\n\x0bJobMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"~\n\x0bSubmitReply\x12*\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x15\n\rretry_after_s\x18\x04 \x01(\x01\"\xc5\x02\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12*\n\nerror_code\x18\x08 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x13\n\x0bhanded_back\x18\r \x01(\x08\"A\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bmax_attempt\x18\x03 \x01(\r\"\x82\x02\n\tHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12\x13\n\x0bslots_total\x18\x08 \x01(\r\x12\x12\n\nslots_busy\x18\t \x01(\r\x12\x11\n\trss_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x0b \x01(\x02\x12\x0c\n\x04host\x18\x0c \x01(\t\"\x8e\x01\n\rInstanceEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\r\n\x05state\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r*\xdc\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x03\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06*\xb5\x01\n\x0cInstanceKind\x12\x1d\n\x19INSTANCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14INSTANCE_KIND_ROUTER\x10\x01\x12\x1b\n\x17INSTANCE_KIND_SCHEDULER\x10\x02\x12\x18\n\x14INSTANCE_KIND_WORKER\x10\x03\x12\x1a\n\x16INSTANCE_KIND_REGISTRY\x10\x04\x12\x19\n\x15INSTANCE_KIND_MONITOR\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/events.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\x8a\x03\n\x03Job\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x13\n\x0bmodel_alias\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12,\n\x08messages\x18\x06 \x01(\x0b\x32\x18.llmserve.v1.JobMessagesH\x00\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x08 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x15\n\rreply_subject\x18\t \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x01\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\x0f\n\x07\x61ttempt\x18\r \x01(\r\x12\x18\n\x10resume_token_ids\x18\x0e \x03(\r\x12\x19\n\x11resume_text_chars\x18\x0f \x01(\rB\x07\n\x05input\"9\n\x0bJobMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"\x8d\x01\n\x0bSubmitReply\x12*\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x15\n\rretry_after_s\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\"\xc5\x02\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12*\n\nerror_code\x18\x08 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x13\n\x0bhanded_back\x18\r \x01(\x08\"A\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bmax_attempt\x18\x03 \x01(\r\"\xe2\x02\n\tHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12\x13\n\x0bslots_total\x18\x08 \x01(\r\x12\x12\n\nslots_busy\x18\t \x01(\r\x12\x11\n\trss_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x0b \x01(\x02\x12\x0c\n\x04host\x18\x0c \x01(\t\x12\x1f\n\x17gpu_utilization_percent\x18\r \x01(\x02\x12\x1d\n\x15gpu_memory_used_bytes\x18\x0e \x01(\x04\x12\x1e\n\x16gpu_memory_total_bytes\x18\x0f \x01(\x04\"\x8e\x01\n\rInstanceEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\r\n\x05state\x18\x03 \x01(\t\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r*\xdc\x01\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x03\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06*\xb5\x01\n\x0cInstanceKind\x12\x1d\n\x19INSTANCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14INSTANCE_KIND_ROUTER\x10\x01\x12\x1b\n\x17INSTANCE_KIND_SCHEDULER\x10\x02\x12\x18\n\x14INSTANCE_KIND_WORKER\x10\x03\x12\x1a\n\x16INSTANCE_KIND_REGISTRY\x10\x04\x12\x19\n\x15INSTANCE_KIND_MONITOR\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=1453
-  _globals['_ERRORCODE']._serialized_end=1673
-  _globals['_INSTANCEKIND']._serialized_start=1676
-  _globals['_INSTANCEKIND']._serialized_end=1857
+  _globals['_ERRORCODE']._serialized_start=1565
+  _globals['_ERRORCODE']._serialized_end=1785
+  _globals['_INSTANCEKIND']._serialized_start=1788
+  _globals['_INSTANCEKIND']._serialized_end=1969
   _globals['_JOB']._serialized_start=68
   _globals['_JOB']._serialized_end=462
   _globals['_JOBMESSAGES']._serialized_start=464
   _globals['_JOBMESSAGES']._serialized_end=521
-  _globals['_SUBMITREPLY']._serialized_start=523
-  _globals['_SUBMITREPLY']._serialized_end=649
-  _globals['_TOKENCHUNK']._serialized_start=652
-  _globals['_TOKENCHUNK']._serialized_end=977
-  _globals['_CANCEL']._serialized_start=979
-  _globals['_CANCEL']._serialized_end=1044
-  _globals['_HEARTBEAT']._serialized_start=1047
-  _globals['_HEARTBEAT']._serialized_end=1305
-  _globals['_INSTANCEEVENT']._serialized_start=1308
-  _globals['_INSTANCEEVENT']._serialized_end=1450
+  _globals['_SUBMITREPLY']._serialized_start=524
+  _globals['_SUBMITREPLY']._serialized_end=665
+  _globals['_TOKENCHUNK']._serialized_start=668
+  _globals['_TOKENCHUNK']._serialized_end=993
+  _globals['_CANCEL']._serialized_start=995
+  _globals['_CANCEL']._serialized_end=1060
+  _globals['_HEARTBEAT']._serialized_start=1063
+  _globals['_HEARTBEAT']._serialized_end=1417
+  _globals['_INSTANCEEVENT']._serialized_start=1420
+  _globals['_INSTANCEEVENT']._serialized_end=1562
 # @@protoc_insertion_point(module_scope)

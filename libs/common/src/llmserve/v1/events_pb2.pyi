@@ -81,16 +81,18 @@ class JobMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("error_code", "error_message", "model_version", "retry_after_s")
+    __slots__ = ("error_code", "error_message", "model_version", "retry_after_s", "model")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     error_code: ErrorCode
     error_message: str
     model_version: int
     retry_after_s: float
-    def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
+    model: str
+    def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("request_id", "seq", "text", "token_ids", "final", "finish_reason", "usage", "error_code", "error_message", "worker_id", "model_version", "attempt", "handed_back")
@@ -133,7 +135,7 @@ class Cancel(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., max_attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host")
+    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host", "gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +148,9 @@ class Heartbeat(_message.Message):
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     HOST_FIELD_NUMBER: _ClassVar[int]
+    GPU_UTILIZATION_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     kind: InstanceKind
     sent_at: float
@@ -158,7 +163,10 @@ class Heartbeat(_message.Message):
     rss_bytes: int
     cpu_percent: float
     host: str
-    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ...) -> None: ...
+    gpu_utilization_percent: float
+    gpu_memory_used_bytes: int
+    gpu_memory_total_bytes: int
+    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ...) -> None: ...
 
 class InstanceEvent(_message.Message):
     __slots__ = ("instance_id", "kind", "state", "at", "model", "model_version")

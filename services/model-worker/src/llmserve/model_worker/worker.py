@@ -13,6 +13,7 @@ from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.subjects import Subjects
 from llmserve.model_worker import metrics
 from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
+from llmserve.model_worker.gpu_stats import GpuStats
 from llmserve.model_worker.job_puller import JobPuller
 from llmserve.model_worker.loader import LoadedModel
 from llmserve.model_worker.sampling import SamplingConfig
@@ -48,6 +49,7 @@ class ModelWorker:
         self._record = record
         self.instance_id = instance_id
         self._puller = JobPuller(nc, subjects, record.name, record.version)
+        self._gpu = GpuStats(loaded.device)
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -71,6 +73,7 @@ class ModelWorker:
         beat.slots_total = stats.slots_total
         beat.slots_busy = stats.slots_busy
         beat.ready = not self._draining
+        self._gpu.fill(beat)
 
     async def start(self) -> None:
         await self._puller.start()

@@ -21,6 +21,8 @@ WORKER_SLOTS_BUSY = "llmserve_cluster_worker_slots_busy"
 INSTANCE_RSS = "llmserve_instance_resident_memory_bytes"
 INSTANCE_CPU = "llmserve_instance_cpu_percent"
 DEATHS = "llmserve_cluster_instance_deaths_total"
+GPU_UTIL = "llmserve_instance_gpu_utilization_percent"
+GPU_MEMORY = "llmserve_instance_gpu_memory_used_bytes"
 
 
 class ClusterMetrics:
@@ -31,19 +33,24 @@ class ClusterMetrics:
         self.busy = Gauge(WORKER_SLOTS_BUSY, "Sequences the live workers of a model version are running.", ["model", "version"], registry=self.registry)
         self.rss = Gauge(INSTANCE_RSS, "Resident memory of each live instance.", ["instance", "kind"], registry=self.registry)
         self.cpu = Gauge(INSTANCE_CPU, "CPU use of each live instance, percent of one core.", ["instance", "kind"], registry=self.registry)
+        self.gpu_util = Gauge(GPU_UTIL, "GPU utilization of each live worker on a GPU.", ["instance"], registry=self.registry)
+        self.gpu_memory = Gauge(GPU_MEMORY, "GPU memory in use by each live worker on a GPU.", ["instance"], registry=self.registry)
         self.deaths = Counter(DEATHS, "Instances declared dead, by kind.", ["kind"], registry=self.registry)
 
     def count_death(self, kind: int) -> None:
         self.deaths.labels(kind=KIND_NAMES.get(kind, "unknown")).inc()
 
     def render(self, table: LivenessTable) -> bytes:
-        for gauge in (self.instances, self.slots, self.busy, self.rss, self.cpu):
+        for gauge in (self.instances, self.slots, self.busy, self.rss, self.cpu, self.gpu_util, self.gpu_memory):
             gauge.clear()
         for beat in table.live():
             kind = KIND_NAMES.get(beat.kind, "unknown")
             self.instances.labels(kind=kind, ready=str(beat.ready).lower()).inc()
             self.rss.labels(instance=beat.instance_id, kind=kind).set(beat.rss_bytes)
             self.cpu.labels(instance=beat.instance_id, kind=kind).set(beat.cpu_percent)
+            if beat.gpu_memory_total_bytes:
+                self.gpu_util.labels(instance=beat.instance_id).set(beat.gpu_utilization_percent)
+                self.gpu_memory.labels(instance=beat.instance_id).set(beat.gpu_memory_used_bytes)
             if beat.model:
                 self.slots.labels(model=beat.model, version=str(beat.model_version)).inc(beat.slots_total)
                 self.busy.labels(model=beat.model, version=str(beat.model_version)).inc(beat.slots_busy)
@@ -68,6 +75,8 @@ def status(table: LivenessTable) -> dict:
                 "slots_busy": beat.slots_busy,
                 "rss_mb": round(beat.rss_bytes / 2**20),
                 "cpu_percent": round(beat.cpu_percent, 1),
+                "gpu_utilization_percent": round(beat.gpu_utilization_percent, 1) if beat.gpu_memory_total_bytes else None,
+                "gpu_memory_mb": round(beat.gpu_memory_used_bytes / 2**20) if beat.gpu_memory_total_bytes else None,
                 "host": beat.host,
             }
         )

@@ -86,7 +86,7 @@ class GenerationService:
         started = last = time.monotonic()
         metrics.IN_FLIGHT.inc()
         try:
-            job.model_version = await self._submit(data)
+            job.model, job.model_version = await self._submit(data)
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
                 try:
@@ -170,8 +170,8 @@ class GenerationService:
             self._check_deadline(job)
             await asyncio.sleep(0.25)
 
-    async def _submit(self, data: bytes) -> int:
-        """Hands the job to a scheduler; returns the model version it was queued for."""
+    async def _submit(self, data: bytes) -> tuple[str, int]:
+        """Hands the job to a scheduler; returns the model (a fallback, maybe) and version it was queued for."""
         try:
             msg = await self._nc.request(self._subjects.submit, data, timeout=self._timeouts.submit_s)
         except NoRespondersError:
@@ -181,7 +181,7 @@ class GenerationService:
         reply = events_pb2.SubmitReply.FromString(msg.data)
         if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
             raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
-        return reply.model_version
+        return reply.model, reply.model_version
 
     async def _cancel(self, request_id: str, reason: str, attempt: int) -> None:
         try:

@@ -77,6 +77,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         async for chunk in self._generation.stream(job):
             parts.append(chunk.text)
             if chunk.final:
+                response.model = job.model  # the fallback model, when one served the request
                 response.finish_reason = chunk.finish_reason
                 response.usage.CopyFrom(chunk.usage)
                 response.model_version = chunk.model_version

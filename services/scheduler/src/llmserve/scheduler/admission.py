@@ -11,15 +11,27 @@ from llmserve.v1 import common_pb2, events_pb2
 
 
 async def admit(job: events_pb2.Job, catalog: ModelCatalog, liveness: LivenessTable) -> int:
-    """Returns the model version the job is queued for, or raises the reason it is not."""
+    """Returns the model version the job is queued for, or raises the reason it is not.
+
+    When no worker serves the model and the registry names a fallback model with live workers, the
+    job is rewritten to the fallback's stable version (degraded service beats no service). Explicit
+    versions and continuations of a migrated request never fall back: they must run on what they asked for.
+    """
     if job.deadline and time.time() >= job.deadline:
         raise ServiceError.deadline("deadline passed before the request was queued")
     version = job.model_version or await catalog.resolve(job.model, job.model_alias or "stable")
     if job.model_version:
         await catalog.get(job.model, version)  # NOT_FOUND for an unknown version
-    if not liveness.live_workers(job.model, version):
-        raise ServiceError.unavailable(f"no live worker serves {job.model} version {version}")
-    return version
+    if liveness.live_workers(job.model, version):
+        return version
+    if not job.model_version and job.attempt == 0:
+        fallback = await catalog.fallback(job.model)
+        if fallback:
+            fallback_version = await catalog.resolve(fallback)
+            if liveness.live_workers(fallback, fallback_version):
+                job.model = fallback
+                return fallback_version
+    raise ServiceError.unavailable(f"no live worker serves {job.model} version {version}")
 
 
 def effective_priority(requested: int) -> int:

@@ -68,7 +68,7 @@ class Scheduler:
             metrics.SUBMISSIONS.labels(model=job.model, outcome=outcome).inc()
         finally:
             structlog.contextvars.unbind_contextvars("request_id", "model")
-        return events_pb2.SubmitReply(model_version=job.model_version)
+        return events_pb2.SubmitReply(model_version=job.model_version, model=job.model)
 
     async def _enqueue(self, job: events_pb2.Job) -> str:
         subject = self._subjects.jobs(job.model, job.model_version, job.priority)
