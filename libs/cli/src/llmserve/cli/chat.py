@@ -62,8 +62,15 @@ def cluster_status(monitor_url: str) -> int:
     for m in view["models"]:
         print(f"{m['model']:<32} {m['version']:>7} {m['workers']:>7} {str(m['slots_busy']) + '/' + str(m['slots_total']):>17}")
     print()
-    print(f"{'INSTANCE':<40} {'KIND':<10} {'STATE':<9} {'MEM MB':>7} {'CPU %':>6} {'LAST BEAT':>10}")
+    print(f"{'INSTANCE':<40} {'KIND':<10} {'STATE':<9} {'MEM MB':>7} {'CPU %':>6} {'LOAD':>7} {'TTFT P50':>9} {'LAST BEAT':>10}")
     for i in view["instances"]:
         state = "ready" if i["live"] and i["ready"] else ("draining" if i["live"] else "dead")
-        print(f"{i['instance']:<40} {i['kind']:<10} {state:<9} {i['rss_mb']:>7} {i['cpu_percent']:>6} {i['last_beat_s']:>9}s")
+        load = f"{i['slots_busy']}/{i['slots_total']}" if i["kind"] == "worker" else ""
+        ttft = f"{i['recent_ttft_p50_ms']:.0f} ms" if i.get("recent_ttft_p50_ms") else ""
+        print(
+            f"{i['instance']:<40} {i['kind']:<10} {state:<9} {i['rss_mb']:>7} {i['cpu_percent']:>6} {load:>7} {ttft:>9} {i['last_beat_s']:>9}s"
+        )
+    for probe in view.get("probes", []):
+        verdict = "ok" if probe["ok"] else "FAILING"
+        print(f"probe {probe['model']} v{probe['version']}: {verdict} in {probe['latency_s']:.2f} s ({probe['detail']})")
     return 0

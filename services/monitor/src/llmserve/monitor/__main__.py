@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import structlog
 
@@ -13,6 +14,7 @@ from llmserve.common.runtime import run_main, service_runtime
 from llmserve.monitor.alerts import Alerter
 from llmserve.monitor.probes import Prober
 from llmserve.monitor.settings import MonitorSettings
+from llmserve.monitor.slo_rules import SloRules
 from llmserve.monitor.status import ClusterMetrics, create_app
 from llmserve.monitor.tracker import HeartbeatTracker
 from llmserve.v1 import events_pb2
@@ -28,16 +30,25 @@ async def run(settings: MonitorSettings) -> None:
         alerter = Alerter(settings.alert_webhook)
         background: set[asyncio.Task] = set()
 
-        def on_dead(beat: events_pb2.Heartbeat) -> None:
-            metrics.count_death(beat.kind)
-            task = asyncio.create_task(
-                alerter.raise_alert("instance_down", f"{beat.instance_id} stopped sending heartbeats", instance=beat.instance_id)
-            )
+        rules = SloRules(settings.thresholds)
+
+        def alert(kind: str, summary: str, **details: object) -> None:
+            task = asyncio.create_task(alerter.raise_alert(kind, summary, **details))
             background.add(task)
             task.add_done_callback(background.discard)
 
+        def on_dead(beat: events_pb2.Heartbeat) -> None:
+            metrics.count_death(beat.kind)
+            alert("instance_down", f"{beat.instance_id} stopped sending heartbeats", instance=beat.instance_id)
+
+        def on_beat(beat: events_pb2.Heartbeat) -> None:
+            for kind, summary, details in rules.check(beat, time.monotonic()):
+                alert(kind, summary, **details)
+
         # Dead after 2.5 missed beats: within 3 s at the default 1 s interval.
-        tracker = HeartbeatTracker(nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=on_dead)
+        tracker = HeartbeatTracker(
+            nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=on_dead, on_beat=on_beat
+        )
         await tracker.start()
         rt.reconnect_hooks.append(tracker.table.forgive)
         prober = Prober(nc, rt.subjects, tracker.table, alerter, settings.probes)

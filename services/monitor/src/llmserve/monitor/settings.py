@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from llmserve.common.config import CommonSettings, env_float, env_str
 from llmserve.monitor.probes import ProbeSettings
+from llmserve.monitor.slo_rules import Thresholds
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class MonitorSettings:
     # LLMSERVE_MONITOR_PROBE_EXPECT (text the answer must contain; empty = any answer),
     # LLMSERVE_MONITOR_PROBE_TIMEOUT_S.
     probes: ProbeSettings = field(default_factory=ProbeSettings)
+    # LLMSERVE_MONITOR_ALERT_ERROR_RATE (share of failing requests per router over a minute) and
+    # LLMSERVE_MONITOR_ALERT_TTFT_S (median time to first token) above which alerts fire.
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorSettings:
@@ -36,5 +40,9 @@ class MonitorSettings:
                 # Set but empty means "any answer", so it is read without a fallback.
                 expect=env.get("LLMSERVE_MONITOR_PROBE_EXPECT", defaults.expect),
                 timeout_s=env_float(env, "LLMSERVE_MONITOR_PROBE_TIMEOUT_S", defaults.timeout_s),
+            ),
+            thresholds=Thresholds(
+                error_rate=env_float(env, "LLMSERVE_MONITOR_ALERT_ERROR_RATE", Thresholds.error_rate),
+                ttft_p50_s=env_float(env, "LLMSERVE_MONITOR_ALERT_TTFT_S", Thresholds.ttft_p50_s),
             ),
         )

@@ -13,6 +13,7 @@ from llmserve.common.heartbeat import KIND_NAMES
 from llmserve.common.liveness import LivenessTable
 from llmserve.monitor.alerts import Alerter
 from llmserve.monitor.probes import Prober
+from llmserve.v1 import events_pb2
 
 # Metric names the monitor exports (documented in docs/ARCHITECTURE.md).
 INSTANCES = "llmserve_cluster_instances"
@@ -78,6 +79,8 @@ def status(table: LivenessTable) -> dict:
                 "gpu_utilization_percent": round(beat.gpu_utilization_percent, 1) if beat.gpu_memory_total_bytes else None,
                 "gpu_memory_mb": round(beat.gpu_memory_used_bytes / 2**20) if beat.gpu_memory_total_bytes else None,
                 "host": beat.host,
+                "requests_total": beat.requests_total if beat.kind == events_pb2.INSTANCE_KIND_ROUTER else None,
+                "recent_ttft_p50_ms": round(beat.recent_ttft_p50_s * 1000, 1) if beat.kind == events_pb2.INSTANCE_KIND_ROUTER else None,
             }
         )
     models: dict[str, dict] = {}

@@ -29,12 +29,14 @@ class HeartbeatTracker:
         dead_after_s: float,
         check_s: float = 0.25,
         on_dead: Callable[[events_pb2.Heartbeat], None] | None = None,
+        on_beat: Callable[[events_pb2.Heartbeat], None] | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self.table = LivenessTable(dead_after_s)
         self._check_s = check_s
         self._on_dead = on_dead
+        self._beat_hook = on_beat
         self._sub = None
 
     async def start(self) -> None:
@@ -47,6 +49,8 @@ class HeartbeatTracker:
             return
         if self.table.observe(beat):
             await self._announce(beat, "up")
+        if self._beat_hook is not None:
+            self._beat_hook(beat)
 
     async def _announce(self, beat: events_pb2.Heartbeat, state: str) -> None:
         kind = KIND_NAMES.get(beat.kind, "unknown")

@@ -14,6 +14,7 @@ from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.router import metrics
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
 from llmserve.router.rest_api import RestBridge, create_app
@@ -41,6 +42,12 @@ async def _track_readiness(health, liveness: LivenessTable, heartbeat: Heartbeat
             await asyncio.wait_for(stop.wait(), 0.25)
 
 
+def _fill_router_beat(beat: events_pb2.Heartbeat) -> None:
+    beat.requests_total = metrics.RECENT.total
+    beat.requests_failed = metrics.RECENT.failed
+    beat.recent_ttft_p50_s = metrics.RECENT.ttft_p50()
+
+
 async def run(settings: RouterSettings) -> None:
     async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_ROUTER) as rt:
         redis = rt.connect_redis()
@@ -66,7 +73,7 @@ async def run(settings: RouterSettings) -> None:
             create_app(RestBridge(settings, rt.subjects, generation, catalog, liveness)), settings.http_addr, SHUTDOWN_GRACE_S
         )
         await http.start()
-        heartbeat = rt.start_heartbeat(nc)
+        heartbeat = rt.start_heartbeat(nc, _fill_router_beat)
         readiness = asyncio.create_task(_track_readiness(health, liveness, heartbeat, rt.stop))
         log.info("router_listening", grpc=settings.grpc_addr, http=settings.http_addr)
         await rt.stop.wait()

@@ -113,6 +113,7 @@ class GenerationService:
                     continue  # "taken by worker X" marker, or tokens still held back
                 if not delivered_ids and migrations == 0:
                     metrics.TIME_TO_FIRST_TOKEN.observe(now - started)
+                    metrics.RECENT.first_token(now - started)
                     log.info("first_token", ttft_s=round(now - started, 4), worker=chunk.worker_id)
                 else:
                     metrics.INTER_TOKEN_LATENCY.observe(now - last)
@@ -138,6 +139,7 @@ class GenerationService:
             self._streams.discard(tokens)
             metrics.IN_FLIGHT.dec()
             metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
+            metrics.RECENT.finished(outcome)
             await tokens.close()
             if not finished:
                 # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.

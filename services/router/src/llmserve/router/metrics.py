@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -27,3 +30,29 @@ GENERATED_TOKENS = Counter("llmserve_router_generated_tokens_total", "Completion
 MIGRATIONS = Counter(
     "llmserve_router_migrations_total", "Requests resumed on another worker (worker dead, stalled or draining)."
 )
+
+
+class RecentStats:
+    """What the router reports in its heartbeats: request and failure counts, and recent TTFT."""
+
+    # Outcomes that are the service's fault, not the client's.
+    SERVER_FAILURES = frozenset({"unavailable", "deadline_exceeded", "internal", "error"})
+
+    def __init__(self, window: int = 200) -> None:
+        self.total = 0
+        self.failed = 0
+        self._ttfts: deque[float] = deque(maxlen=window)
+
+    def finished(self, outcome: str) -> None:
+        self.total += 1
+        if outcome in self.SERVER_FAILURES:
+            self.failed += 1
+
+    def first_token(self, seconds: float) -> None:
+        self._ttfts.append(seconds)
+
+    def ttft_p50(self) -> float:
+        return statistics.median(self._ttfts) if self._ttfts else 0.0
+
+
+RECENT = RecentStats()
