@@ -178,3 +178,24 @@ async def test_sigstop_is_declared_dead_within_3s_and_late_tokens_never_reach_cl
     for ref_rid, rid in zip(reference.rids, streams.rids, strict=True):
         assert streams.texts[rid] == reference.texts[ref_rid], rid
     streams.check_contiguous()
+
+
+async def test_sigterm_on_the_router_finishes_open_streams_and_refuses_new_calls(cluster):
+    """Last in this module: it stops the router."""
+    router = next(s for s in cluster.services if s.name == "router")
+    async with grpc.aio.insecure_channel(cluster.grpc_addr) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        call = stub.GenerateStream(request(QUESTIONS[0], "router-drain-1"), timeout=120)
+        first = await anext(call.__aiter__())
+        router.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        # The open stream goes on to its last token...
+        rest = [r async for r in call]
+        assert (rest or [first])[-1].finish_reason == common_pb2.FINISH_REASON_LENGTH
+        assert (rest or [first])[-1].usage.completion_tokens == MAX_TOKENS
+        # ...while a new call is refused.
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Generate(request(QUESTIONS[1], "router-drain-2"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert router.proc.wait(40) == 0
+    cluster.forget_stopped()

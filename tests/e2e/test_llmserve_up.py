@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from llmserve.cli import infra
@@ -46,6 +47,26 @@ def test_up_serves_and_stops(tmp_path, model_store, smollm):
                 sampling=common_pb2.SamplingParams(max_tokens=24),
             )
             text = "".join(r.text for r in inference_pb2_grpc.InferenceStub(channel).GenerateStream(request, timeout=60))
+        assert "Paris" in text
+
+        # A crashed service is restarted, and the cluster serves again.
+        scheduler = next(
+            c for c in psutil.Process(proc.pid).children() if "llmserve.scheduler" in " ".join(c.cmdline())
+        )
+        scheduler.kill()
+        deadline = time.monotonic() + 60
+        while "restarted scheduler" not in log.read_text(errors="replace"):
+            assert time.monotonic() < deadline, log.read_text(errors="replace")
+            time.sleep(0.25)
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            text = ""
+            while not text and time.monotonic() < deadline:
+                try:
+                    text = "".join(r.text for r in stub.GenerateStream(request, timeout=60))
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE  # until the new scheduler subscribed
+                    time.sleep(0.25)
         assert "Paris" in text
     finally:
         proc.send_signal(signal.SIGINT)

@@ -16,6 +16,8 @@ pytestmark = pytest.mark.e2e
 def test_status_lists_every_instance_and_the_model(real_cluster):
     view = httpx.get(f"{real_cluster.monitor_url}/status", timeout=10).json()
     kinds = {i["kind"] for i in view["instances"] if i["live"]}
+    (scheduler,) = [i for i in view["instances"] if i["kind"] == "scheduler"]
+    assert scheduler["queued_jobs"] == 0
     assert {"router", "scheduler", "worker", "monitor"} <= kinds
     (model,) = view["models"]
     assert model["model"] == "SmolLM2-135M-Instruct" and model["workers"] == 1 and model["slots_total"] >= 1
@@ -48,6 +50,7 @@ def test_scheduler_and_worker_metrics(real_cluster):
     families = {f.name: f for f in text_string_to_metric_families(scheduler)}
     queued = [s for s in families["llmserve_scheduler_submissions"].samples if s.labels.get("outcome") == "queued"]
     assert queued and queued[0].value >= 1
+    assert "llmserve_scheduler_queued_jobs" in families
     worker = httpx.get(f"http://127.0.0.1:{real_cluster.worker_metrics_ports[0]}/metrics", timeout=10).text
     names_found = {f.name for f in text_string_to_metric_families(worker)}
     assert {"llmserve_worker_jobs", "llmserve_worker_queue_time_seconds", "llmserve_worker_generated_tokens",
@@ -67,3 +70,20 @@ def test_probe_of_the_real_model_passes(real_cluster):
             return
         time.sleep(0.5)
     raise AssertionError("no probe ran within 60 s")
+
+
+def test_registry_serves_versions_and_metrics(real_cluster):
+    import grpc
+
+    from llmserve.v1 import registry_pb2, registry_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{real_cluster.registry_port}") as channel:
+        stub = registry_pb2_grpc.RegistryStub(channel)
+        record = stub.GetVersion(registry_pb2.GetVersionRequest(name="SmolLM2-135M-Instruct", alias="stable"), timeout=10)
+        assert record.version == 1 and "stable" in record.aliases and len(record.sha256) == 64
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetVersion(registry_pb2.GetVersionRequest(name="nope", alias="stable"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    text = httpx.get(f"http://127.0.0.1:{real_cluster.registry_metrics_port}/metrics", timeout=10).text
+    lookups = {f.name: f for f in text_string_to_metric_families(text)}["llmserve_registry_lookups"]
+    assert sum(s.value for s in lookups.samples if s.name.endswith("_total")) >= 2

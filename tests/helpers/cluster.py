@@ -73,6 +73,8 @@ class Cluster:
     http_port: int = field(default_factory=infra.free_port)
     monitor_port: int = field(default_factory=infra.free_port)
     scheduler_metrics_port: int = field(default_factory=infra.free_port)
+    registry_port: int = field(default_factory=infra.free_port)
+    registry_metrics_port: int = field(default_factory=infra.free_port)
     worker_metrics_ports: list[int] = field(default_factory=list)
     services: list[ServiceProcess] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -118,6 +120,11 @@ class Cluster:
 
     def start(self, workers: int = 1, **worker_env: str) -> Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.start_service(
+            "registry",
+            LLMSERVE_REGISTRY_GRPC_ADDR=f"127.0.0.1:{self.registry_port}",
+            LLMSERVE_REGISTRY_METRICS_ADDR=f"127.0.0.1:{self.registry_metrics_port}",
+        )
         self.start_service("scheduler", LLMSERVE_SCHEDULER_METRICS_ADDR=f"127.0.0.1:{self.scheduler_metrics_port}")
         self.start_service("monitor")
         for i in range(workers):

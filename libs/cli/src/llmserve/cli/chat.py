@@ -66,6 +66,8 @@ def cluster_status(monitor_url: str) -> int:
     for i in view["instances"]:
         state = "ready" if i["live"] and i["ready"] else ("draining" if i["live"] else "dead")
         load = f"{i['slots_busy']}/{i['slots_total']}" if i["kind"] == "worker" else ""
+        if i["kind"] == "scheduler":
+            load = f"q {i.get('queued_jobs') or 0}"
         ttft = f"{i['recent_ttft_p50_ms']:.0f} ms" if i.get("recent_ttft_p50_ms") else ""
         print(
             f"{i['instance']:<40} {i['kind']:<10} {state:<9} {i['rss_mb']:>7} {i['cpu_percent']:>6} {load:>7} {ttft:>9} {i['last_beat_s']:>9}s"

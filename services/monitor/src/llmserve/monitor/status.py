@@ -80,6 +80,7 @@ def status(table: LivenessTable) -> dict:
                 "gpu_memory_mb": round(beat.gpu_memory_used_bytes / 2**20) if beat.gpu_memory_total_bytes else None,
                 "host": beat.host,
                 "requests_total": beat.requests_total if beat.kind == events_pb2.INSTANCE_KIND_ROUTER else None,
+                "queued_jobs": beat.queued_jobs if beat.kind == events_pb2.INSTANCE_KIND_SCHEDULER else None,
                 "recent_ttft_p50_ms": round(beat.recent_ttft_p50_s * 1000, 1) if beat.kind == events_pb2.INSTANCE_KIND_ROUTER else None,
             }
         )

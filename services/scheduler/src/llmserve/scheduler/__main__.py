@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 
 import structlog
@@ -23,10 +25,13 @@ async def run(settings: SchedulerSettings) -> None:
         await ensure_jobs_stream(nc, rt.subjects, settings.max_queued)
         scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(nc))
         await scheduler.start()
-        rt.start_heartbeat(nc)
+        rt.start_heartbeat(nc, scheduler.fill_beat)
         serve_metrics(settings.metrics_addr)
         log.info("scheduler_ready", stream=rt.subjects.jobs_stream)
-        await rt.stop.wait()
+        while not rt.stop.is_set():
+            await scheduler.refresh_queue_depth()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), settings.common.heartbeat_interval_s)
         log.info("scheduler_stopping")
         await scheduler.stop()
 

@@ -29,6 +29,7 @@ class Scheduler:
         self._catalog = catalog
         self._liveness = liveness
         self._sub = None
+        self.queued_jobs = 0
 
     async def start(self) -> None:
         self._sub = await self._nc.subscribe(
@@ -38,6 +39,18 @@ class Scheduler:
     async def stop(self) -> None:
         if self._sub is not None:
             await self._sub.drain()
+
+    async def refresh_queue_depth(self) -> None:
+        """Reads how many jobs wait in the queue, for heartbeats and the scheduler's metrics."""
+        try:
+            info = await self._js.stream_info(self._subjects.jobs_stream)
+        except Exception:  # reconnecting: keep the last figure
+            return
+        self.queued_jobs = info.state.messages
+        metrics.QUEUED_JOBS.set(self.queued_jobs)
+
+    def fill_beat(self, beat: events_pb2.Heartbeat) -> None:
+        beat.queued_jobs = self.queued_jobs
 
     async def _on_submit(self, msg: Msg) -> None:
         reply = await self.submit(msg.data)
