@@ -14,11 +14,8 @@ prompt + max_tokens of every admitted sequence, so memory use is known before a 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import queue
-import threading
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +24,11 @@ import torch
 from transformers import DynamicCache
 
 from llmserve.model_worker import kv_batch
-from llmserve.model_worker.engine import EngineOutput, EngineRequest, EngineStats
+from llmserve.model_worker.engine import EngineRequest, EngineStats
 from llmserve.model_worker.sequence import Sequence
+from llmserve.model_worker.threaded_engine import STOP, ThreadedEngine
 
 log = structlog.get_logger()
-
-_STOP = object()
-
 
 @dataclass
 class _Pending:
@@ -61,7 +56,7 @@ class _Batch:
     cache: Any = None
 
 
-class BatchingEngine:
+class BatchingEngine(ThreadedEngine):
     def __init__(
         self,
         model: Any,
@@ -72,39 +67,17 @@ class BatchingEngine:
         max_kv_tokens: int = 65536,
         prefill_chunk: int = 1024,
     ) -> None:
-        self._model = model
-        self._tokenizer = tokenizer
-        self._eos_ids = eos_ids
-        self._device = device
+        super().__init__(model, tokenizer, eos_ids, device)
         self.max_running = max_running
         self.max_kv_tokens = max_kv_tokens
         self.prefill_chunk = prefill_chunk
-        self._inbox: queue.Queue[Any] = queue.Queue()
-        self._sequences: dict[str, Sequence] = {}
         self._waiting: deque[_Pending] = deque()
         self._prefilling: deque[_Pending] = deque()
         self._batch = _Batch()
         self._reserved_kv = 0
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.steps = 0
-        self._outbox: list[tuple[asyncio.Queue, EngineOutput]] = []
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
         self._pad_id = int(pad)
-
-    # -- the async side ---------------------------------------------------------------------
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
-        self._thread.start()
-
-    async def stop(self) -> None:
-        for seq in list(self._sequences.values()):
-            seq.cancelled = True
-        self._inbox.put(_STOP)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 30)
 
     def stats(self) -> EngineStats:
         return EngineStats(slots_total=self.max_running, slots_busy=len(self._sequences))
@@ -112,46 +85,12 @@ class BatchingEngine:
     def kv_reserved(self) -> int:
         return self._reserved_kv
 
-    def cancel(self, request_id: str) -> bool:
-        seq = self._sequences.get(request_id)
-        if seq is None:
-            return False
-        seq.cancelled = True  # seen by the engine thread at the start of its next iteration
-        return True
-
-    async def submit(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
-        if request.request_id in self._sequences:
-            raise ValueError(f"request {request.request_id} is already running")
+    def _check(self, request: EngineRequest) -> None:
         need = len(request.prompt_ids) + request.sampling.max_tokens
         if need > self.max_kv_tokens:
             raise ValueError(f"request needs {need} KV positions; the engine has {self.max_kv_tokens}")
-        assert self._loop is not None, "engine not started"
-        outputs: asyncio.Queue[EngineOutput] = asyncio.Queue()
-        seq = Sequence(request, self._tokenizer, self._eos_ids)
-        self._sequences[request.request_id] = seq
-        self._inbox.put(_Pending(seq, outputs))
-        try:
-            while True:
-                out = await outputs.get()
-                yield out
-                if out.finished:
-                    return
-        finally:
-            seq.cancelled = True
 
     # -- the engine thread ------------------------------------------------------------------
-    def _emit(self, outputs: asyncio.Queue, out: EngineOutput) -> None:
-        # Collected and handed to the event loop once per iteration: one wake-up of the loop thread
-        # per step instead of one per sequence keeps the two threads from trading the GIL.
-        self._outbox.append((outputs, out))
-
-    def _flush_outbox(self) -> None:
-        if not self._outbox:
-            return
-        assert self._loop is not None
-        batch, self._outbox = self._outbox, []
-        self._loop.call_soon_threadsafe(_deliver, batch)
-
     def _finish(self, seq: Sequence) -> None:
         self._sequences.pop(seq.request_id, None)
         self._reserved_kv -= _reservation(seq)
@@ -166,9 +105,9 @@ class BatchingEngine:
             except queue.Empty:
                 item = None
             while item is not None:
-                if item is _STOP:
+                if item is STOP:
                     return
-                self._waiting.append(item)
+                self._waiting.append(_Pending(*item))
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
@@ -218,7 +157,7 @@ class BatchingEngine:
             self._prefilling.append(pending)
 
     def _forward(self, input_ids: torch.Tensor, cache: Any, **kwargs: Any) -> torch.Tensor:
-        out = self._model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache}, **kwargs)
+        out = self._model(input_ids=input_ids, logits_to_keep=1, **self._forward_kwargs(cache), **kwargs)
         return out.logits[:, -1, :]
 
     @torch.inference_mode()
@@ -335,11 +274,6 @@ class BatchingEngine:
             self._emit(pending.outputs, pending.seq.error_output(error))
             self._finish(pending.seq)
         self._prefilling.clear()
-
-
-def _deliver(batch: list[tuple[asyncio.Queue, EngineOutput]]) -> None:
-    for outputs, out in batch:
-        outputs.put_nowait(out)
 
 
 def _reservation(seq: Sequence) -> int:
