@@ -173,7 +173,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         log("publishing the model (converted once, then cached) ...")
-        record = asyncio.run(_publish(redis_server(work / "r0").url, "bench-setup:", store))
+        setup_redis = redis_server(work / "r0")
+        try:
+            record = asyncio.run(_publish(setup_redis.url, "bench-setup:", store))
+        finally:
+            setup_redis.stop()
         params = model_params(store / record.path)
         n = args.new_tokens
         base = {"path": str(store / record.path), "sha256": record.sha256, "new_tokens": n}
