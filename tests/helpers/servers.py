@@ -46,19 +46,18 @@ class ServerProcess:
             self.proc = None
 
 
-def nats_server(tmp: Path) -> ServerProcess:
-    url = os.environ.get("NATS_URL")
+def _server(kind: str, env_var: str, url_format: str, tmp: Path) -> ServerProcess:
+    url = os.environ.get(env_var)
     if url:
-        return ServerProcess("nats", url, tmp, external=True)
-    server = ServerProcess("nats", f"nats://127.0.0.1:{infra.free_port()}", tmp / "nats")
+        return ServerProcess(kind, url, tmp, external=True)
+    server = ServerProcess(kind, url_format.format(port=infra.free_port()), tmp / kind)
     server.start()
     return server
+
+
+def nats_server(tmp: Path) -> ServerProcess:
+    return _server("nats", "NATS_URL", "nats://127.0.0.1:{port}", tmp)
 
 
 def redis_server(tmp: Path) -> ServerProcess:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        return ServerProcess("redis", url, tmp, external=True)
-    server = ServerProcess("redis", f"redis://127.0.0.1:{infra.free_port()}/0", tmp / "redis")
-    server.start()
-    return server
+    return _server("redis", "REDIS_URL", "redis://127.0.0.1:{port}/0", tmp)

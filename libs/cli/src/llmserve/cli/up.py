@@ -93,13 +93,13 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
         servers.append(infra.start_redis(redis_host, redis_port, state_dir / "redis", log_file=logs / "redis-server.log"))
         print(f"Redis     {settings.redis_url} (started, AOF in {state_dir / 'redis'})")
 
+    children: list[Child] = []
     try:
         record = asyncio.run(_publish_default(settings))
         print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
 
         env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr,
                "LLMSERVE_ROUTER_HTTP_ADDR": http_addr}
-        children: list[Child] = []
         for service in SERVICES:
             count = workers if service == "model_worker" else 1
             for i in range(count):
@@ -123,7 +123,7 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
         pass
     except Exception as exc:
         print(f"error: {exc}", file=sys.stderr)
-        _stop_children(locals().get("children", []))
+        _stop_children(children)
         return 1
     finally:
         for server in reversed(servers):

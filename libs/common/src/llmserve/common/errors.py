@@ -41,6 +41,11 @@ class ServiceError(Exception):
         return _GRPC.get(self.code, grpc.StatusCode.INTERNAL)
 
     @property
+    def code_name(self) -> str:
+        """The code as clients and metrics spell it: "invalid_argument", "resource_exhausted", ..."""
+        return events_pb2.ErrorCode.Name(self.code).removeprefix("ERROR_CODE_").lower()
+
+    @property
     def http_status(self) -> int:
         return _HTTP.get(self.code, 500)
 

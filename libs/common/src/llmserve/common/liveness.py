@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from llmserve.common.subjects import Subjects
 from llmserve.v1 import events_pb2
@@ -33,7 +32,6 @@ class LivenessTable:
     def __init__(self, dead_after_s: float = DEAD_AFTER_BEATS) -> None:
         self.dead_after_s = dead_after_s
         self.instances: dict[str, InstanceState] = {}
-        self._sub: Subscription | None = None
 
     def observe(self, beat: events_pb2.Heartbeat) -> bool:
         """Records a beat; returns True when the instance was not known as live before."""
@@ -82,8 +80,4 @@ class LivenessTable:
             except Exception:  # a malformed beat must not stop the subscription
                 pass
 
-        self._sub = await nc.subscribe(subjects.heartbeat_all, cb=_on_beat)
-
-    async def unsubscribe(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        await nc.subscribe(subjects.heartbeat_all, cb=_on_beat)

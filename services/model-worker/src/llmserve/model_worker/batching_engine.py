@@ -277,4 +277,5 @@ class BatchingEngine(ThreadedEngine):
 
 
 def _reservation(seq: Sequence) -> int:
-    return len(seq.request.context_ids) + seq.request.sampling.max_tokens - len(seq.request.resume_ids)
+    # Resumed tokens count towards max_tokens, so they need no room of their own.
+    return len(seq.request.prompt_ids) + seq.request.sampling.max_tokens

@@ -174,7 +174,8 @@ class ModelWorker:
                 if seq == 0:
                     first = time.perf_counter()
                 seq += 1
-            metrics.QUEUE_TIME.observe(max(0.0, job_started_wall(taken) - job.submitted_at))
+            queued_s = job_started_wall(taken) - job.submitted_at
+            metrics.QUEUE_TIME.observe(max(0.0, queued_s))
             if out is not None:
                 metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
                 metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
@@ -183,7 +184,7 @@ class ModelWorker:
                 prompt_tokens=len(request.prompt_ids),
                 completion_tokens=out.completion_tokens if out else 0,
                 attempt=job.attempt,
-                queued_s=round(job_started_wall(taken) - job.submitted_at, 4),
+                queued_s=round(queued_s, 4),
                 prepare_s=round(prepared - taken, 4),
                 first_token_s=round(first - prepared, 4),
                 total_s=round(time.perf_counter() - taken, 4),

@@ -19,6 +19,7 @@ from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
 from llmserve.router.rest_api import RestBridge, create_app
 from llmserve.router.settings import RouterSettings
+from llmserve.router.validation import JobFactory
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
 log = structlog.get_logger()
@@ -61,16 +62,19 @@ async def run(settings: RouterSettings) -> None:
         )
         await generation.watch_instances()
         catalog = rt.catalog(redis)
+        make_job = JobFactory(
+            settings.common.default_model, settings.default_max_tokens, settings.max_tokens_limit, rt.subjects.tokens
+        )
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
         inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(settings, rt.subjects, generation, catalog, liveness), server
+            InferenceServicer(make_job, generation, catalog, liveness), server
         )
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
         if server.add_insecure_port(settings.grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {settings.grpc_addr}")
         await server.start()
         http = HttpServer(
-            create_app(RestBridge(settings, rt.subjects, generation, catalog, liveness)), settings.http_addr, SHUTDOWN_GRACE_S
+            create_app(RestBridge(make_job, generation, catalog, liveness)), settings.http_addr, SHUTDOWN_GRACE_S
         )
         await http.start()
         heartbeat = rt.start_heartbeat(nc, _fill_router_beat)

@@ -131,7 +131,7 @@ class GenerationService:
                     return
                 yield chunk
         except ServiceError as exc:
-            outcome = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
+            outcome = exc.code_name
             if exc.code == events_pb2.ERROR_CODE_UNSPECIFIED:
                 outcome = "error"
             raise

@@ -6,45 +6,30 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
-import structlog
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.liveness import LivenessTable
-from llmserve.common.subjects import Subjects
 from llmserve.router.generation import GenerationService
-from llmserve.router.settings import RouterSettings
-from llmserve.router.validation import build_job
+from llmserve.router.validation import JobFactory
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def __init__(
-        self,
-        settings: RouterSettings,
-        subjects: Subjects,
-        generation: GenerationService,
-        catalog: ModelCatalog,
-        liveness: LivenessTable,
+        self, make_job: JobFactory, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable
     ) -> None:
-        self._settings = settings
-        self._subjects = subjects
+        self._make_job = make_job
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
 
     def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
         remaining = context.time_remaining()
-        job = build_job(
+        return self._make_job(
             request,
-            default_model=self._settings.common.default_model,
-            default_max_tokens=self._settings.default_max_tokens,
-            max_tokens_limit=self._settings.max_tokens_limit,
-            reply_subject_for=self._subjects.tokens,
             deadline=time.time() + remaining if remaining is not None else 0.0,
             tenant=_metadata(context, "x-tenant"),
         )
-        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
-        return job
 
     async def GenerateStream(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext

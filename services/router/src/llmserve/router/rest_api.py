@@ -24,7 +24,6 @@ from swagger_ui_bundle import swagger_ui_path
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.liveness import LivenessTable
-from llmserve.common.subjects import Subjects
 from llmserve.router.generation import GenerationService
 from llmserve.router.openai_protocol import (
     FINISH_REASONS,
@@ -35,8 +34,7 @@ from llmserve.router.openai_protocol import (
     error_body,
     usage_dict,
 )
-from llmserve.router.settings import RouterSettings
-from llmserve.router.validation import build_job
+from llmserve.router.validation import JobFactory
 from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
@@ -50,14 +48,15 @@ _ERROR_TYPES = {
 }
 
 
+def service_error_body(exc: ServiceError) -> dict:
+    return error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, exc.code_name)
+
+
 def error_response(exc: ServiceError) -> JSONResponse:
-    status = exc.http_status
-    code = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
     headers = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    body = error_body(exc.message, _ERROR_TYPES.get(status, "server_error"), exc.param, code)
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(service_error_body(exc), status_code=exc.http_status, headers=headers)
 
 
 def _sse(payload: dict) -> bytes:
@@ -66,15 +65,9 @@ def _sse(payload: dict) -> bytes:
 
 class RestBridge:
     def __init__(
-        self,
-        settings: RouterSettings,
-        subjects: Subjects,
-        generation: GenerationService,
-        catalog: ModelCatalog,
-        liveness: LivenessTable,
+        self, make_job: JobFactory, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable
     ) -> None:
-        self._settings = settings
-        self._subjects = subjects
+        self._make_job = make_job
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
@@ -89,17 +82,7 @@ class RestBridge:
                 deadline = time.time() + float(timeout)
             except ValueError:
                 raise ServiceError.invalid("X-Request-Timeout must be a number of seconds", param="X-Request-Timeout") from None
-        job = build_job(
-            proto,
-            default_model=self._settings.common.default_model,
-            default_max_tokens=self._settings.default_max_tokens,
-            max_tokens_limit=self._settings.max_tokens_limit,
-            reply_subject_for=self._subjects.tokens,
-            deadline=deadline,
-            tenant=request.headers.get("x-tenant", ""),
-        )
-        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
-        return job
+        return self._make_job(proto, deadline=deadline, tenant=request.headers.get("x-tenant", ""))
 
     async def complete(self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Response:
         job = self._job(body, request)
@@ -180,8 +163,7 @@ class RestBridge:
                 chunk = await anext(rest)
         except ServiceError as exc:
             # Headers are gone: the error travels as an event, the way OpenAI's API reports one mid-stream.
-            code = events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
-            yield _sse(error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, code))
+            yield _sse(service_error_body(exc))
         yield b"data: [DONE]\n\n"
 
     async def models(self) -> dict:

@@ -7,6 +7,8 @@ import time
 import uuid
 from collections.abc import Callable
 
+import structlog
+
 from llmserve.common.errors import ServiceError
 from llmserve.common.subjects import MODEL_NAME_RE, REQUEST_ID_RE
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2
@@ -40,6 +42,32 @@ def _check_sampling(s: common_pb2.SamplingParams, default_max_tokens: int, max_t
             raise ServiceError.invalid(f"sampling.stop sequences must be 1 to {MAX_STOP_LENGTH} characters", param="stop")
     out.max_tokens = s.max_tokens or default_max_tokens
     return out
+
+
+class JobFactory:
+    """Turns a validated request into a Job with the router's defaults, and binds its ids for logging.
+
+    Both front ends (gRPC and REST) use it, so they accept, default and refuse exactly the same things.
+    """
+
+    def __init__(self, default_model: str, default_max_tokens: int, max_tokens_limit: int, reply_subject_for: Callable[[str], str]) -> None:
+        self._default_model = default_model
+        self._default_max_tokens = default_max_tokens
+        self._max_tokens_limit = max_tokens_limit
+        self._reply_subject_for = reply_subject_for
+
+    def __call__(self, request: inference_pb2.GenerateRequest, deadline: float = 0.0, tenant: str = "") -> events_pb2.Job:
+        job = build_job(
+            request,
+            default_model=self._default_model,
+            default_max_tokens=self._default_max_tokens,
+            max_tokens_limit=self._max_tokens_limit,
+            reply_subject_for=self._reply_subject_for,
+            deadline=deadline,
+            tenant=tenant,
+        )
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        return job
 
 
 def build_job(

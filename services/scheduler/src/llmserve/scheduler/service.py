@@ -71,7 +71,7 @@ class Scheduler:
             log.info("job_rejected", error=exc.message, code=events_pb2.ErrorCode.Name(exc.code))
             # An unknown model name comes from the client: it must not become a label of its own.
             model = "unknown" if exc.code == events_pb2.ERROR_CODE_NOT_FOUND else job.model
-            metrics.SUBMISSIONS.labels(model=model, outcome=_outcome(exc)).inc()
+            metrics.SUBMISSIONS.labels(model=model, outcome=exc.code_name).inc()
             return _rejected(exc)
         except Exception as exc:
             log.exception("submit_failed")
@@ -99,10 +99,6 @@ class Scheduler:
         log.info("job_queued", subject=subject)
         await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
         return "queued"
-
-
-def _outcome(exc: ServiceError) -> str:
-    return events_pb2.ErrorCode.Name(exc.code).removeprefix("ERROR_CODE_").lower()
 
 
 def _message_id(job: events_pb2.Job) -> str:
