@@ -6,32 +6,45 @@ import time
 import pytest
 
 from llmserve.common.liveness import LivenessTable
-from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.model_worker.job_puller import JobPuller
+from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.service import Scheduler
+from llmserve.scheduler.tenants import TenantLimits, TenantPolicy
 from llmserve.v1 import common_pb2, events_pb2
 
 pytestmark = pytest.mark.integration
 
 
-def job(rid: str, priority: int = common_pb2.PRIORITY_NORMAL, model: str = "m") -> events_pb2.Job:
-    return events_pb2.Job(request_id=rid, model=model, prompt="x", priority=priority, reply_subject=f"r.{rid}", submitted_at=time.time())
+def job(rid: str, priority: int = common_pb2.PRIORITY_NORMAL, model: str = "m", tenant: str = "") -> events_pb2.Job:
+    return events_pb2.Job(
+        request_id=rid, model=model, prompt="x", priority=priority, reply_subject=f"r.{rid}", submitted_at=time.time(), tenant=tenant
+    )
 
 
 async def live_worker(liveness: LivenessTable, model: str = "m", version: int = 1) -> None:
     liveness.observe(
-        events_pb2.Heartbeat(instance_id="w1", kind=events_pb2.INSTANCE_KIND_WORKER, ready=True, model=model, model_version=version)
+        events_pb2.Heartbeat(
+            instance_id=f"w-{model}-{version}", kind=events_pb2.INSTANCE_KIND_WORKER, ready=True, model=model, model_version=version
+        )
     )
 
 
-@pytest.fixture
-async def scheduler(nc, subjects, catalog):
-    await ensure_jobs_stream(nc, subjects, max_queued=5)
+def make_scheduler(nc, subjects, catalog, redis_client, keys, max_queued=5, tenant_max_active=0, max_priority=common_pb2.PRIORITY_CRITICAL):
     liveness = LivenessTable()
-    sched = Scheduler(nc, subjects, catalog, liveness)
+    tenants = TenantPolicy(redis_client, keys, TenantLimits(tenant_max_active, max_priority), lease_s=60)
+    return Scheduler(nc, subjects, catalog, liveness, JobQueues(nc, subjects, max_queued), tenants), liveness
+
+
+@pytest.fixture
+async def scheduler(nc, subjects, catalog, redis_client, keys):
+    sched, liveness = make_scheduler(nc, subjects, catalog, redis_client, keys)
     await catalog.publish("m", "m/a", "a" * 64, "test")
     yield sched, liveness
-    await nc.jetstream().delete_stream(subjects.jobs_stream)
+    for name in await catalog.model_names():
+        try:
+            await nc.jetstream().delete_stream(subjects.jobs_stream(name))
+        except Exception:
+            pass
 
 
 @pytest.fixture
@@ -151,3 +164,104 @@ async def test_fallback_must_be_a_published_other_model(catalog):
         await catalog.set_fallback("m", "m")
     with pytest.raises(ServiceError):
         await catalog.set_fallback("m", "nope")
+
+
+async def test_each_model_has_its_own_bounded_queue(scheduler, catalog):
+    sched, liveness = scheduler
+    await catalog.publish("n", "n/a", "c" * 64, "test")
+    await live_worker(liveness)
+    await live_worker(liveness, model="n")
+    codes = [(await sched.submit(job(f"m{i}").SerializeToString())).error_code for i in range(6)]
+    assert codes == [0] * 5 + [events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED]
+    # Model m's full queue does not stop model n.
+    assert (await sched.submit(job("n0", model="n").SerializeToString())).error_code == 0
+
+
+async def test_tenant_limit_counts_queued_and_running_until_done(nc, subjects, catalog, redis_client, keys):
+    sched, liveness = make_scheduler(nc, subjects, catalog, redis_client, keys, max_queued=100, tenant_max_active=2)
+    await catalog.publish("m", "m/a", "a" * 64, "test")
+    await live_worker(liveness)
+    await sched.start()
+    try:
+        codes = [(await sched.submit(job(f"a{i}", tenant="acme").SerializeToString())).error_code for i in range(3)]
+        assert codes == [0, 0, events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED]
+        # Another tenant is not held back by acme's flood.
+        assert (await sched.submit(job("b0", tenant="bob").SerializeToString())).error_code == 0
+        # A request's end (announced by its router) frees its share.
+        await nc.publish(subjects.done, events_pb2.JobDone(request_id="a0", tenant="acme").SerializeToString())
+        deadline = time.monotonic() + 5
+        while (await sched._tenants.active("acme")) != 1:
+            assert time.monotonic() < deadline, "the share was not released"
+            await asyncio.sleep(0.02)
+        assert (await sched.submit(job("a3", tenant="acme").SerializeToString())).error_code == 0
+    finally:
+        await sched.stop()
+        await nc.jetstream().delete_stream(subjects.jobs_stream("m"))
+
+
+async def test_priority_is_capped_by_what_the_tenant_may_use(nc, subjects, catalog, redis_client, keys):
+    from llmserve.common.tenants import set_tenant_limits
+
+    sched, liveness = make_scheduler(nc, subjects, catalog, redis_client, keys, max_priority=common_pb2.PRIORITY_HIGH)
+    await catalog.publish("m", "m/a", "a" * 64, "test")
+    await live_worker(liveness)
+    await set_tenant_limits(redis_client, keys, "batch", max_priority=common_pb2.PRIORITY_LOW)
+    puller = JobPuller(nc, subjects, "m", 1)
+    await puller.start()
+    try:
+        await sched.submit(job("vip", common_pb2.PRIORITY_CRITICAL, tenant="acme").SerializeToString())
+        await sched.submit(job("bulk", common_pb2.PRIORITY_HIGH, tenant="batch").SerializeToString())
+        got = {}
+        for msg in await puller.pull(2):
+            j = events_pb2.Job.FromString(msg.data)
+            got[j.request_id] = j.priority
+        assert got == {"vip": common_pb2.PRIORITY_HIGH, "bulk": common_pb2.PRIORITY_LOW}
+    finally:
+        await puller.stop()
+        await nc.jetstream().delete_stream(subjects.jobs_stream("m"))
+
+
+async def test_an_old_low_priority_job_ages_past_newer_high_ones(nc, subjects, scheduler):
+    sched, liveness = scheduler
+    await live_worker(liveness)
+    old = job("old-low", common_pb2.PRIORITY_LOW)
+    old.submitted_at = time.time() - 10  # waited 10 aging steps of 1 s: counts as critical
+    assert (await sched.submit(old.SerializeToString())).error_code == 0
+    assert (await sched.submit(job("new-high", common_pb2.PRIORITY_HIGH).SerializeToString())).error_code == 0
+    strict = JobPuller(nc, subjects, "m", 1)
+    await strict.start()
+    (first,) = await strict.pull(1)
+    assert events_pb2.Job.FromString(first.data).request_id == "new-high"
+    await first.nak()  # back to the queue
+    await strict.stop()
+    aging = JobPuller(nc, subjects, "m", 1, aging_step_s=1.0)
+    await aging.start()
+    order = [events_pb2.Job.FromString(m.data).request_id for m in await aging.pull(2)]
+    await aging.stop()
+    assert order == ["old-low", "new-high"]
+
+
+async def test_an_expired_job_leaves_the_queue_by_itself(nc, subjects, scheduler):
+    sched, liveness = scheduler
+    await live_worker(liveness)
+    short = job("short")
+    short.deadline = time.time() + 1.0
+    assert (await sched.submit(short.SerializeToString())).error_code == 0
+    js = nc.jetstream()
+    assert (await js.stream_info(subjects.jobs_stream("m"))).state.messages == 1
+    deadline = time.monotonic() + 10
+    while (await js.stream_info(subjects.jobs_stream("m"))).state.messages:
+        assert time.monotonic() < deadline, "JetStream kept the expired job"
+        await asyncio.sleep(0.1)
+
+
+async def test_canary_takes_its_weight_of_stable_traffic(catalog):
+    await catalog.publish("m", "m/a", "a" * 64, "test")
+    await catalog.publish("m", "m/b", "b" * 64, "test")
+    await catalog.set_canary("m", 2, 20)
+    picks = [await catalog.resolve("m", "stable", route_key=f"req-{i}") for i in range(1000)]
+    assert 150 <= picks.count(2) <= 250
+    # One request id always lands on the same side.
+    assert {await catalog.resolve("m", "stable", route_key="req-7") for _ in range(5)} == {picks[7]}
+    # Without a route key (probes, workers) the alias means exactly the stable version.
+    assert await catalog.resolve("m") == 1

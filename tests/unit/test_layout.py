@@ -18,8 +18,9 @@ def test_subjects_share_the_prefix():
     assert s.tokens("r1") == "llm.tokens.r1"
     assert s.cancel("r1") == "llm.cancel.r1"
     assert s.heartbeat("worker", "w1") == "llm.hb.worker.w1"
-    assert s.jobs_stream == "LLM_JOBS"
-    assert Subjects("t-1").jobs_stream == "T_1_JOBS"
+    assert s.jobs_stream("m") == "LLM_JOBS_m"
+    assert Subjects("t-1").jobs_stream("m-2") == "T_1_JOBS_m-2"
+    assert s.jobs_version("m", 3) == "llm.jobs.m.3.*"
 
 
 def test_bad_prefix_is_refused():

@@ -56,7 +56,53 @@ def _parser() -> argparse.ArgumentParser:
     target = fb.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", help="the model served instead")
     target.add_argument("--clear", action="store_true", help="remove the fallback")
+
+    tenants = sub.add_parser("tenants", help="per-tenant limits (requests queued or running, highest priority)")
+    tsub = tenants.add_subparsers(dest="action")
+    tsub.add_parser("list", help="tenants with their own limits (the default action)")
+    tset = tsub.add_parser("set", help="override the scheduler's defaults for one tenant")
+    tset.add_argument("tenant", help="the tenant (its x-tenant header)")
+    tset.add_argument("--max-active", type=int, help="requests queued or running at once (0: no limit)")
+    tset.add_argument("--max-priority", help="highest priority it may ask for: low, normal, high or critical")
     return p
+
+
+async def _tenants(args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from llmserve.common.config import CommonSettings
+    from llmserve.common.errors import ServiceError
+    from llmserve.common.keys import RedisKeys
+    from llmserve.common.tenants import set_tenant_limits, tenant_limits
+    from llmserve.v1 import common_pb2
+
+    settings = CommonSettings.from_env()
+    redis = aioredis.from_url(settings.redis_url)
+    keys = RedisKeys(settings.key_prefix)
+    try:
+        if args.action == "set":
+            priority = None
+            if args.max_priority:
+                name = f"PRIORITY_{args.max_priority.upper()}"
+                if name not in common_pb2.Priority.keys() or name == "PRIORITY_UNSPECIFIED":
+                    print(f"error: --max-priority must be low, normal, high or critical, got {args.max_priority!r}", file=sys.stderr)
+                    return 2
+                priority = common_pb2.Priority.Value(name)
+            await set_tenant_limits(redis, keys, args.tenant, max_active=args.max_active, max_priority=priority)
+        limits = await tenant_limits(redis, keys)
+    except ServiceError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        await redis.aclose()
+    if not limits:
+        print("no tenant has its own limits; every tenant gets the scheduler's defaults")
+    for tenant, fields in limits.items():
+        shown = dict(fields)
+        if "max_priority" in shown:
+            shown["max_priority"] = common_pb2.Priority.Name(shown["max_priority"]).removeprefix("PRIORITY_").lower()
+        print(f"{tenant}: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
+    return 0
 
 
 async def _fallback(args: argparse.Namespace) -> int:
@@ -129,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         from llmserve.cli.chat import list_models
 
         return list_models(args.addr)
+    if args.command == "tenants":
+        return asyncio.run(_tenants(args))
     return 2
 
 

@@ -6,16 +6,111 @@ and an alias never names a version that is not recorded.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.keys import RedisKeys
 from llmserve.common.subjects import MODEL_NAME_RE
-from llmserve.v1 import registry_pb2
+from llmserve.v1 import events_pb2, registry_pb2
 
 STABLE = "stable"
+CANARY = "canary"
+
+# Lua scripts answer a refused change with an error whose first word names the status.
+_ERROR_CODES = {
+    "NOT_FOUND": events_pb2.ERROR_CODE_NOT_FOUND,
+    "INVALID": events_pb2.ERROR_CODE_INVALID_ARGUMENT,
+    "PRECONDITION": events_pb2.ERROR_CODE_FAILED_PRECONDITION,
+}
+
+# KEYS: version hash, aliases, weights, stable history, audit
+# ARGV: name, version, actor, at
+_PROMOTE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2])
+end
+if redis.call('HGET', KEYS[1], 'retired') == '1' then
+  return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is retired')
+end
+local old = redis.call('HGET', KEYS[2], 'stable')
+if old and old ~= ARGV[2] then
+  redis.call('LPUSH', KEYS[4], old)
+  redis.call('LTRIM', KEYS[4], 0, 99)
+end
+redis.call('HSET', KEYS[2], 'stable', ARGV[2])
+if redis.call('HGET', KEYS[2], 'canary') == ARGV[2] then
+  redis.call('HDEL', KEYS[2], 'canary')
+  redis.call('HDEL', KEYS[3], 'canary')
+end
+return redis.call('XADD', KEYS[5], '*', 'action', 'promote', 'model', ARGV[1], 'alias', 'stable', 'version', ARGV[2],
+                  'previous', old or '', 'actor', ARGV[3], 'at', ARGV[4])
+"""
+
+# KEYS: aliases, stable history, audit
+# ARGV: name, actor, at, version hash key prefix
+_ROLLBACK = """
+local current = redis.call('HGET', KEYS[1], 'stable')
+while true do
+  local previous = redis.call('LPOP', KEYS[2])
+  if not previous then
+    return redis.error_reply('PRECONDITION model ' .. ARGV[1] .. ' has no earlier stable version to roll back to')
+  end
+  local vkey = ARGV[4] .. previous
+  if previous ~= current and redis.call('EXISTS', vkey) == 1 and redis.call('HGET', vkey, 'retired') ~= '1' then
+    redis.call('HSET', KEYS[1], 'stable', previous)
+    if redis.call('HGET', KEYS[1], 'canary') == previous then
+      redis.call('HDEL', KEYS[1], 'canary')
+    end
+    return redis.call('XADD', KEYS[3], '*', 'action', 'rollback', 'model', ARGV[1], 'alias', 'stable',
+                      'version', previous, 'previous', current or '', 'actor', ARGV[2], 'at', ARGV[3])
+  end
+end
+"""
+
+# KEYS: version hash, aliases, weights, audit
+# ARGV: name, version ("0" removes the canary), weight, actor, at
+_CANARY = """
+if ARGV[2] == '0' then
+  redis.call('HDEL', KEYS[2], 'canary')
+  redis.call('HDEL', KEYS[3], 'canary')
+else
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return redis.error_reply('NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2])
+  end
+  if redis.call('HGET', KEYS[1], 'retired') == '1' then
+    return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is retired')
+  end
+  if redis.call('HGET', KEYS[2], 'stable') == ARGV[2] then
+    return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is already stable')
+  end
+  redis.call('HSET', KEYS[2], 'canary', ARGV[2])
+  redis.call('HSET', KEYS[3], 'canary', ARGV[3])
+end
+return redis.call('XADD', KEYS[4], '*', 'action', 'canary', 'model', ARGV[1], 'alias', 'canary', 'version', ARGV[2],
+                  'weight', ARGV[3], 'actor', ARGV[4], 'at', ARGV[5])
+"""
+
+# KEYS: version hash, aliases, weights, audit
+# ARGV: name, version, actor, at
+_RETIRE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2])
+end
+if redis.call('HGET', KEYS[2], 'stable') == ARGV[2] then
+  return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is stable; promote another version or roll back first')
+end
+if redis.call('HGET', KEYS[2], 'canary') == ARGV[2] then
+  redis.call('HDEL', KEYS[2], 'canary')
+  redis.call('HDEL', KEYS[3], 'canary')
+end
+redis.call('HSET', KEYS[1], 'retired', '1')
+return redis.call('XADD', KEYS[4], '*', 'action', 'retire', 'model', ARGV[1], 'version', ARGV[2],
+                  'actor', ARGV[3], 'at', ARGV[4])
+"""
 
 # KEYS: models, versions zset, counter, version hash, aliases hash, audit stream
 # ARGV: name, path, sha256, source, created_at, actor, make_stable ("1"/"0")
@@ -42,6 +137,10 @@ class ModelCatalog:
         self._redis = redis
         self._keys = keys
         self._publish = redis.register_script(_PUBLISH)
+        self._promote = redis.register_script(_PROMOTE)
+        self._rollback = redis.register_script(_ROLLBACK)
+        self._canary = redis.register_script(_CANARY)
+        self._retire = redis.register_script(_RETIRE)
 
     async def publish(
         self, name: str, path: str, sha256: str, source: str, actor: str = "cli", make_stable: bool = False
@@ -70,11 +169,28 @@ class ModelCatalog:
         if not fields:
             raise ServiceError.not_found(f"model {name!r} has no version {version}")
         aliases = await self._redis.hgetall(self._keys.aliases(name))
-        return _to_proto(fields, [a.decode() for a, v in aliases.items() if int(v) == version])
+        record = _to_proto(fields, [a.decode() for a, v in aliases.items() if int(v) == version])
+        if CANARY in record.aliases:
+            record.canary_weight = int(await self._redis.hget(self._keys.weights(name), CANARY) or 0)
+        return record
 
-    async def resolve(self, name: str, alias: str = STABLE) -> int:
-        """The version an alias names; NOT_FOUND when the model or the alias is unknown."""
-        value = await self._redis.hget(self._keys.aliases(name), alias or STABLE)
+    async def resolve(self, name: str, alias: str = STABLE, route_key: str = "") -> int:
+        """The version an alias names; NOT_FOUND when the model or the alias is unknown.
+
+        With a route_key (the request id), `stable` sends the canary's weight in percent of keys to
+        the canary: a key always lands on the same side, so a resubmitted request picks the same version.
+        """
+        alias = alias or STABLE
+        if alias == STABLE and route_key:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(self._keys.aliases(name), [STABLE, CANARY])
+                pipe.hget(self._keys.weights(name), CANARY)
+                (stable, canary), weight = await pipe.execute()
+            if canary is not None and weight is not None and traffic_bucket(route_key) < int(weight):
+                return int(canary)
+            value = stable
+        else:
+            value = await self._redis.hget(self._keys.aliases(name), alias)
         if value is None:
             if not await self._redis.sismember(self._keys.models, name):
                 raise ServiceError.not_found(f"model {name!r} is not published")
@@ -83,6 +199,61 @@ class ModelCatalog:
 
     async def get_by_alias(self, name: str, alias: str = STABLE) -> registry_pb2.ModelVersion:
         return await self.get(name, await self.resolve(name, alias))
+
+    async def promote(self, name: str, version: int, actor: str = "cli") -> str:
+        """Makes `version` the stable one (the previous stable is remembered for rollback); returns the audit id."""
+        return await self._change(
+            self._promote,
+            [self._keys.version(name, version), self._keys.aliases(name), self._keys.weights(name), self._keys.stable_history(name), self._keys.audit],
+            [name, version, actor, f"{time.time():.6f}"],
+        )
+
+    async def rollback(self, name: str, actor: str = "cli") -> str:
+        """Makes the previous stable version (skipping retired ones) stable again; returns the audit id."""
+        return await self._change(
+            self._rollback,
+            [self._keys.aliases(name), self._keys.stable_history(name), self._keys.audit],
+            [name, actor, f"{time.time():.6f}", self._keys.version(name, 0)[:-1]],
+        )
+
+    async def set_canary(self, name: str, version: int, weight: int, actor: str = "cli") -> str:
+        """Sends `weight` percent of the stable traffic to `version`; version 0 removes the canary."""
+        if not 0 <= weight <= 100:
+            raise ServiceError.invalid(f"canary weight must be between 0 and 100, got {weight}", param="weight")
+        return await self._change(
+            self._canary,
+            [self._keys.version(name, version), self._keys.aliases(name), self._keys.weights(name), self._keys.audit],
+            [name, version, weight, actor, f"{time.time():.6f}"],
+        )
+
+    async def retire(self, name: str, version: int, actor: str = "cli") -> str:
+        """Marks a version as no longer servable (it cannot be stable; a canary on it is removed)."""
+        return await self._change(
+            self._retire,
+            [self._keys.version(name, version), self._keys.aliases(name), self._keys.weights(name), self._keys.audit],
+            [name, version, actor, f"{time.time():.6f}"],
+        )
+
+    async def _change(self, script, keys: list[str], args: list) -> str:
+        name = args[0]
+        if not MODEL_NAME_RE.match(name) or not await self._redis.sismember(self._keys.models, name):
+            raise ServiceError.not_found(f"model {name!r} is not published")
+        try:
+            audit_id = await script(keys=keys, args=args)
+        except ResponseError as exc:
+            word, _, message = str(exc).partition(" ")
+            if word not in _ERROR_CODES:
+                raise
+            raise ServiceError(_ERROR_CODES[word], message) from None
+        return audit_id.decode() if isinstance(audit_id, bytes) else str(audit_id)
+
+    async def canary(self, name: str) -> tuple[int, int] | None:
+        """The canary's version and weight, if the model has one."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._keys.aliases(name), CANARY)
+            pipe.hget(self._keys.weights(name), CANARY)
+            version, weight = await pipe.execute()
+        return (int(version), int(weight or 0)) if version is not None else None
 
     async def set_fallback(self, name: str, fallback: str | None, actor: str = "cli") -> None:
         """Names the model served instead of `name` while no worker serves `name` (None removes it)."""
@@ -138,4 +309,10 @@ def _to_proto(fields: dict[bytes, bytes], aliases: list[str]) -> registry_pb2.Mo
         source=f.get("source", ""),
         created_at=float(f.get("created_at", 0)),
         aliases=sorted(aliases),
+        retired=f.get("retired") == "1",
     )
+
+
+def traffic_bucket(route_key: str) -> int:
+    """0-99, uniform over keys and the same for one key everywhere (not Python's salted hash)."""
+    return int.from_bytes(hashlib.sha256(route_key.encode()).digest()[:8], "big") % 100

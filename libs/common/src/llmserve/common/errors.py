@@ -13,6 +13,7 @@ _GRPC = {
     events_pb2.ERROR_CODE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     events_pb2.ERROR_CODE_DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     events_pb2.ERROR_CODE_INTERNAL: grpc.StatusCode.INTERNAL,
+    events_pb2.ERROR_CODE_FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 _HTTP = {
@@ -22,19 +23,24 @@ _HTTP = {
     events_pb2.ERROR_CODE_UNAVAILABLE: 503,
     events_pb2.ERROR_CODE_DEADLINE_EXCEEDED: 504,
     events_pb2.ERROR_CODE_INTERNAL: 500,
+    events_pb2.ERROR_CODE_FAILED_PRECONDITION: 409,
 }
 
 
 class ServiceError(Exception):
     """A failure with a status a client can act on. Raised anywhere; turned into a status in one place."""
 
-    def __init__(self, code: int, message: str, retry_after_s: float | None = None, param: str | None = None) -> None:
+    def __init__(
+        self, code: int, message: str, retry_after_s: float | None = None, param: str | None = None, reason: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after_s = retry_after_s
         # The request field at fault, for clients that show it (OpenAI's "param").
         self.param = param
+        # Finer than the code, for metrics and logs: "queue_full", "tenant_limit", ...
+        self.reason = reason or self.code_name
 
     @property
     def grpc_status(self) -> grpc.StatusCode:
@@ -56,6 +62,10 @@ class ServiceError(Exception):
     @classmethod
     def not_found(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_NOT_FOUND, message)
+
+    @classmethod
+    def exhausted(cls, message: str, retry_after_s: float, reason: str) -> ServiceError:
+        return cls(events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, message, retry_after_s=retry_after_s, reason=reason)
 
     @classmethod
     def unavailable(cls, message: str) -> ServiceError:

@@ -4,15 +4,24 @@ Layout (prefix "llm:" by default):
   llm:models                           SET    model names
   llm:model:<name>:versions            ZSET   version numbers (score = version)
   llm:model:<name>:v:<version>         HASH   one ModelVersion (path, sha256, source, created_at)
-  llm:model:<name>:aliases             HASH   alias -> version
+  llm:model:<name>:aliases             HASH   alias -> version ("stable", "canary")
+  llm:model:<name>:weights             HASH   alias -> traffic weight in percent ("canary")
+  llm:model:<name>:stable_history      LIST   earlier stable versions, newest first (for rollback)
   llm:model:<name>:next_version        STRING counter of the last version number handed out
   llm:model:<name>:fallback            STRING model served instead while <name> has no live worker
   llm:audit                            STREAM every registry change (who, what, when)
+  llm:tenant:<tenant>:active           ZSET   request ids a tenant has queued or running (score = lease end)
+  llm:tenant:<tenant>:limits           HASH   max_active, max_priority overrides for one tenant
+  llm:tenants                          SET    tenants with overrides
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# Tenant names become key parts: no spaces, colons or braces.
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,12 @@ class RedisKeys:
     def aliases(self, name: str) -> str:
         return f"{self.prefix}model:{name}:aliases"
 
+    def weights(self, name: str) -> str:
+        return f"{self.prefix}model:{name}:weights"
+
+    def stable_history(self, name: str) -> str:
+        return f"{self.prefix}model:{name}:stable_history"
+
     def version_counter(self, name: str) -> str:
         return f"{self.prefix}model:{name}:next_version"
 
@@ -41,3 +56,13 @@ class RedisKeys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}audit"
+
+    def tenant_active(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:active"
+
+    def tenant_limits(self, tenant: str) -> str:
+        return f"{self.prefix}tenant:{tenant}:limits"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}tenants"

@@ -57,28 +57,55 @@ async def connect_nats(
             await asyncio.sleep(0.5)
 
 
-def jobs_stream_config(subjects: Subjects, max_queued: int) -> StreamConfig:
-    """The job queue: a message is removed once a worker acks it (work-queue retention).
+# Bytes one model's queue may hold, whatever the job count: a burst of huge prompts stays bounded too.
+DEFAULT_QUEUE_MAX_BYTES = 1 << 30
 
-    discard=new makes a full queue refuse publishes, which is the scheduler's hard bound on memory.
-    Duplicate submissions of one request id within the window are dropped by JetStream itself.
+
+def jobs_stream_config(subjects: Subjects, model: str, max_queued: int, msg_ttl: bool = True) -> StreamConfig:
+    """One model's job queue: a message is removed once a worker acks it (work-queue retention).
+
+    discard=new makes a full queue refuse publishes, which is the scheduler's hard bound per model.
+    Duplicate submissions of one request id within the window are dropped by JetStream itself, and
+    a job published with a Nats-TTL header (its deadline) is deleted by JetStream when it expires.
     """
     return StreamConfig(
-        name=subjects.jobs_stream,
-        subjects=[subjects.jobs_all],
+        name=subjects.jobs_stream(model),
+        subjects=[subjects.jobs_model(model)],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         discard=DiscardPolicy.NEW,
         max_msgs=max_queued,
+        max_bytes=DEFAULT_QUEUE_MAX_BYTES,
         duplicate_window=120.0,
+        allow_msg_ttl=msg_ttl or None,
     )
 
 
-async def ensure_jobs_stream(nc: NATS, subjects: Subjects, max_queued: int) -> None:
+async def ensure_jobs_stream(nc: NATS, subjects: Subjects, model: str, max_queued: int) -> bool:
+    """Creates (or brings to these limits) one model's queue. Returns whether per-message TTLs work.
+
+    Several schedulers and workers call this with the same values; the last one to update wins, so
+    every scheduler must be configured alike. Servers older than 2.11 know no per-message TTL: the
+    queue is made without it, and expired jobs are dropped when a worker takes them instead.
+    """
     js = nc.jetstream()
-    config = jobs_stream_config(subjects, max_queued)
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        # Exists with other limits: bring it to ours (several schedulers agree on the same values).
-        await js.update_stream(config)
+    for msg_ttl in (True, False):
+        config = jobs_stream_config(subjects, model, max_queued, msg_ttl)
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                # Exists with other limits: bring it to ours.
+                await js.update_stream(config)
+            return msg_ttl
+        except BadRequestError as exc:
+            if not msg_ttl:
+                raise
+            log.warning("jobs_stream_without_ttl", model=model, error=str(exc))
+    return False
+
+
+# JetStream's error code for "stream name already in use with a different configuration".
+_STREAM_NAME_IN_USE = 10058

@@ -2,7 +2,9 @@
 
 Layout (prefix "llm" by default):
   llm.sched.submit                      router -> scheduler, request/reply, queue group "scheduler"
-  llm.jobs.<model>.<version>.p<N>       scheduler -> workers, JetStream work queue (stream LLM_JOBS)
+  llm.sched.done                        router -> scheduler, JobDone: a request ended (frees its tenant's share)
+  llm.jobs.<model>.<version>.p<N>       scheduler -> workers, JetStream work queue (one stream per model,
+                                        LLM_JOBS_<model>, so each model's queue has its own bound)
   llm.work.<model>.<version>            scheduler -> workers, "a job is waiting" doorbell (core NATS)
   llm.tokens.<request_id>               worker -> router, TokenChunk messages
   llm.cancel.<request_id>               router -> workers, Cancel
@@ -45,16 +47,26 @@ class Subjects:
     def submit(self) -> str:
         return f"{self.prefix}.sched.submit"
 
+    @property
+    def done(self) -> str:
+        return f"{self.prefix}.sched.done"
+
     SCHEDULER_QUEUE_GROUP = "scheduler"
 
     # -- job queue ----------------------------------------------------------------------------
     @property
-    def jobs_stream(self) -> str:
-        return f"{self.prefix.upper().replace('-', '_')}_JOBS"
+    def jobs_stream_prefix(self) -> str:
+        return f"{self.prefix.upper().replace('-', '_')}_JOBS_"
 
-    @property
-    def jobs_all(self) -> str:
-        return f"{self.prefix}.jobs.>"
+    def jobs_stream(self, model: str) -> str:
+        """The stream holding one model's queue (every version and priority)."""
+        return f"{self.jobs_stream_prefix}{model}"
+
+    def jobs_model(self, model: str) -> str:
+        return f"{self.prefix}.jobs.{model}.>"
+
+    def jobs_version(self, model: str, version: int) -> str:
+        return f"{self.prefix}.jobs.{model}.{version}.*"
 
     def jobs(self, model: str, version: int, priority: int) -> str:
         return f"{self.prefix}.jobs.{model}.{version}.p{priority}"

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\"\x80\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector2\xa8\x01\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\"\xa8\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x15\n\rcanary_weight\x18\x08 \x01(\r\x12\x0f\n\x07retired\x18\t \x01(\x08\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector2\xa8\x01\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,13 +32,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.v1.registry_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELVERSION']._serialized_start=44
-  _globals['_MODELVERSION']._serialized_end=172
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=174
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=209
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=211
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=278
-  _globals['_GETVERSIONREQUEST']._serialized_start=280
-  _globals['_GETVERSIONREQUEST']._serialized_end=361
-  _globals['_REGISTRY']._serialized_start=364
-  _globals['_REGISTRY']._serialized_end=532
+  _globals['_MODELVERSION']._serialized_end=212
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=214
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=249
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=251
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=318
+  _globals['_GETVERSIONREQUEST']._serialized_start=320
+  _globals['_GETVERSIONREQUEST']._serialized_end=401
+  _globals['_REGISTRY']._serialized_start=404
+  _globals['_REGISTRY']._serialized_end=572
 # @@protoc_insertion_point(module_scope)

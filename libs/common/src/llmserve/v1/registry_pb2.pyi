@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ModelVersion(_message.Message):
-    __slots__ = ("name", "version", "path", "sha256", "source", "created_at", "aliases")
+    __slots__ = ("name", "version", "path", "sha256", "source", "created_at", "aliases", "canary_weight", "retired")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,8 @@ class ModelVersion(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    CANARY_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RETIRED_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     path: str
@@ -22,7 +24,9 @@ class ModelVersion(_message.Message):
     source: str
     created_at: float
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[float] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    canary_weight: int
+    retired: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., path: _Optional[str] = ..., sha256: _Optional[str] = ..., source: _Optional[str] = ..., created_at: _Optional[float] = ..., aliases: _Optional[_Iterable[str]] = ..., canary_weight: _Optional[int] = ..., retired: _Optional[bool] = ...) -> None: ...
 
 class ListVersionsRequest(_message.Message):
     __slots__ = ("name",)

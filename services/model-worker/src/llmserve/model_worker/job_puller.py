@@ -3,6 +3,11 @@
 One durable pull consumer per (model, version, priority) is shared by every worker of that version,
 so a job goes to exactly one worker. A pull asks for at most as many jobs as the worker has free
 slots, with no_wait, so an empty high-priority queue costs one round trip, not a timeout.
+
+Dispatch order is strict by priority, with aging: a job that has waited `aging_step_s` seconds
+counts one level higher, two steps two levels, and so on (up to critical), so a low-priority job
+is never starved by a steady stream of higher ones. The age of each level's oldest job is sampled
+at most every `_AGING_PROBE_S` (and only when two or more levels have jobs waiting).
 """
 
 from __future__ import annotations
@@ -16,32 +21,55 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from llmserve.common.natsio import jobs_stream_config
+from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.subjects import PRIORITIES_HIGH_FIRST, Subjects
+from llmserve.v1 import common_pb2, events_pb2
 
 # Status codes JetStream answers a pull with when it has nothing (more) to give.
 _EMPTY_STATUSES = {"404", "408", "409"}
+# Longest time the aged dispatch order is reused before the queue heads are sampled again.
+_AGING_PROBE_S = 1.0
+# Queue bound a worker uses when it creates a model's queue before any scheduler did.
+_DEFAULT_MAX_QUEUED = 1000
+
+
+def aged_order(head_ages: dict[int, float], aging_step_s: float) -> list[int]:
+    """Priority levels in dispatch order, given how long each level's oldest job has waited."""
+
+    def rank(level: int) -> tuple[int, int]:
+        age = head_ages.get(level)
+        if age is None or aging_step_s <= 0:
+            return level, level
+        return min(common_pb2.PRIORITY_CRITICAL, level + int(age // aging_step_s)), level
+
+    return sorted(PRIORITIES_HIGH_FIRST, key=rank, reverse=True)
 
 
 class JobPuller:
-    def __init__(self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0) -> None:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0, aging_step_s: float = 0.0
+    ) -> None:
         self._nc = nc
+        self._js = nc.jetstream()
         self._subjects = subjects
-        self._stream = subjects.jobs_stream
+        self._stream = subjects.jobs_stream(model)
         self._model = model
         self._version = version
         self._ack_wait_s = ack_wait_s
+        self._aging_step_s = aging_step_s
+        self._order = list(PRIORITIES_HIGH_FIRST)
+        self._order_at = 0.0
         self._inbox = nc.new_inbox()
         self._replies: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub = None
 
     async def start(self) -> None:
-        js = self._nc.jetstream()
+        js = self._js
         try:
             await js.stream_info(self._stream)
         except NotFoundError:
             # The scheduler normally creates it; a worker that starts first creates it with defaults.
-            await js.add_stream(jobs_stream_config(self._subjects, max_queued=10_000))
+            await ensure_jobs_stream(self._nc, self._subjects, self._model, _DEFAULT_MAX_QUEUED)
         for priority in PRIORITIES_HIGH_FIRST:
             await js.add_consumer(
                 self._stream,
@@ -63,12 +91,30 @@ class JobPuller:
     async def pull(self, max_jobs: int, timeout_s: float = 2.0) -> list[Msg]:
         """Up to max_jobs job messages, highest priority first; empty when every queue is empty."""
         taken: list[Msg] = []
-        for priority in PRIORITIES_HIGH_FIRST:
+        for priority in await self._dispatch_order():
             if len(taken) >= max_jobs:
                 break
             consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
             taken.extend(await self._pull_one(consumer, max_jobs - len(taken), timeout_s))
         return taken
+
+    async def _dispatch_order(self) -> list[int]:
+        if self._aging_step_s <= 0 or time.monotonic() - self._order_at < min(_AGING_PROBE_S, self._aging_step_s / 4):
+            return self._order
+        self._order_at = time.monotonic()
+        try:
+            info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
+            waiting = info.state.subjects or {}
+            levels = [p for p in PRIORITIES_HIGH_FIRST if waiting.get(self._subjects.jobs(self._model, self._version, p))]
+            ages: dict[int, float] = {}
+            # With one level waiting there is nothing to reorder.
+            for level in levels if len(levels) > 1 else ():
+                head = await self._js.get_msg(self._stream, seq=1, subject=self._subjects.jobs(self._model, self._version, level), next=True)
+                ages[level] = time.time() - events_pb2.Job.FromString(head.data or b"").submitted_at
+            self._order = aged_order(ages, self._aging_step_s)
+        except Exception:  # a probe that fails leaves the last order in place
+            pass
+        return self._order
 
     async def _pull_one(self, consumer: str, batch: int, timeout_s: float) -> list[Msg]:
         # A fresh reply subject per pull, so the "no messages" status of an earlier pull cannot end this one.

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-JOBS = Counter("llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected).", ["outcome"])
+JOBS = Counter(
+    "llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected, expired).", ["outcome"]
+)
 QUEUE_TIME = Histogram(
     "llmserve_worker_queue_time_seconds",
-    "From the router accepting a request to this worker taking it.",
+    "From the router accepting a request to this worker taking it (time in queue), by priority level.",
+    ["priority"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens generated.")

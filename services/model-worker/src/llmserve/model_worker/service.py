@@ -73,7 +73,9 @@ async def run(settings: WorkerSettings) -> None:
         await engine.start()
         rt.stack.push_async_callback(engine.stop)
         nc = await rt.connect_nats()
-        worker = ModelWorker(nc, rt.subjects, engine, loaded, record, rt.instance_id, common.heartbeat_interval_s)
+        worker = ModelWorker(
+            nc, rt.subjects, engine, loaded, record, rt.instance_id, common.heartbeat_interval_s, settings.priority_aging_s
+        )
         await worker.start()
         serve_metrics(settings.metrics_addr)
         await rt.stop.wait()

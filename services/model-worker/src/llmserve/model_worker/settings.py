@@ -39,6 +39,9 @@ class WorkerSettings:
     drain_grace_s: float = 30.0
     # LLMSERVE_WORKER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
     metrics_addr: str = ""
+    # LLMSERVE_PRIORITY_AGING_S: a queued job counts one priority level higher for every this many
+    # seconds it has waited, so low priorities are never starved (0: strict priority, no aging).
+    priority_aging_s: float = 10.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -58,4 +61,5 @@ class WorkerSettings:
             prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 1024),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", 30.0),
             metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", ""),
+            priority_aging_s=env_float(env, "LLMSERVE_PRIORITY_AGING_S", 10.0),
         )

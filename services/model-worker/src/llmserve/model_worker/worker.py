@@ -41,6 +41,7 @@ class ModelWorker:
         record: registry_pb2.ModelVersion,
         instance_id: str,
         heartbeat_interval_s: float,
+        priority_aging_s: float = 0.0,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -48,7 +49,7 @@ class ModelWorker:
         self._loaded = loaded
         self._record = record
         self.instance_id = instance_id
-        self._puller = JobPuller(nc, subjects, record.name, record.version)
+        self._puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
         self._gpu = GpuStats(loaded.device)
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -136,11 +137,21 @@ class ModelWorker:
             for msg in msgs:
                 await msg.ack()
                 job = events_pb2.Job.FromString(msg.data)
+                if job.deadline and time.time() > job.deadline:
+                    await self._drop_expired(job)
+                    continue
                 key = job_key(job)
                 task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
                 self._jobs[key] = task
                 self._attempts[key] = (job.request_id, job.attempt)
                 task.add_done_callback(lambda _t, key=key: self._job_done(key))
+
+    async def _drop_expired(self, job: events_pb2.Job) -> None:
+        """A job whose deadline passed while queued never runs; its router has already answered the client."""
+        log.info("job_expired", request_id=job.request_id, late_s=round(time.time() - job.deadline, 3))
+        metrics.JOBS.labels(outcome="expired").inc()
+        metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, time.time() - job.submitted_at))
+        await self._publish(job, self._error_chunk(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued"))
 
     def _starting(self) -> int:
         """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
@@ -175,7 +186,7 @@ class ModelWorker:
                     first = time.perf_counter()
                 seq += 1
             queued_s = job_started_wall(taken) - job.submitted_at
-            metrics.QUEUE_TIME.observe(max(0.0, queued_s))
+            metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, queued_s))
             if out is not None:
                 metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
                 metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))

@@ -144,6 +144,7 @@ class GenerationService:
             if not finished:
                 # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
                 await asyncio.shield(self._cancel(job.request_id, "client_gone", job.attempt))
+            await asyncio.shield(self._done(job))
 
     def _wait_limit(self, job: events_pb2.Job, limit_s: float) -> float:
         """How long to wait for the next chunk: the limit, or less when the request's deadline is closer."""
@@ -184,6 +185,14 @@ class GenerationService:
         if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
             raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
         return reply.model, reply.model_version
+
+    async def _done(self, job: events_pb2.Job) -> None:
+        """Tells the schedulers the request ended, so its tenant's share is free again."""
+        try:
+            done = events_pb2.JobDone(request_id=job.request_id, tenant=job.tenant)
+            await self._nc.publish(self._subjects.done, done.SerializeToString())
+        except Exception as exc:  # the share's lease expires on its own
+            log.warning("done_not_announced", request_id=job.request_id, error=str(exc))
 
     async def _cancel(self, request_id: str, reason: str, attempt: int) -> None:
         try:

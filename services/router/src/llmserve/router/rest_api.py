@@ -42,6 +42,7 @@ log = structlog.get_logger()
 _ERROR_TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
+    409: "invalid_request_error",
     429: "rate_limit_exceeded",
     503: "service_unavailable",
     504: "timeout",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.keys import TENANT_RE
 from llmserve.common.subjects import MODEL_NAME_RE, REQUEST_ID_RE
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2
 
@@ -88,6 +89,8 @@ def build_job(
         raise ServiceError.invalid("request_id must be 1-64 letters, digits, '-' or '_'", param="request_id")
     if request.model_alias and not MODEL_NAME_RE.match(request.model_alias):
         raise ServiceError.invalid(f"model_alias {request.model_alias!r} is not a valid alias", param="model_alias")
+    if tenant and not TENANT_RE.match(tenant):
+        raise ServiceError.invalid("the tenant (x-tenant) must be 1-64 letters, digits, '_', '.', '@' or '-'", param="x-tenant")
     if request.priority not in common_pb2.Priority.values():
         raise ServiceError.invalid(f"priority {request.priority} is not a known level", param="priority")
     job = events_pb2.Job(

@@ -9,10 +9,11 @@ import sys
 import structlog
 
 from llmserve.common.metrics_server import serve_metrics
-from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.service import Scheduler
 from llmserve.scheduler.settings import SchedulerSettings
+from llmserve.scheduler.tenants import TenantLimits, TenantPolicy
 from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
@@ -22,12 +23,16 @@ async def run(settings: SchedulerSettings) -> None:
     async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_SCHEDULER) as rt:
         redis = rt.connect_redis()
         nc = await rt.connect_nats()
-        await ensure_jobs_stream(nc, rt.subjects, settings.max_queued)
-        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(nc))
+        queues = JobQueues(nc, rt.subjects, settings.max_queued)
+        rt.reconnect_hooks.append(queues.forget_streams)
+        tenants = TenantPolicy(
+            redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s
+        )
+        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(nc), queues, tenants)
         await scheduler.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
         serve_metrics(settings.metrics_addr)
-        log.info("scheduler_ready", stream=rt.subjects.jobs_stream)
+        log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active)
         while not rt.stop.is_set():
             await scheduler.refresh_queue_depth()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -13,15 +13,19 @@ from llmserve.v1 import common_pb2, events_pb2
 async def admit(job: events_pb2.Job, catalog: ModelCatalog, liveness: LivenessTable) -> int:
     """Returns the model version the job is queued for, or raises the reason it is not.
 
+    An alias is resolved through the registry; `stable` (the default) sends a share of requests to the
+    model's canary when it has one with a weight (the same request id always picks the same side).
     When no worker serves the model and the registry names a fallback model with live workers, the
     job is rewritten to the fallback's stable version (degraded service beats no service). Explicit
     versions and continuations of a migrated request never fall back: they must run on what they asked for.
     """
     if job.deadline and time.time() >= job.deadline:
         raise ServiceError.deadline("deadline passed before the request was queued")
-    version = job.model_version or await catalog.resolve(job.model, job.model_alias or "stable")
     if job.model_version:
+        version = job.model_version
         await catalog.get(job.model, version)  # NOT_FOUND for an unknown version
+    else:
+        version = await catalog.resolve(job.model, job.model_alias or "stable", route_key=job.request_id)
     if liveness.live_workers(job.model, version):
         return version
     if not job.model_version and job.attempt == 0:
@@ -34,8 +38,8 @@ async def admit(job: events_pb2.Job, catalog: ModelCatalog, liveness: LivenessTa
     raise ServiceError.unavailable(f"no live worker serves {job.model} version {version}")
 
 
-def effective_priority(requested: int) -> int:
-    """Unset means normal; anything out of range is clamped into the defined levels."""
+def effective_priority(requested: int, allowed: int = common_pb2.PRIORITY_CRITICAL) -> int:
+    """Unset means normal; anything out of range is clamped into the defined levels and to what the caller may use."""
     if requested == common_pb2.PRIORITY_UNSPECIFIED:
-        return common_pb2.PRIORITY_NORMAL
-    return max(common_pb2.PRIORITY_LOW, min(common_pb2.PRIORITY_CRITICAL, requested))
+        requested = common_pb2.PRIORITY_NORMAL
+    return max(common_pb2.PRIORITY_LOW, min(common_pb2.PRIORITY_CRITICAL, allowed, requested))

@@ -1,4 +1,7 @@
-"""Prometheus metrics of the scheduler (served when LLMSERVE_SCHEDULER_METRICS_ADDR is set)."""
+"""Prometheus metrics of the scheduler (served when LLMSERVE_SCHEDULER_METRICS_ADDR is set).
+
+Time in queue is measured where a job leaves the queue: the workers' llmserve_worker_queue_seconds.
+"""
 
 from __future__ import annotations
 
@@ -9,4 +12,13 @@ SUBMISSIONS = Counter(
     "Submissions by outcome: queued, duplicate, or the reason for rejecting them.",
     ["model", "outcome"],
 )
-QUEUED_JOBS = Gauge("llmserve_scheduler_queued_jobs", "Jobs waiting in the JetStream queue, all models and priorities.")
+REJECTIONS = Counter(
+    "llmserve_scheduler_rejections_total",
+    "Rejected submissions by reason: queue_full, tenant_limit, unavailable, deadline_exceeded, not_found, invalid_argument, internal.",
+    ["model", "reason"],
+)
+QUEUED_JOBS = Gauge("llmserve_scheduler_queued_jobs", "Jobs waiting in the JetStream queues, all models and priorities.")
+QUEUE_DEPTH = Gauge(
+    "llmserve_scheduler_queue_depth", "Jobs waiting in the queue, by model, version and priority level.", ["model", "version", "priority"]
+)
+TENANT_RELEASES = Counter("llmserve_scheduler_tenant_releases_total", "Requests whose end freed their tenant's share.")

@@ -1,11 +1,16 @@
-"""The scheduler's NATS side: answers submissions and publishes accepted jobs to JetStream."""
+"""The scheduler's NATS side: answers submissions and publishes accepted jobs to JetStream.
+
+A submission passes, in order: its deadline, version choice (alias, canary, fallback), a live worker
+for that version, its tenant's share (which also caps its priority), and finally the model's bounded
+queue. Anything refused is answered at once with the reason; nothing is held in the scheduler, so
+several schedulers can run side by side and any of them may crash without losing an accepted job.
+"""
 
 from __future__ import annotations
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.errors import APIError
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
@@ -13,49 +18,57 @@ from llmserve.common.liveness import LivenessTable
 from llmserve.common.subjects import Subjects
 from llmserve.scheduler import metrics
 from llmserve.scheduler.admission import admit, effective_priority
+from llmserve.scheduler.queues import JobQueues
+from llmserve.scheduler.tenants import TenantPolicy
 from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
 
-# JetStream's error code for "maximum messages exceeded" on a stream with discard=new.
-_STREAM_FULL_CODES = {10077}
-
 
 class Scheduler:
-    def __init__(self, nc: NATS, subjects: Subjects, catalog: ModelCatalog, liveness: LivenessTable) -> None:
+    def __init__(
+        self, nc: NATS, subjects: Subjects, catalog: ModelCatalog, liveness: LivenessTable, queues: JobQueues, tenants: TenantPolicy
+    ) -> None:
         self._nc = nc
-        self._js = nc.jetstream()
         self._subjects = subjects
         self._catalog = catalog
         self._liveness = liveness
-        self._sub = None
-        self.queued_jobs = 0
+        self.queues = queues
+        self._tenants = tenants
+        self._subs: list = []
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(
-            self._subjects.submit, queue=Subjects.SCHEDULER_QUEUE_GROUP, cb=self._on_submit
-        )
+        group = Subjects.SCHEDULER_QUEUE_GROUP
+        self._subs.append(await self._nc.subscribe(self._subjects.submit, queue=group, cb=self._on_submit))
+        self._subs.append(await self._nc.subscribe(self._subjects.done, queue=group, cb=self._on_done))
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.drain()
+        for sub in self._subs:
+            await sub.drain()
 
     async def refresh_queue_depth(self) -> None:
-        """Reads how many jobs wait in the queue, for heartbeats and the scheduler's metrics."""
+        """Samples every model's queue, for heartbeats, metrics and Retry-After estimates."""
         try:
-            info = await self._js.stream_info(self._subjects.jobs_stream)
-        except Exception:  # reconnecting: keep the last figure
+            models = await self._catalog.model_names()
+        except Exception:  # Redis unreachable for a moment: keep the last figures
             return
-        self.queued_jobs = info.state.messages
-        metrics.QUEUED_JOBS.set(self.queued_jobs)
+        await self.queues.refresh(models)
 
     def fill_beat(self, beat: events_pb2.Heartbeat) -> None:
-        beat.queued_jobs = self.queued_jobs
+        beat.queued_jobs = self.queues.total_queued
 
     async def _on_submit(self, msg: Msg) -> None:
         reply = await self.submit(msg.data)
         if msg.reply:
             await msg.respond(reply.SerializeToString())
+
+    async def _on_done(self, msg: Msg) -> None:
+        try:
+            done = events_pb2.JobDone.FromString(msg.data)
+            await self._tenants.release(done.tenant, done.request_id)
+            metrics.TENANT_RELEASES.inc()
+        except Exception as exc:  # the lease expires on its own
+            log.warning("tenant_release_failed", error=str(exc))
 
     async def submit(self, data: bytes) -> events_pb2.SubmitReply:
         try:
@@ -64,18 +77,18 @@ class Scheduler:
             return _rejected(ServiceError.invalid("submission is not a llmserve.v1.Job"))
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
         try:
-            job.model_version = await admit(job, self._catalog, self._liveness)
-            job.priority = effective_priority(job.priority)
-            outcome = await self._enqueue(job)
+            outcome = await self._admit_and_queue(job)
         except ServiceError as exc:
-            log.info("job_rejected", error=exc.message, code=events_pb2.ErrorCode.Name(exc.code))
+            log.info("job_rejected", error=exc.message, code=exc.code_name, reason=exc.reason)
             # An unknown model name comes from the client: it must not become a label of its own.
             model = "unknown" if exc.code == events_pb2.ERROR_CODE_NOT_FOUND else job.model
             metrics.SUBMISSIONS.labels(model=model, outcome=exc.code_name).inc()
+            metrics.REJECTIONS.labels(model=model, reason=exc.reason).inc()
             return _rejected(exc)
         except Exception as exc:
             log.exception("submit_failed")
             metrics.SUBMISSIONS.labels(model="unknown", outcome="internal").inc()
+            metrics.REJECTIONS.labels(model="unknown", reason="internal").inc()
             return _rejected(ServiceError.internal(f"scheduler failed: {type(exc).__name__}"))
         else:
             metrics.SUBMISSIONS.labels(model=job.model, outcome=outcome).inc()
@@ -83,27 +96,25 @@ class Scheduler:
             structlog.contextvars.unbind_contextvars("request_id", "model")
         return events_pb2.SubmitReply(model_version=job.model_version, model=job.model)
 
-    async def _enqueue(self, job: events_pb2.Job) -> str:
-        subject = self._subjects.jobs(job.model, job.model_version, job.priority)
+    async def _admit_and_queue(self, job: events_pb2.Job) -> str:
+        job.model_version = await admit(job, self._catalog, self._liveness)
+        if job.attempt > 0:
+            # A migrated request already holds its tenant's share, and its priority was raised on purpose.
+            job.priority = effective_priority(job.priority)
+        else:
+            allowed = await self._tenants.acquire(job.tenant, job.request_id, job.deadline)
+            job.priority = effective_priority(job.priority, allowed)
         try:
-            ack = await self._js.publish(
-                subject, job.SerializeToString(), timeout=5.0, headers={"Nats-Msg-Id": _message_id(job)}
-            )
-        except APIError as exc:
-            if exc.err_code in _STREAM_FULL_CODES:
-                raise ServiceError(events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, "the job queue is full", retry_after_s=1.0) from exc
+            queued = await self.queues.publish(job)
+        except BaseException:
+            if job.attempt == 0:
+                await self._tenants.release(job.tenant, job.request_id)
             raise
-        if ack.duplicate:
+        if not queued:
             log.info("job_duplicate_ignored")
             return "duplicate"
-        log.info("job_queued", subject=subject)
-        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
+        log.info("job_queued", version=job.model_version, priority=job.priority)
         return "queued"
-
-
-def _message_id(job: events_pb2.Job) -> str:
-    """JetStream's de-duplication key: a resubmitted request runs once, a migrated one runs again."""
-    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
 
 
 def _rejected(exc: ServiceError) -> events_pb2.SubmitReply:

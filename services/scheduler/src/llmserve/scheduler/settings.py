@@ -6,15 +6,26 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from llmserve.common.config import CommonSettings, env_int, env_str
+from llmserve.common.config import CommonSettings, env_float, env_int, env_str
+from llmserve.v1 import common_pb2
 
 
 @dataclass(frozen=True)
 class SchedulerSettings:
     common: CommonSettings = field(default_factory=CommonSettings)
-    # LLMSERVE_SCHEDULER_MAX_QUEUED: jobs the queue holds at most, over all models; past it
-    # submissions are rejected with RESOURCE_EXHAUSTED.
-    max_queued: int = 10_000
+    # LLMSERVE_SCHEDULER_MAX_QUEUED: jobs one model's queue holds at most (all its versions and
+    # priorities); past it submissions are rejected with RESOURCE_EXHAUSTED and a Retry-After.
+    max_queued: int = 1000
+    # LLMSERVE_SCHEDULER_TENANT_MAX_ACTIVE: requests one tenant may have queued or running at once
+    # (0: no limit); `llmserve tenants set` overrides it per tenant.
+    tenant_max_active: int = 256
+    # LLMSERVE_SCHEDULER_TENANT_MAX_PRIORITY: the highest priority a tenant may ask for (a level
+    # name: low, normal, high, critical); higher requests are lowered to it. Critical is kept for
+    # migrated requests and tenants given it explicitly.
+    tenant_max_priority: int = common_pb2.PRIORITY_HIGH
+    # LLMSERVE_SCHEDULER_LEASE_S: how long a request without a deadline counts against its tenant
+    # when its end is never announced (its router crashed).
+    lease_s: float = 900.0
     # LLMSERVE_SCHEDULER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
     metrics_addr: str = ""
 
@@ -23,6 +34,21 @@ class SchedulerSettings:
         env = os.environ if env is None else env
         return cls(
             common=CommonSettings.from_env(env),
-            max_queued=env_int(env, "LLMSERVE_SCHEDULER_MAX_QUEUED", 10_000),
+            max_queued=env_int(env, "LLMSERVE_SCHEDULER_MAX_QUEUED", cls.max_queued),
+            tenant_max_active=env_int(env, "LLMSERVE_SCHEDULER_TENANT_MAX_ACTIVE", cls.tenant_max_active),
+            tenant_max_priority=priority_level(env_str(env, "LLMSERVE_SCHEDULER_TENANT_MAX_PRIORITY", "high")),
+            lease_s=env_float(env, "LLMSERVE_SCHEDULER_LEASE_S", cls.lease_s),
             metrics_addr=env_str(env, "LLMSERVE_SCHEDULER_METRICS_ADDR", ""),
         )
+
+
+def priority_level(name: str) -> int:
+    """"high" -> PRIORITY_HIGH; a clear error for anything else."""
+    try:
+        level = common_pb2.Priority.Value(f"PRIORITY_{name.strip().upper()}")
+    except ValueError:
+        level = common_pb2.PRIORITY_UNSPECIFIED
+    if level == common_pb2.PRIORITY_UNSPECIFIED:
+        choices = ", ".join(n.removeprefix("PRIORITY_").lower() for n in common_pb2.Priority.keys()[1:])
+        raise ValueError(f"priority must be one of {choices}, got {name!r}")
+    return level

@@ -1,0 +1,147 @@
+"""The job queues on JetStream: one bounded stream per model, one subject per version and priority.
+
+Publishing is where admission becomes exact: a stream with discard=new and max_msgs=Q refuses the
+(Q+1)-th waiting job itself, so several schedulers sharing one queue never overshoot its bound.
+The queue's depth and drain rate are sampled from the stream's state; the drain rate turns a
+"queue full" refusal into a Retry-After estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.js.errors import APIError, NotFoundError
+
+from llmserve.common.errors import ServiceError
+from llmserve.common.natsio import ensure_jobs_stream
+from llmserve.common.subjects import Subjects
+from llmserve.scheduler import metrics
+from llmserve.v1 import events_pb2
+
+log = structlog.get_logger()
+
+# JetStream's error codes for a publish refused by a full stream (discard=new).
+_STREAM_FULL_CODES = {10077, 10047}
+# Retry-After bounds, in seconds.
+MIN_RETRY_AFTER_S = 1.0
+MAX_RETRY_AFTER_S = 60.0
+# Weight of the newest sample in the drain-rate average.
+_RATE_SMOOTHING = 0.3
+
+
+@dataclass
+class QueueState:
+    """What the scheduler last saw of one model's queue."""
+
+    depth: int = 0
+    # Waiting jobs by subject (version and priority).
+    by_subject: dict[str, int] = field(default_factory=dict)
+    # Jobs that ever left the queue (taken by a worker or expired), at the last sample.
+    removed: int = -1
+    sampled_at: float = 0.0
+    # Jobs leaving the queue per second, smoothed; None until two samples exist.
+    drain_rate: float | None = None
+
+    def observe(self, depth: int, last_seq: int, by_subject: dict[str, int], now: float) -> None:
+        removed = last_seq - depth
+        if self.removed >= 0 and now > self.sampled_at and removed >= self.removed:
+            rate = (removed - self.removed) / (now - self.sampled_at)
+            self.drain_rate = rate if self.drain_rate is None else _RATE_SMOOTHING * rate + (1 - _RATE_SMOOTHING) * self.drain_rate
+        self.depth, self.removed, self.sampled_at, self.by_subject = depth, removed, now, by_subject
+
+    def retry_after_s(self) -> float:
+        """How long until the queue has room again at the current drain rate, within [1 s, 60 s]."""
+        if not self.drain_rate:
+            return MAX_RETRY_AFTER_S if self.drain_rate == 0.0 and self.depth else 5.0
+        return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, math.ceil(1.0 / self.drain_rate)))
+
+
+class JobQueues:
+    def __init__(self, nc: NATS, subjects: Subjects, max_queued_per_model: int) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._subjects = subjects
+        self._max_queued = max_queued_per_model
+        # Model -> whether its stream takes per-message TTLs; a model is here once its stream exists.
+        self._streams: dict[str, bool] = {}
+        self.states: dict[str, QueueState] = {}
+
+    @property
+    def total_queued(self) -> int:
+        return sum(state.depth for state in self.states.values())
+
+    async def ensure(self, model: str) -> bool:
+        if model not in self._streams:
+            self._streams[model] = await ensure_jobs_stream(self._nc, self._subjects, model, self._max_queued)
+            self.states.setdefault(model, QueueState())
+        return self._streams[model]
+
+    def forget_streams(self) -> None:
+        """After a NATS reconnect the server may have lost its streams: check them again on next use."""
+        self._streams.clear()
+
+    async def publish(self, job: events_pb2.Job) -> bool:
+        """Queues the job; returns False when JetStream dropped it as a duplicate of an earlier submission."""
+        for attempt in range(2):
+            msg_ttl = await self.ensure(job.model)
+            try:
+                ack = await self._js.publish(
+                    self._subjects.jobs(job.model, job.model_version, job.priority),
+                    job.SerializeToString(),
+                    timeout=5.0,
+                    headers=self._headers(job, msg_ttl),
+                )
+                break
+            except NotFoundError:
+                # The stream vanished (server restarted with fresh storage, or deleted): make it again.
+                self._streams.pop(job.model, None)
+                if attempt:
+                    raise
+            except APIError as exc:
+                if exc.err_code in _STREAM_FULL_CODES:
+                    state = self.states.setdefault(job.model, QueueState())
+                    raise ServiceError.exhausted(
+                        f"the queue of model {job.model} is full ({self._max_queued} jobs); retry later",
+                        retry_after_s=state.retry_after_s(),
+                        reason="queue_full",
+                    ) from exc
+                raise
+        if ack.duplicate:
+            return False
+        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
+        return True
+
+    def _headers(self, job: events_pb2.Job, msg_ttl: bool) -> dict[str, str]:
+        headers = {"Nats-Msg-Id": message_id(job)}
+        if msg_ttl and job.deadline:
+            # JetStream deletes the job when its deadline passes (whole seconds, at least 1), so an
+            # expired job stops taking room in the queue; workers also drop any they still get.
+            headers["Nats-TTL"] = f"{max(1, math.ceil(job.deadline - time.time()))}s"
+        return headers
+
+    async def refresh(self, models: list[str]) -> None:
+        """Samples each model's queue: depth per version and priority, and how fast it drains."""
+        for model in models:
+            try:
+                info = await self._js.stream_info(self._subjects.jobs_stream(model), subjects_filter=self._subjects.jobs_model(model))
+            except NotFoundError:
+                continue  # nothing queued for this model yet
+            except Exception:  # reconnecting: keep the last figures
+                return
+            state = self.states.setdefault(model, QueueState())
+            by_subject = dict(info.state.subjects or {})
+            emptied = set(state.by_subject) - set(by_subject)
+            state.observe(info.state.messages, info.state.last_seq, by_subject, time.monotonic())
+            for subject in emptied | set(by_subject):
+                _, version, priority = subject.rsplit(".", 2)
+                metrics.QUEUE_DEPTH.labels(model=model, version=version, priority=priority.removeprefix("p")).set(by_subject.get(subject, 0))
+        metrics.QUEUED_JOBS.set(self.total_queued)
+
+
+def message_id(job: events_pb2.Job) -> str:
+    """JetStream's de-duplication key: a resubmitted request runs once, a migrated one runs again."""
+    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
