@@ -40,22 +40,13 @@ def _parser() -> argparse.ArgumentParser:
         help="monitor URL (default %(default)s)",
     )
 
-    models = sub.add_parser("models", help="list or publish models")
-    models.add_argument("--addr", default=grpc_addr, help="router gRPC address (default %(default)s)")
+    models = sub.add_parser("models", help="the model registry: list, show, publish, promote, canary, rollback, retire, ...")
+    models.add_argument("--addr", default=grpc_addr, help="router gRPC address, for list (default %(default)s)")
     msub = models.add_subparsers(dest="action")
-    msub.add_parser("list", help="list models (the default action)")
-    pub = msub.add_parser("publish", help="publish a model version into the store and the registry")
-    src = pub.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dir", type=Path, help="a transformers model directory")
-    src.add_argument("--gguf", type=Path, help="a GGUF file (converted to safetensors)")
-    src.add_argument("--default", action="store_true", help="the packaged SmolLM2-135M-Instruct")
-    pub.add_argument("--name", help="model name (required with --dir or --gguf)")
-    pub.add_argument("--stable", action="store_true", help="make the new version the stable one")
-    fb = msub.add_parser("fallback", help="serve another model while this one has no live worker")
-    fb.add_argument("name", help="the model")
-    target = fb.add_mutually_exclusive_group(required=True)
-    target.add_argument("--to", help="the model served instead")
-    target.add_argument("--clear", action="store_true", help="remove the fallback")
+    msub.add_parser("list", help="models the cluster serves, with live workers (the default action)")
+    from llmserve.cli.models import add_parsers
+
+    add_parsers(msub)
 
     tenants = sub.add_parser("tenants", help="per-tenant limits (requests queued or running, highest priority)")
     tsub = tenants.add_subparsers(dest="action")
@@ -105,54 +96,6 @@ async def _tenants(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _fallback(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
-    from llmserve.common.catalog import ModelCatalog
-    from llmserve.common.config import CommonSettings
-    from llmserve.common.errors import ServiceError
-    from llmserve.common.keys import RedisKeys
-
-    settings = CommonSettings.from_env()
-    redis = aioredis.from_url(settings.redis_url)
-    try:
-        await ModelCatalog(redis, RedisKeys(settings.key_prefix)).set_fallback(args.name, None if args.clear else args.to)
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        await redis.aclose()
-    print(f"{args.name}: fallback {'removed' if args.clear else 'is ' + args.to}")
-    return 0
-
-
-async def _publish(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
-    from llmserve.common.catalog import ModelCatalog
-    from llmserve.common.config import CommonSettings
-    from llmserve.common.keys import RedisKeys
-    from llmserve.registry import publish
-
-    settings = CommonSettings.from_env()
-    redis = aioredis.from_url(settings.redis_url)
-    catalog = ModelCatalog(redis, RedisKeys(settings.key_prefix))
-    try:
-        if args.default:
-            record = await publish.ensure_default_model(catalog, settings.model_store)
-        elif not args.name:
-            print("error: --name is required with --dir or --gguf", file=sys.stderr)
-            return 2
-        elif args.dir:
-            record = await publish.publish_directory(catalog, settings.model_store, args.name, args.dir, make_stable=args.stable)
-        else:
-            record = await publish.publish_gguf(catalog, settings.model_store, args.name, args.gguf, make_stable=args.stable)
-    finally:
-        await redis.aclose()
-    print(f"published {record.name} v{record.version} sha256={record.sha256[:16]}... aliases={list(record.aliases)}")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
@@ -168,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return cluster_status(args.monitor)
     if args.command == "models":
-        if args.action == "publish":
-            return asyncio.run(_publish(args))
-        if args.action == "fallback":
-            return asyncio.run(_fallback(args))
-        from llmserve.cli.chat import list_models
+        if args.action in (None, "list"):
+            from llmserve.cli.chat import list_models
 
-        return list_models(args.addr)
+            return list_models(args.addr)
+        from llmserve.cli.models import run
+
+        return run(args)
     if args.command == "tenants":
         return asyncio.run(_tenants(args))
     return 2

@@ -64,7 +64,7 @@ def cluster_status(monitor_url: str) -> int:
     print()
     print(f"{'INSTANCE':<40} {'KIND':<10} {'STATE':<9} {'MEM MB':>7} {'CPU %':>6} {'LOAD':>7} {'TTFT P50':>9} {'LAST BEAT':>10}")
     for i in view["instances"]:
-        state = "ready" if i["live"] and i["ready"] else ("draining" if i["live"] else "dead")
+        state = "ready" if i["live"] and i["ready"] else ("not ready" if i["live"] else "dead")
         load = f"{i['slots_busy']}/{i['slots_total']}" if i["kind"] == "worker" else ""
         if i["kind"] == "scheduler":
             load = f"q {i.get('queued_jobs') or 0}"

@@ -136,11 +136,15 @@ async def _publish_default(settings: CommonSettings):
 
     from llmserve.common.catalog import ModelCatalog
     from llmserve.common.keys import RedisKeys
+    from llmserve.registry.guard import RegistryGuard
     from llmserve.registry.publish import ensure_default_model
 
     redis = aioredis.from_url(settings.redis_url)
     try:
-        return await ensure_default_model(ModelCatalog(redis, RedisKeys(settings.key_prefix)), settings.model_store)
+        catalog = ModelCatalog(redis, RedisKeys(settings.key_prefix))
+        # Refuses (with what to do) when Redis lost the registry this model store remembers.
+        guard = RegistryGuard(catalog, settings.model_store, settings.redis_url, settings.key_prefix)
+        return await ensure_default_model(catalog, settings.model_store, guard=guard, actor="llmserve-up")
     finally:
         await redis.aclose()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -112,9 +113,10 @@ return redis.call('XADD', KEYS[4], '*', 'action', 'retire', 'model', ARGV[1], 'v
                   'actor', ARGV[3], 'at', ARGV[4])
 """
 
-# KEYS: models, versions zset, counter, version hash, aliases hash, audit stream
-# ARGV: name, path, sha256, source, created_at, actor, make_stable ("1"/"0")
+# KEYS: models, versions zset, counter, version hash, aliases hash, audit stream, registry id
+# ARGV: name, path, sha256, source, created_at, actor, make_stable ("1"/"0"), new registry id
 _PUBLISH = """
+redis.call('SETNX', KEYS[7], ARGV[8])
 local version = redis.call('INCR', KEYS[3])
 local vkey = KEYS[4] .. version
 redis.call('HSET', vkey, 'name', ARGV[1], 'version', version, 'path', ARGV[2], 'sha256', ARGV[3],
@@ -159,8 +161,9 @@ class ModelCatalog:
                 version_prefix,
                 self._keys.aliases(name),
                 self._keys.audit,
+                self._keys.registry_id,
             ],
-            args=[name, path, sha256, source, f"{now:.6f}", actor, "1" if make_stable else "0"],
+            args=[name, path, sha256, source, f"{now:.6f}", actor, "1" if make_stable else "0", uuid.uuid4().hex],
         )
         return await self.get(name, int(version))
 
@@ -276,6 +279,36 @@ class ModelCatalog:
         value = await self._redis.get(self._keys.fallback(name))
         return value.decode() if value else None
 
+    async def registry_id(self) -> str | None:
+        value = await self._redis.get(self._keys.registry_id)
+        return value.decode() if value else None
+
+    async def create_registry_id(self, registry_id: str | None = None) -> str:
+        """Names this registry (kept if it has a name already); returns the name it has."""
+        await self._redis.set(self._keys.registry_id, registry_id or uuid.uuid4().hex, nx=True)
+        return await self.registry_id() or ""
+
+    async def audit(self, name: str = "", limit: int = 100) -> list[registry_pb2.AuditEntry]:
+        """The latest changes, oldest first (of one model when `name` is given)."""
+        entries: list[registry_pb2.AuditEntry] = []
+        cursor = "+"
+        while len(entries) < limit:
+            batch = await self._redis.xrevrange(self._keys.audit, max=cursor, count=max(limit, 100))
+            if not batch:
+                break
+            for entry_id, fields in batch:
+                entry = audit_entry(entry_id, fields)
+                if not name or entry.model == name:
+                    entries.append(entry)
+            cursor = "(" + batch[-1][0].decode()
+        return list(reversed(entries[:limit]))
+
+    async def audit_entry(self, entry_id: str) -> registry_pb2.AuditEntry:
+        found = await self._redis.xrange(self._keys.audit, min=entry_id, max=entry_id, count=1)
+        if not found:
+            raise ServiceError.not_found(f"no audit entry {entry_id}")
+        return audit_entry(*found[0])
+
     async def model_names(self) -> list[str]:
         return sorted(n.decode() for n in await self._redis.smembers(self._keys.models))
 
@@ -297,6 +330,90 @@ class ModelCatalog:
             if record.sha256 == sha256:
                 return record
         return None
+
+
+class CatalogBackup:
+    """Export and import of every record, for backups and for recovering a Redis that lost its data."""
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, catalog: ModelCatalog) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._catalog = catalog
+
+    async def export(self) -> registry_pb2.RegistrySnapshot:
+        snapshot = registry_pb2.RegistrySnapshot(registry_id=await self._catalog.registry_id() or "", exported_at=time.time())
+        for name in await self._catalog.model_names():
+            aliases = {k.decode(): int(v) for k, v in (await self._redis.hgetall(self._keys.aliases(name))).items()}
+            weight = await self._redis.hget(self._keys.weights(name), CANARY)
+            records = snapshot.models.add(
+                name=name,
+                last_version=int(await self._redis.get(self._keys.version_counter(name)) or 0),
+                stable=aliases.get(STABLE, 0),
+                canary=aliases.get(CANARY, 0),
+                canary_weight=int(weight or 0),
+                stable_history=[int(v) for v in await self._redis.lrange(self._keys.stable_history(name), 0, -1)],
+                fallback=await self._catalog.fallback(name) or "",
+            )
+            for version in await self._catalog.versions(name):
+                records.versions.append(await self._catalog.get(name, version))
+        return snapshot
+
+    async def import_(self, snapshot: registry_pb2.RegistrySnapshot, actor: str = "cli", min_counters: dict[str, int] | None = None) -> tuple[int, int]:
+        """Restores every model of the snapshot; refuses (changing nothing) if one of them exists already.
+
+        Version counters are raised to at least `min_counters` (what the model store last saw), so a
+        backup older than the last publish cannot make a version number come back.
+        """
+        existing = set(await self._catalog.model_names())
+        clash = sorted(existing & {m.name for m in snapshot.models})
+        if clash:
+            raise ServiceError(events_pb2.ERROR_CODE_FAILED_PRECONDITION, f"the registry already holds {', '.join(clash)}; nothing imported")
+        now = f"{time.time():.6f}"
+        versions = 0
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if snapshot.registry_id:
+                pipe.set(self._keys.registry_id, snapshot.registry_id, nx=True)
+            for model in snapshot.models:
+                if not MODEL_NAME_RE.match(model.name):
+                    raise ServiceError.invalid(f"model name {model.name!r} in the backup is not valid")
+                counter = max([model.last_version, (min_counters or {}).get(model.name, 0)] + [v.version for v in model.versions])
+                pipe.sadd(self._keys.models, model.name)
+                pipe.set(self._keys.version_counter(model.name), counter)
+                for v in model.versions:
+                    fields = {"name": model.name, "version": v.version, "path": v.path, "sha256": v.sha256,
+                              "source": v.source, "created_at": f"{v.created_at:.6f}"}
+                    if v.retired:
+                        fields["retired"] = "1"
+                    pipe.hset(self._keys.version(model.name, v.version), mapping=fields)
+                    pipe.zadd(self._keys.versions(model.name), {str(v.version): v.version})
+                    versions += 1
+                if model.stable:
+                    pipe.hset(self._keys.aliases(model.name), STABLE, model.stable)
+                if model.canary:
+                    pipe.hset(self._keys.aliases(model.name), CANARY, model.canary)
+                    pipe.hset(self._keys.weights(model.name), CANARY, model.canary_weight)
+                if model.stable_history:
+                    pipe.rpush(self._keys.stable_history(model.name), *model.stable_history)
+                if model.fallback:
+                    pipe.set(self._keys.fallback(model.name), model.fallback)
+                pipe.xadd(self._keys.audit, {"action": "import", "model": model.name, "version": model.stable,
+                                             "actor": actor, "at": now})
+            await pipe.execute()
+        return len(snapshot.models), versions
+
+
+def audit_entry(entry_id: bytes | str, fields: dict) -> registry_pb2.AuditEntry:
+    f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in fields.items()}
+    return registry_pb2.AuditEntry(
+        id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+        action=f.get("action", ""),
+        model=f.get("model", ""),
+        version=int(f.get("version") or 0),
+        previous=int(f.get("previous") or 0),
+        weight=int(f.get("weight") or 0),
+        actor=f.get("actor", ""),
+        at=float(f.get("at") or 0),
+    )
 
 
 def _to_proto(fields: dict[bytes, bytes], aliases: list[str]) -> registry_pb2.ModelVersion:

@@ -10,6 +10,7 @@ Layout (prefix "llm:" by default):
   llm:model:<name>:next_version        STRING counter of the last version number handed out
   llm:model:<name>:fallback            STRING model served instead while <name> has no live worker
   llm:audit                            STREAM every registry change (who, what, when)
+  llm:registry:id                      STRING identity of this registry (see llmserve.registry.guard)
   llm:tenant:<tenant>:active           ZSET   request ids a tenant has queued or running (score = lease end)
   llm:tenant:<tenant>:limits           HASH   max_active, max_priority overrides for one tenant
   llm:tenants                          SET    tenants with overrides
@@ -56,6 +57,10 @@ class RedisKeys:
     @property
     def audit(self) -> str:
         return f"{self.prefix}audit"
+
+    @property
+    def registry_id(self) -> str:
+        return f"{self.prefix}registry:id"
 
     def tenant_active(self, tenant: str) -> str:
         return f"{self.prefix}tenant:{tenant}:active"

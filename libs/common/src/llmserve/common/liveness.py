@@ -73,6 +73,10 @@ class LivenessTable:
             if b.ready and (model is None or b.model == model) and (version is None or b.model_version == version)
         ]
 
+    def live_versions(self, model: str) -> set[int]:
+        """Versions of `model` that at least one ready worker takes new jobs for."""
+        return {b.model_version for b in self.live_workers(model)}
+
     async def subscribe(self, nc: NATS, subjects: Subjects) -> None:
         async def _on_beat(msg: Msg) -> None:
             try:

@@ -10,6 +10,8 @@ Layout (prefix "llm" by default):
   llm.cancel.<request_id>               router -> workers, Cancel
   llm.hb.<kind>.<instance_id>           every instance -> monitor, schedulers, routers: Heartbeat
   llm.events.<what>                     monitor -> everyone: InstanceEvent and the like
+  llm.events.registry                   registry -> workers and anyone: RegistryChange (an audit entry)
+  llm.events.model_refused              worker -> anyone: ModelRefused (an artifact failed verification)
 """
 
 from __future__ import annotations
@@ -99,3 +101,11 @@ class Subjects:
 
     def event(self, what: str) -> str:
         return f"{self.prefix}.events.{what}"
+
+    @property
+    def registry_changes(self) -> str:
+        return self.event("registry")
+
+    @property
+    def model_refused(self) -> str:
+        return self.event("model_refused")

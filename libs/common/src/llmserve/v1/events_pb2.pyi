@@ -18,6 +18,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_DEADLINE_EXCEEDED: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_FAILED_PRECONDITION: _ClassVar[ErrorCode]
+    ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
 
 class InstanceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ ERROR_CODE_UNAVAILABLE: ErrorCode
 ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_FAILED_PRECONDITION: ErrorCode
+ERROR_CODE_PERMISSION_DENIED: ErrorCode
 INSTANCE_KIND_UNSPECIFIED: InstanceKind
 INSTANCE_KIND_ROUTER: InstanceKind
 INSTANCE_KIND_SCHEDULER: InstanceKind
@@ -145,7 +147,7 @@ class Cancel(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., max_attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host", "gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "requests_total", "requests_failed", "recent_ttft_p50_s", "queued_jobs")
+    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host", "gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "requests_total", "requests_failed", "recent_ttft_p50_s", "queued_jobs", "draining_versions")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +167,7 @@ class Heartbeat(_message.Message):
     REQUESTS_FAILED_FIELD_NUMBER: _ClassVar[int]
     RECENT_TTFT_P50_S_FIELD_NUMBER: _ClassVar[int]
     QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     kind: InstanceKind
     sent_at: float
@@ -184,7 +187,34 @@ class Heartbeat(_message.Message):
     requests_failed: int
     recent_ttft_p50_s: float
     queued_jobs: int
-    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ...) -> None: ...
+    draining_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RegistryChange(_message.Message):
+    __slots__ = ("model", "action", "version", "audit_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    action: str
+    version: int
+    audit_id: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[int] = ..., audit_id: _Optional[str] = ...) -> None: ...
+
+class ModelRefused(_message.Message):
+    __slots__ = ("instance_id", "model", "version", "reason", "serving_version")
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    model: str
+    version: int
+    reason: str
+    serving_version: int
+    def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., serving_version: _Optional[int] = ...) -> None: ...
 
 class InstanceEvent(_message.Message):
     __slots__ = ("instance_id", "kind", "state", "at", "model", "model_version")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\"\xa8\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x15\n\rcanary_weight\x18\x08 \x01(\r\x12\x0f\n\x07retired\x18\t \x01(\x08\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector2\xa8\x01\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\"\xa8\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x15\n\rcanary_weight\x18\x08 \x01(\r\x12\x0f\n\x07retired\x18\t \x01(\x08\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"\x92\x01\n\x0ePublishRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\tdirectory\x18\x02 \x01(\tH\x00\x12\x13\n\tgguf_file\x18\x03 \x01(\tH\x00\x12\x1a\n\x10packaged_default\x18\x04 \x01(\x08H\x00\x12\x13\n\x0bmake_stable\x18\x05 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\tB\x08\n\x06source\">\n\x0ePromoteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"P\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\".\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"=\n\rRetireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"5\n\x0b\x41liasChange\x12&\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x85\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x10\n\x08previous\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x01\"/\n\x10ListAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x11ListAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x0f\n\rExportRequest\"g\n\x10RegistrySnapshot\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12)\n\x06models\x18\x02 \x03(\x0b\x32\x19.llmserve.v1.ModelRecords\x12\x13\n\x0b\x65xported_at\x18\x03 \x01(\x01\"\xc0\x01\n\x0cModelRecords\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clast_version\x18\x02 \x01(\r\x12+\n\x08versions\x18\x03 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\x12\x0e\n\x06stable\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61nary\x18\x05 \x01(\r\x12\x15\n\rcanary_weight\x18\x06 \x01(\r\x12\x16\n\x0estable_history\x18\x07 \x03(\r\x12\x10\n\x08\x66\x61llback\x18\x08 \x01(\t\"2\n\x0eImportResponse\x12\x0e\n\x06models\x18\x01 \x01(\r\x12\x10\n\x08versions\x18\x02 \x01(\r2\xce\x05\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersion\x12\x41\n\x07Publish\x12\x1b.llmserve.v1.PublishRequest\x1a\x19.llmserve.v1.ModelVersion\x12@\n\x07Promote\x12\x1b.llmserve.v1.PromoteRequest\x1a\x18.llmserve.v1.AliasChange\x12\x44\n\tSetCanary\x12\x1d.llmserve.v1.SetCanaryRequest\x1a\x18.llmserve.v1.AliasChange\x12\x42\n\x08Rollback\x12\x1c.llmserve.v1.RollbackRequest\x1a\x18.llmserve.v1.AliasChange\x12>\n\x06Retire\x12\x1a.llmserve.v1.RetireRequest\x1a\x18.llmserve.v1.AliasChange\x12J\n\tListAudit\x12\x1d.llmserve.v1.ListAuditRequest\x1a\x1e.llmserve.v1.ListAuditResponse\x12\x43\n\x06\x45xport\x12\x1a.llmserve.v1.ExportRequest\x1a\x1d.llmserve.v1.RegistrySnapshot\x12\x44\n\x06Import\x12\x1d.llmserve.v1.RegistrySnapshot\x1a\x1b.llmserve.v1.ImportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTVERSIONSRESPONSE']._serialized_end=318
   _globals['_GETVERSIONREQUEST']._serialized_start=320
   _globals['_GETVERSIONREQUEST']._serialized_end=401
-  _globals['_REGISTRY']._serialized_start=404
-  _globals['_REGISTRY']._serialized_end=572
+  _globals['_PUBLISHREQUEST']._serialized_start=404
+  _globals['_PUBLISHREQUEST']._serialized_end=550
+  _globals['_PROMOTEREQUEST']._serialized_start=552
+  _globals['_PROMOTEREQUEST']._serialized_end=614
+  _globals['_SETCANARYREQUEST']._serialized_start=616
+  _globals['_SETCANARYREQUEST']._serialized_end=696
+  _globals['_ROLLBACKREQUEST']._serialized_start=698
+  _globals['_ROLLBACKREQUEST']._serialized_end=744
+  _globals['_RETIREREQUEST']._serialized_start=746
+  _globals['_RETIREREQUEST']._serialized_end=807
+  _globals['_ALIASCHANGE']._serialized_start=809
+  _globals['_ALIASCHANGE']._serialized_end=862
+  _globals['_AUDITENTRY']._serialized_start=865
+  _globals['_AUDITENTRY']._serialized_end=998
+  _globals['_LISTAUDITREQUEST']._serialized_start=1000
+  _globals['_LISTAUDITREQUEST']._serialized_end=1047
+  _globals['_LISTAUDITRESPONSE']._serialized_start=1049
+  _globals['_LISTAUDITRESPONSE']._serialized_end=1110
+  _globals['_EXPORTREQUEST']._serialized_start=1112
+  _globals['_EXPORTREQUEST']._serialized_end=1127
+  _globals['_REGISTRYSNAPSHOT']._serialized_start=1129
+  _globals['_REGISTRYSNAPSHOT']._serialized_end=1232
+  _globals['_MODELRECORDS']._serialized_start=1235
+  _globals['_MODELRECORDS']._serialized_end=1427
+  _globals['_IMPORTRESPONSE']._serialized_start=1429
+  _globals['_IMPORTRESPONSE']._serialized_end=1479
+  _globals['_REGISTRY']._serialized_start=1482
+  _globals['_REGISTRY']._serialized_end=2200
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class RegistryStub:
-    """Read and change the registry.
+    """Read and change the registry. Every change is atomic, appended to the audit stream and announced
+    on NATS (llm.events.registry), so workers follow their alias without a restart.
     """
 
     def __init__(self, channel):
@@ -45,10 +46,51 @@ class RegistryStub:
                 request_serializer=llmserve_dot_v1_dot_registry__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=llmserve_dot_v1_dot_registry__pb2.ModelVersion.FromString,
                 _registered_method=True)
+        self.Publish = channel.unary_unary(
+                '/llmserve.v1.Registry/Publish',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.PublishRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+                _registered_method=True)
+        self.Promote = channel.unary_unary(
+                '/llmserve.v1.Registry/Promote',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.PromoteRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.SetCanary = channel.unary_unary(
+                '/llmserve.v1.Registry/SetCanary',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.SetCanaryRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.Rollback = channel.unary_unary(
+                '/llmserve.v1.Registry/Rollback',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.Retire = channel.unary_unary(
+                '/llmserve.v1.Registry/Retire',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.RetireRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/llmserve.v1.Registry/ListAudit',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
+        self.Export = channel.unary_unary(
+                '/llmserve.v1.Registry/Export',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.ExportRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.FromString,
+                _registered_method=True)
+        self.Import = channel.unary_unary(
+                '/llmserve.v1.Registry/Import',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ImportResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
-    """Read and change the registry.
+    """Read and change the registry. Every change is atomic, appended to the audit stream and announced
+    on NATS (llm.events.registry), so workers follow their alias without a restart.
     """
 
     def ListVersions(self, request, context):
@@ -60,6 +102,63 @@ class RegistryServicer:
 
     def GetVersion(self, request, context):
         """Returns one version, by number or alias.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Publish(self, request, context):
+        """Copies (or converts) an artifact that lies on the registry's host into the model store and
+        records it as the model's next version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Promote(self, request, context):
+        """Makes a version the stable one; the previous stable is remembered for Rollback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCanary(self, request, context):
+        """Sends a share of the stable traffic to a version (version 0 removes the canary).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rollback(self, request, context):
+        """Makes the previous stable version stable again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Retire(self, request, context):
+        """Marks a version as never to be served again; it cannot be stable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The latest registry changes, newest last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Every record of the registry, for backups.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Import(self, request, context):
+        """Restores records from a backup into a registry that does not hold those models.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +177,46 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=llmserve_dot_v1_dot_registry__pb2.GetVersionRequest.FromString,
                     response_serializer=llmserve_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
             ),
+            'Publish': grpc.unary_unary_rpc_method_handler(
+                    servicer.Publish,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.PublishRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ModelVersion.SerializeToString,
+            ),
+            'Promote': grpc.unary_unary_rpc_method_handler(
+                    servicer.Promote,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.PromoteRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.SerializeToString,
+            ),
+            'SetCanary': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCanary,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.SetCanaryRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.SerializeToString,
+            ),
+            'Rollback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rollback,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.RollbackRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.SerializeToString,
+            ),
+            'Retire': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retire,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.RetireRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.ListAuditRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.ExportRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.SerializeToString,
+            ),
+            'Import': grpc.unary_unary_rpc_method_handler(
+                    servicer.Import,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ImportResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'llmserve.v1.Registry', rpc_method_handlers)
@@ -87,7 +226,8 @@ def add_RegistryServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Registry:
-    """Read and change the registry.
+    """Read and change the registry. Every change is atomic, appended to the audit stream and announced
+    on NATS (llm.events.registry), so workers follow their alias without a restart.
     """
 
     @staticmethod
@@ -134,6 +274,222 @@ class Registry:
             '/llmserve.v1.Registry/GetVersion',
             llmserve_dot_v1_dot_registry__pb2.GetVersionRequest.SerializeToString,
             llmserve_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Publish(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Publish',
+            llmserve_dot_v1_dot_registry__pb2.PublishRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ModelVersion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Promote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Promote',
+            llmserve_dot_v1_dot_registry__pb2.PromoteRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCanary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/SetCanary',
+            llmserve_dot_v1_dot_registry__pb2.SetCanaryRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rollback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Rollback',
+            llmserve_dot_v1_dot_registry__pb2.RollbackRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retire(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Retire',
+            llmserve_dot_v1_dot_registry__pb2.RetireRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/ListAudit',
+            llmserve_dot_v1_dot_registry__pb2.ListAuditRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Export',
+            llmserve_dot_v1_dot_registry__pb2.ExportRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Import(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Import',
+            llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ImportResponse.FromString,
             options,
             channel_credentials,
             insecure,

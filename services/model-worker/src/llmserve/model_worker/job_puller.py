@@ -29,6 +29,8 @@ from llmserve.v1 import common_pb2, events_pb2
 _EMPTY_STATUSES = {"404", "408", "409"}
 # Longest time the aged dispatch order is reused before the queue heads are sampled again.
 _AGING_PROBE_S = 1.0
+# A version's consumers are deleted by JetStream after this long without a pull.
+_CONSUMER_IDLE_S = 24 * 3600.0
 # Queue bound a worker uses when it creates a model's queue before any scheduler did.
 _DEFAULT_MAX_QUEUED = 1000
 
@@ -80,9 +82,16 @@ class JobPuller:
                     deliver_policy=DeliverPolicy.ALL,
                     ack_wait=self._ack_wait_s,
                     max_waiting=512,
+                    # Consumers of a version nobody serves any more go away by themselves.
+                    inactive_threshold=_CONSUMER_IDLE_S,
                 ),
             )
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
+
+    async def queue_empty(self) -> bool:
+        """True when no job of this version waits in the queue, at any priority."""
+        info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
+        return not any((info.state.subjects or {}).values())
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -18,6 +18,7 @@ from llmserve.model_worker.engine import Engine
 from llmserve.model_worker.loader import LoadedModel, load_model
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.model_worker.settings import WorkerSettings
+from llmserve.model_worker.version_server import VersionServer
 from llmserve.model_worker.worker import ModelWorker
 from llmserve.v1 import events_pb2, registry_pb2
 
@@ -63,18 +64,31 @@ async def run(settings: WorkerSettings) -> None:
         record = await wait_for_version(catalog, settings, rt.stop)
         if record is None:
             return
-        path = common.model_store / record.path
-        try:
+        nc = await rt.connect_nats()
+
+        async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
+            path = common.model_store / record.path
             loaded = await asyncio.to_thread(load_model, path, record.sha256, settings.device, settings.dtype)
+            engine = build_engine(settings, loaded)
+            await engine.start()
+            return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)
+
+        try:
+            first = await open_version(record)
         except ChecksumMismatch as exc:
             log.error("model_checksum_mismatch", model=record.name, version=record.version, error=str(exc))
             raise SystemExit(2) from exc
-        engine = build_engine(settings, loaded)
-        await engine.start()
-        rt.stack.push_async_callback(engine.stop)
-        nc = await rt.connect_nats()
         worker = ModelWorker(
-            nc, rt.subjects, engine, loaded, record, rt.instance_id, common.heartbeat_interval_s, settings.priority_aging_s
+            nc,
+            rt.subjects,
+            first,
+            rt.instance_id,
+            common.heartbeat_interval_s,
+            catalog=catalog,
+            open_version=open_version,
+            # A worker started on an explicit version stays on it; otherwise it follows its alias.
+            alias="" if settings.model_version else settings.model_alias,
+            retire_grace_s=settings.drain_grace_s,
         )
         await worker.start()
         serve_metrics(settings.metrics_addr)

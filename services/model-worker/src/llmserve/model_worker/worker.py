@@ -1,34 +1,37 @@
-"""The worker's NATS side: takes jobs when it has free slots, streams tokens, obeys cancels."""
+"""The worker process's NATS side: heartbeats, cancels, and following the registry from version to version.
+
+A worker serves the version its alias (`stable` by default) names. When the registry changes the
+alias (announced on NATS, and re-read every few seconds in case an announcement was missed), the
+worker verifies and loads the new version, starts taking its jobs, and then retires the old one:
+the old version keeps taking its already-queued jobs and finishing its running ones, and is unloaded
+once it has none. No request is dropped. An artifact that fails verification or loading is refused
+(logged, announced as ModelRefused) and the current version keeps serving.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from llmserve.common.catalog import ModelCatalog
 from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.subjects import Subjects
 from llmserve.model_worker import metrics
-from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
 from llmserve.model_worker.gpu_stats import GpuStats
-from llmserve.model_worker.job_puller import JobPuller
-from llmserve.model_worker.loader import LoadedModel
-from llmserve.model_worker.sampling import SamplingConfig
-from llmserve.v1 import common_pb2, events_pb2, registry_pb2
+from llmserve.model_worker.version_server import VersionServer
+from llmserve.v1 import events_pb2, registry_pb2
 
 log = structlog.get_logger()
 
-# How long the pull loop sleeps when every queue is empty and no doorbell rings.
-_IDLE_WAIT_S = 0.5
+# Seconds between reads of the alias when no announcement arrives.
+ALIAS_POLL_S = 5.0
 
-
-class JobRejected(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+# Loads (verifying its checksum) and starts the engine of a version; raises when it cannot.
+VersionOpener = Callable[[registry_pb2.ModelVersion], Awaitable[VersionServer]]
 
 
 class ModelWorker:
@@ -36,290 +39,147 @@ class ModelWorker:
         self,
         nc: NATS,
         subjects: Subjects,
-        engine: Engine,
-        loaded: LoadedModel,
-        record: registry_pb2.ModelVersion,
+        first: VersionServer,
         instance_id: str,
         heartbeat_interval_s: float,
-        priority_aging_s: float = 0.0,
+        catalog: ModelCatalog | None = None,
+        open_version: VersionOpener | None = None,
+        alias: str = "",
+        retire_grace_s: float = 30.0,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
-        self._engine = engine
-        self._loaded = loaded
-        self._record = record
+        self.current = first
+        self._retiring: dict[int, VersionServer] = {}
         self.instance_id = instance_id
-        self._puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
-        self._gpu = GpuStats(loaded.device)
-        self._doorbell = asyncio.Event()
-        self._slot_freed = asyncio.Event()
-        self._jobs: dict[str, asyncio.Task[None]] = {}
-        # Request id and attempt (see Job.attempt) of each running job, by job key.
-        self._attempts: dict[str, tuple[str, int]] = {}
+        self._heartbeat_interval_s = heartbeat_interval_s
+        self._catalog = catalog
+        self._open_version = open_version
+        # Empty: pinned to one version, never follows the registry.
+        self._alias = alias
+        self._retire_grace_s = retire_grace_s
+        self._refused: set[tuple[int, str]] = set()
+        self._changed = asyncio.Event()
         self._subs: list = []
-        self._pull_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._swap_lock = asyncio.Lock()
         self._draining = False
+        self._gpu = GpuStats(first.device)
         self.heartbeat = HeartbeatPublisher(
             nc, subjects, instance_id, events_pb2.INSTANCE_KIND_WORKER, heartbeat_interval_s, self._fill_beat
         )
 
+    @property
+    def model(self) -> str:
+        return self.current.record.name
+
+    def _servers(self) -> list[VersionServer]:
+        return [self.current, *self._retiring.values()]
+
     def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
-        stats = self._engine.stats()
-        metrics.SLOTS_TOTAL.set(stats.slots_total)
-        metrics.SLOTS_BUSY.set(stats.slots_busy)
-        if hasattr(self._engine, "kv_reserved"):
-            metrics.KV_RESERVED.set(self._engine.kv_reserved())
-        beat.model = self._record.name
-        beat.model_version = self._record.version
-        beat.slots_total = stats.slots_total
-        beat.slots_busy = stats.slots_busy
+        total = busy = 0
+        for server in self._servers():
+            stats = server.engine.stats()
+            total += stats.slots_total
+            busy += stats.slots_busy
+        metrics.SLOTS_TOTAL.set(total)
+        metrics.SLOTS_BUSY.set(busy)
+        if hasattr(self.current.engine, "kv_reserved"):
+            metrics.KV_RESERVED.set(sum(s.engine.kv_reserved() for s in self._servers() if hasattr(s.engine, "kv_reserved")))
+        beat.model = self.model
+        beat.model_version = self.current.version
+        beat.draining_versions.extend(sorted(self._retiring))
+        beat.slots_total = total
+        beat.slots_busy = busy
         beat.ready = not self._draining
         self._gpu.fill(beat)
 
     async def start(self) -> None:
-        await self._puller.start()
-
-        async def _ring(_msg: Msg) -> None:
-            self._doorbell.set()
-
         async def _cancel(msg: Msg) -> None:
             request = events_pb2.Cancel.FromString(msg.data)
-            for key, (request_id, attempt) in list(self._attempts.items()):
-                # A cancel for an earlier attempt must not stop a migrated request this worker now runs.
-                if request_id == request.request_id and attempt <= request.max_attempt and self._engine.cancel(key):
-                    log.info("job_cancel_requested", request_id=request_id, attempt=attempt, reason=request.reason)
+            for server in self._servers():
+                server.cancel(request)
 
-        self._subs.append(await self._nc.subscribe(self._subjects.doorbell(self._record.name, self._record.version), cb=_ring))
         self._subs.append(await self._nc.subscribe(self._subjects.cancel_all, cb=_cancel))
-        self._pull_task = asyncio.create_task(self._pull_loop(), name="pull-loop")
+        await self.current.start()
+        if self._alias and self._catalog is not None and self._open_version is not None:
+
+            async def _change(msg: Msg) -> None:
+                try:
+                    change = events_pb2.RegistryChange.FromString(msg.data)
+                except Exception:
+                    return
+                if change.model == self.model:
+                    self._changed.set()
+
+            self._subs.append(await self._nc.subscribe(self._subjects.registry_changes, cb=_change))
+            self._tasks.append(asyncio.create_task(self._follow(), name="follow-registry"))
         self.heartbeat.start()
         await self.heartbeat.beat_once()  # announce readiness now rather than one interval later
-        log.info("worker_ready", model=self._record.name, version=self._record.version)
+        log.info("worker_ready", model=self.model, version=self.current.version, follows=self._alias or "(pinned)")
 
     async def drain(self, grace_s: float = 30.0) -> None:
-        """Stops taking jobs, lets running ones finish within grace_s, then stops."""
+        """Stops taking jobs, lets running ones finish within grace_s (handing back the rest), then stops."""
         self._draining = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.heartbeat.beat_once()
-        if self._pull_task is not None:
-            self._pull_task.cancel()
-            await asyncio.gather(self._pull_task, return_exceptions=True)
-        if self._jobs:
-            log.info("worker_draining", running=len(self._jobs))
-            _, pending = await asyncio.wait(list(self._jobs.values()), timeout=grace_s)
-            for task in pending:
-                task.cancel()
-            if pending:
-                log.info("worker_handing_back", requests=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+        servers = self._servers()
+        await asyncio.gather(*(server.drain(grace_s) for server in servers))
         for sub in self._subs:
             await sub.unsubscribe()
-        await self._puller.stop()
         await self.heartbeat.stop()
+        for server in servers:
+            await server.close()
 
-    # -- taking jobs --------------------------------------------------------------------------
-    async def _pull_loop(self) -> None:
-        while not self._draining:
-            free = self._engine.stats().slots_free - self._starting()
-            if free <= 0:
-                self._slot_freed.clear()
-                await _wait(self._slot_freed, _IDLE_WAIT_S)
-                continue
-            self._doorbell.clear()
+    # -- following the registry ----------------------------------------------------------------
+    async def _follow(self) -> None:
+        while True:
             try:
-                msgs = await self._puller.pull(free)
-            except Exception as exc:  # NATS reconnecting: try again shortly
-                log.warning("pull_failed", error=str(exc))
-                await asyncio.sleep(_IDLE_WAIT_S)
-                continue
-            if not msgs:
-                await _wait(self._doorbell, _IDLE_WAIT_S)
-                continue
-            for msg in msgs:
-                await msg.ack()
-                job = events_pb2.Job.FromString(msg.data)
-                if job.deadline and time.time() > job.deadline:
-                    await self._drop_expired(job)
-                    continue
-                key = job_key(job)
-                task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
-                self._jobs[key] = task
-                self._attempts[key] = (job.request_id, job.attempt)
-                task.add_done_callback(lambda _t, key=key: self._job_done(key))
-
-    async def _drop_expired(self, job: events_pb2.Job) -> None:
-        """A job whose deadline passed while queued never runs; its router has already answered the client."""
-        log.info("job_expired", request_id=job.request_id, late_s=round(time.time() - job.deadline, 3))
-        metrics.JOBS.labels(outcome="expired").inc()
-        metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, time.time() - job.submitted_at))
-        await self._publish(job, self._error_chunk(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued"))
-
-    def _starting(self) -> int:
-        """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
-        return max(0, len(self._jobs) - self._engine.stats().slots_busy)
-
-    def _job_done(self, key: str) -> None:
-        self._jobs.pop(key, None)
-        self._attempts.pop(key, None)
-        self._slot_freed.set()
-
-    # -- running one job ----------------------------------------------------------------------
-    async def _run_job(self, job: events_pb2.Job) -> None:
-        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
-        # seq 0 says "taken by this worker": the router knows whom to watch before any token exists.
-        await self._publish(job, self._started_chunk(job))
-        seq = 1
-        taken = time.perf_counter()
-        out = None
-        try:
-            request = self._engine_request(job)
-            prepared = time.perf_counter()
-            first = 0.0
-            if len(request.resume_ids) >= request.sampling.max_tokens:
-                # Migrated after its last token but before its final chunk: nothing left to generate.
-                done = EngineOutput(finish_reason=common_pb2.FINISH_REASON_LENGTH, prompt_tokens=len(request.prompt_ids),
-                                    completion_tokens=len(request.resume_ids))
-                await self._publish(job, self._chunk(job, seq, done))
-                return
-            async for out in self._engine.submit(request):
-                await self._publish(job, self._chunk(job, seq, out))
-                if seq == 0:
-                    first = time.perf_counter()
-                seq += 1
-            queued_s = job_started_wall(taken) - job.submitted_at
-            metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, queued_s))
-            if out is not None:
-                metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
-                metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
-            log.info(
-                "job_finished",
-                prompt_tokens=len(request.prompt_ids),
-                completion_tokens=out.completion_tokens if out else 0,
-                attempt=job.attempt,
-                queued_s=round(queued_s, 4),
-                prepare_s=round(prepared - taken, 4),
-                first_token_s=round(first - prepared, 4),
-                total_s=round(time.perf_counter() - taken, 4),
-            )
-        except JobRejected as exc:
-            metrics.JOBS.labels(outcome="rejected").inc()
-            await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
-        except asyncio.CancelledError:
-            self._engine.cancel(job_key(job))
-            if self._draining:
-                # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
-                await self._publish(job, self._handed_back_chunk(job, seq))
-            raise
-        except Exception as exc:
-            log.exception("job_failed")
-            await self._publish(job, self._error_chunk(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
-
-    def _engine_request(self, job: events_pb2.Job) -> EngineRequest:
-        if job.deadline and time.time() > job.deadline:
-            raise JobRejected(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
-        tokenizer = self._loaded.tokenizer
-        if job.WhichOneof("input") == "messages":
-            messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
+                await asyncio.wait_for(self._changed.wait(), ALIAS_POLL_S)
+            except TimeoutError:
+                pass
+            self._changed.clear()
             try:
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                record = await self._catalog.get_by_alias(self.model, self._alias)
+            except Exception as exc:  # Redis away, or the alias removed: keep serving what runs
+                log.debug("alias_unreadable", error=str(exc))
+                continue
+            if record.version != self.current.version and (record.version, record.sha256) not in self._refused:
+                await self.swap_to(record)
+
+    async def swap_to(self, record: registry_pb2.ModelVersion) -> bool:
+        """Loads `record`, serves it, and retires the version served so far; False when it was refused."""
+        async with self._swap_lock:
+            if self._draining or record.version == self.current.version:
+                return False
+            log.info("version_swap_started", model=record.name, version=record.version, serving=self.current.version)
+            try:
+                server = await self._open_version(record)
+                await server.start()
             except Exception as exc:
-                raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
-            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            prompt_ids = tokenizer(job.prompt)["input_ids"]
-        if not prompt_ids:
-            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
-        context = min(self._loaded.max_context, getattr(self._engine, "max_kv_tokens", self._loaded.max_context))
-        room = context - len(prompt_ids)
-        # A migrated request's resumed tokens count against max_tokens; they need room too.
-        if room <= 0:
-            raise JobRejected(
-                events_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                f"the prompt has {len(prompt_ids)} tokens; this model serves at most {context}",
-            )
-        s = job.sampling
-        sampling = SamplingConfig(
-            temperature=s.temperature,
-            top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
-            top_k=s.top_k,
-            seed=s.seed if s.HasField("seed") else None,
-            repetition_penalty=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
-            # Never past the model's context: the answer ends with finish_reason "length" instead.
-            max_tokens=min(s.max_tokens, room),
-            stop=tuple(s.stop),
-        )
-        return EngineRequest(
-            request_id=job_key(job),
-            prompt_ids=tuple(prompt_ids),
-            sampling=sampling,
-            ignore_eos=s.ignore_eos,
-            resume_ids=tuple(job.resume_token_ids),
-            resume_text_chars=job.resume_text_chars,
-        )
+                self._refused.add((record.version, record.sha256))
+                reason = f"{type(exc).__name__}: {exc}"
+                log.error("model_refused", model=record.name, version=record.version, reason=reason, serving=self.current.version)
+                refused = events_pb2.ModelRefused(
+                    instance_id=self.instance_id, model=record.name, version=record.version, reason=reason, serving_version=self.current.version
+                )
+                await self._nc.publish(self._subjects.model_refused, refused.SerializeToString())
+                return False
+            old = self.current
+            self.current = server
+            self._retiring[old.version] = old
+            await self.heartbeat.beat_once()  # schedulers see the new version now
+            log.info("version_swapped", model=record.name, version=record.version, retiring=old.version)
+            self._tasks.append(asyncio.create_task(self._retire(old), name=f"retire-v{old.version}"))
+            return True
 
-    def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
-        chunk = events_pb2.TokenChunk(
-            request_id=job.request_id,
-            seq=seq,
-            text=out.text,
-            token_ids=out.token_ids,
-            final=out.finished,
-            finish_reason=out.finish_reason,
-            worker_id=self.instance_id,
-            model_version=self._record.version,
-            attempt=job.attempt,
-        )
-        if out.finished:
-            chunk.usage.CopyFrom(_usage(out.prompt_tokens, out.completion_tokens))
-            if out.finish_reason == common_pb2.FINISH_REASON_ERROR:
-                chunk.error_code = events_pb2.ERROR_CODE_INTERNAL
-                chunk.error_message = out.error
-        return chunk
-
-    def _started_chunk(self, job: events_pb2.Job) -> events_pb2.TokenChunk:
-        return events_pb2.TokenChunk(
-            request_id=job.request_id, seq=0, worker_id=self.instance_id, model_version=self._record.version, attempt=job.attempt
-        )
-
-    def _handed_back_chunk(self, job: events_pb2.Job, seq: int) -> events_pb2.TokenChunk:
-        chunk = self._started_chunk(job)
-        chunk.seq = seq
-        chunk.handed_back = True
-        return chunk
-
-    def _error_chunk(self, job: events_pb2.Job, seq: int, code: int, message: str) -> events_pb2.TokenChunk:
-        log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(code), error=message)
-        return events_pb2.TokenChunk(
-            request_id=job.request_id,
-            seq=seq,
-            final=True,
-            finish_reason=common_pb2.FINISH_REASON_ERROR,
-            error_code=code,
-            error_message=message,
-            worker_id=self.instance_id,
-            model_version=self._record.version,
-            attempt=job.attempt,
-        )
-
-    async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
-        await self._nc.publish(job.reply_subject, chunk.SerializeToString())
-
-
-def job_key(job: events_pb2.Job) -> str:
-    """One attempt of one request: a migrated request may come back to a worker still running its old attempt."""
-    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
-
-
-def job_started_wall(perf_at: float) -> float:
-    """Wall-clock time of a perf_counter reading (queue time is measured against the router's wall clock)."""
-    return time.time() - (time.perf_counter() - perf_at)
-
-
-def _usage(prompt: int, completion: int) -> common_pb2.Usage:
-    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
-
-
-async def _wait(event: asyncio.Event, timeout: float) -> None:
-    try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        pass
+    async def _retire(self, old: VersionServer) -> None:
+        # Jobs admitted for the old version before the schedulers saw the move still arrive for a
+        # heartbeat or two: keep taking them for two intervals at least.
+        await old.retire(self._retire_grace_s, settle_s=2 * self._heartbeat_interval_s)
+        if self._retiring.pop(old.version, None) is not None:
+            await old.close()
+        log.info("version_unloaded", model=self.model, serving=self.current.version)
+        await self.heartbeat.beat_once()

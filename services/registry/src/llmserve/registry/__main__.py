@@ -1,18 +1,24 @@
-"""python -m llmserve.registry — serves the model registry over gRPC."""
+"""python -m llmserve.registry — serves the model registry over gRPC and announces its changes on NATS."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 
 import grpc
 import structlog
 
+from llmserve.common.catalog import CatalogBackup
 from llmserve.common.config import CommonSettings, env_str
+from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
 from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.registry.announcer import ChangeAnnouncer
 from llmserve.registry.grpc_api import RegistryServicer
+from llmserve.registry.guard import RegistryGuard
 from llmserve.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 
 log = structlog.get_logger()
@@ -23,17 +29,40 @@ async def run(common: CommonSettings, grpc_addr: str, metrics_addr: str) -> None
     async with service_runtime(common, events_pb2.INSTANCE_KIND_REGISTRY) as rt:
         redis = rt.connect_redis()
         nc = await rt.connect_nats()
+        catalog = rt.catalog(redis)
+        guard = RegistryGuard(catalog, common.model_store, common.redis_url, common.key_prefix)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(rt.catalog(redis)), server)
+        servicer = RegistryServicer(catalog, CatalogBackup(redis, rt.keys, catalog), guard, common.model_store)
+        registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
         health = add_health_and_reflection(server, [REGISTRY_SERVICE])
         if server.add_insecure_port(grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {grpc_addr}")
         await server.start()
-        await set_serving(health, [REGISTRY_SERVICE], True)
-        rt.start_heartbeat(nc)
+        heartbeat = rt.start_heartbeat(nc)
+        announcer = asyncio.create_task(ChangeAnnouncer(redis, rt.keys, nc, rt.subjects).run(), name="announcer")
         serve_metrics(metrics_addr)
         log.info("registry_listening", grpc=grpc_addr)
-        await rt.stop.wait()
+        ready = None
+        while not rt.stop.is_set():
+            # Ready while Redis holds the registry the model store knows of (see guard.py).
+            try:
+                await guard.check()
+                now_ready, why = True, ""
+            except ServiceError as exc:
+                now_ready, why = False, exc.message
+            except Exception as exc:  # Redis unreachable
+                now_ready, why = False, f"Redis unreachable: {exc}"
+            if now_ready != ready:
+                ready = now_ready
+                await set_serving(health, [REGISTRY_SERVICE], ready)
+                heartbeat.ready = ready
+                if ready:
+                    log.info("registry_ready")
+                else:
+                    log.error("registry_not_ready", reason=why)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(rt.stop.wait(), common.heartbeat_interval_s)
+        announcer.cancel()
         await server.stop(5)
 
 

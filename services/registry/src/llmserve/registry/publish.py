@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.modelstore import artifact_files, artifact_sha256, artifact_size
+from llmserve.registry.guard import RegistryGuard
 from llmserve.v1 import registry_pb2
 
 
@@ -32,6 +33,18 @@ def _copy_with_progress(src: Path, dest: Path, show: bool) -> None:
             bar.update(file.stat().st_size)
 
 
+async def _record(
+    catalog: ModelCatalog, guard: RegistryGuard | None, name: str, path: str, digest: str, source: str, make_stable: bool, actor: str
+) -> registry_pb2.ModelVersion:
+    """Records a new version, after making sure Redis still holds the registry the store knows of."""
+    if guard is not None:
+        await guard.check()
+    record = await catalog.publish(name, path, digest, source, actor=actor, make_stable=make_stable)
+    if guard is not None:
+        guard.note_version(name, record.version)
+    return record
+
+
 async def publish_directory(
     catalog: ModelCatalog,
     store: Path,
@@ -41,6 +54,8 @@ async def publish_directory(
     make_stable: bool = False,
     show_progress: bool = True,
     move: bool = False,
+    guard: RegistryGuard | None = None,
+    actor: str = "cli",
 ) -> registry_pb2.ModelVersion:
     """Publishes a transformers model directory; returns the new (or identical existing) version."""
     source_dir = Path(source_dir)
@@ -64,7 +79,7 @@ async def publish_directory(
         dest.parent.mkdir(parents=True, exist_ok=True)
         # The rename is atomic: a worker never sees a half-written artifact under its final name.
         staging.rename(dest)
-    return await catalog.publish(name, relative, digest, source or str(source_dir), make_stable=make_stable)
+    return await _record(catalog, guard, name, relative, digest, source or str(source_dir), make_stable, actor)
 
 
 async def publish_gguf(
@@ -74,6 +89,8 @@ async def publish_gguf(
     gguf_file: Path,
     make_stable: bool = False,
     show_progress: bool = True,
+    guard: RegistryGuard | None = None,
+    actor: str = "cli",
 ) -> registry_pb2.ModelVersion:
     """Converts a GGUF file to safetensors once (cached by the file's size and name) and publishes it."""
     gguf_file = Path(gguf_file)
@@ -85,7 +102,7 @@ async def publish_gguf(
             existing = await catalog.find(name, done["sha256"])
             if existing is not None:
                 return existing
-            return await catalog.publish(name, done["path"], done["sha256"], str(gguf_file), make_stable=make_stable)
+            return await _record(catalog, guard, name, done["path"], done["sha256"], str(gguf_file), make_stable, actor)
     # Conversion needs torch and transformers: the model worker's code does it.
     from llmserve.model_worker.convert import convert_gguf
 
@@ -94,19 +111,24 @@ async def publish_gguf(
         print(f"converting {gguf_file.name} to safetensors (about 30 s, once)...", flush=True)
     convert_gguf(gguf_file, staging)
     record = await publish_directory(
-        catalog, store, name, staging, source=str(gguf_file), make_stable=make_stable, show_progress=show_progress, move=True
+        catalog, store, name, staging, source=str(gguf_file), make_stable=make_stable, show_progress=show_progress, move=True,
+        guard=guard, actor=actor,
     )
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"path": record.path, "sha256": record.sha256}))
     return record
 
 
-async def ensure_default_model(catalog: ModelCatalog, store: Path, show_progress: bool = True) -> registry_pb2.ModelVersion:
+async def ensure_default_model(
+    catalog: ModelCatalog, store: Path, show_progress: bool = True, guard: RegistryGuard | None = None, actor: str = "cli"
+) -> registry_pb2.ModelVersion:
     """The packaged SmolLM2-135M-Instruct, published on first use."""
     from llmserve.model_worker.convert import PACKAGED_MODEL_NAME, packaged_gguf
 
+    if guard is not None:
+        await guard.check()
     try:
         return await catalog.get_by_alias(PACKAGED_MODEL_NAME)
     except Exception:
         pass
-    return await publish_gguf(catalog, store, PACKAGED_MODEL_NAME, packaged_gguf(), show_progress=show_progress)
+    return await publish_gguf(catalog, store, PACKAGED_MODEL_NAME, packaged_gguf(), show_progress=show_progress, guard=guard, actor=actor)

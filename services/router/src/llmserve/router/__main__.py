@@ -9,12 +9,14 @@ import sys
 import grpc
 import structlog
 
+from llmserve.common.catalog import CatalogBackup
 from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
 from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.router import metrics
+from llmserve.router.admin_api import admin_router
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
 from llmserve.router.rest_api import RestBridge, create_app
@@ -74,7 +76,12 @@ async def run(settings: RouterSettings) -> None:
             raise SystemExit(f"cannot listen on {settings.grpc_addr}")
         await server.start()
         http = HttpServer(
-            create_app(RestBridge(make_job, generation, catalog, liveness)), settings.http_addr, SHUTDOWN_GRACE_S
+            create_app(
+                RestBridge(make_job, generation, catalog, liveness),
+                admin_router(catalog, CatalogBackup(redis, rt.keys, catalog).export, settings.admin_token),
+            ),
+            settings.http_addr,
+            SHUTDOWN_GRACE_S,
         )
         await http.start()
         heartbeat = rt.start_heartbeat(nc, _fill_router_beat)

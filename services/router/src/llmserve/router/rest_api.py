@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -41,6 +41,7 @@ log = structlog.get_logger()
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
+    403: "permission_error",
     404: "invalid_request_error",
     409: "invalid_request_error",
     429: "rate_limit_exceeded",
@@ -181,7 +182,7 @@ class RestBridge:
         return bool(self._liveness.live_workers())
 
 
-def create_app(bridge: RestBridge) -> FastAPI:
+def create_app(bridge: RestBridge, admin: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="llmserve",
         version="0.1.0",
@@ -249,6 +250,9 @@ def create_app(bridge: RestBridge) -> FastAPI:
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    if admin is not None:
+        app.include_router(admin)
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:

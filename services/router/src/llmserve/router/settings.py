@@ -29,6 +29,8 @@ class RouterSettings:
     stall_timeout_s: float = 30.0
     # LLMSERVE_ROUTER_MAX_MIGRATIONS: times one request may be resumed on another worker.
     max_migrations: int = 3
+    # LLMSERVE_ADMIN_TOKEN: bearer token of the registry admin routes (/admin/v1/...); empty: routes off.
+    admin_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RouterSettings:
@@ -43,4 +45,5 @@ class RouterSettings:
             queue_timeout_s=env_float(env, "LLMSERVE_ROUTER_QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             stall_timeout_s=env_float(env, "LLMSERVE_ROUTER_STALL_TIMEOUT_S", cls.stall_timeout_s),
             max_migrations=env_int(env, "LLMSERVE_ROUTER_MAX_MIGRATIONS", cls.max_migrations),
+            admin_token=env_str(env, "LLMSERVE_ADMIN_TOKEN", ""),
         )

@@ -1,0 +1,343 @@
+"""Serving one model version: take its jobs when there are free slots, run them, stream their tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+
+import structlog
+import torch
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from llmserve.common.subjects import Subjects
+from llmserve.model_worker import metrics
+from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
+from llmserve.model_worker.job_puller import JobPuller
+from llmserve.model_worker.loader import LoadedModel
+from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.v1 import common_pb2, events_pb2, registry_pb2
+
+log = structlog.get_logger()
+
+# How long the pull loop sleeps when every queue is empty and no doorbell rings.
+_IDLE_WAIT_S = 0.5
+
+
+class JobRejected(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class VersionServer:
+    """Serves one model version: its engine, its job queue consumers, its running jobs.
+
+    A worker has one of these normally, and two for a moment while it moves to a new version.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        engine: Engine,
+        loaded: LoadedModel,
+        record: registry_pb2.ModelVersion,
+        instance_id: str,
+        priority_aging_s: float = 0.0,
+    ) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self.engine = engine
+        self._loaded = loaded
+        self.record = record
+        self.instance_id = instance_id
+        self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
+        self._doorbell = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        # Request id and attempt (see Job.attempt) of each running job, by job key.
+        self._attempts: dict[str, tuple[str, int]] = {}
+        self._subs: list = []
+        self._pull_task: asyncio.Task[None] | None = None
+        self._draining = False
+        self._drained = False
+        # Set while the worker moves to a newer version: finish this one's jobs, take no new kind of work.
+        self.retiring = False
+
+    @property
+    def version(self) -> int:
+        return self.record.version
+
+    @property
+    def device(self):
+        return self._loaded.device
+
+    async def close(self) -> None:
+        """Stops the engine and lets go of the weights (a retired version's memory comes back)."""
+        if self.engine is None:
+            return
+        await self.engine.stop()
+        device = self._loaded.device
+        self._loaded = None
+        self.engine = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    async def start(self) -> None:
+        await self.puller.start()
+
+        async def _ring(_msg: Msg) -> None:
+            self._doorbell.set()
+
+        self._subs.append(await self._nc.subscribe(self._subjects.doorbell(self.record.name, self.record.version), cb=_ring))
+        self._pull_task = asyncio.create_task(self._pull_loop(), name=f"pull-loop-v{self.version}")
+
+    def cancel(self, request: events_pb2.Cancel) -> None:
+        for key, (request_id, attempt) in list(self._attempts.items()):
+            # A cancel for an earlier attempt must not stop a migrated request this worker now runs.
+            if request_id == request.request_id and attempt <= request.max_attempt and self.engine.cancel(key):
+                log.info("job_cancel_requested", request_id=request_id, attempt=attempt, reason=request.reason)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stops taking jobs, lets running ones finish within grace_s, hands back the rest, then stops."""
+        if self._drained:
+            return
+        self._drained = self._draining = True
+        if self._pull_task is not None:
+            self._pull_task.cancel()
+            await asyncio.gather(self._pull_task, return_exceptions=True)
+        if self._jobs:
+            log.info("worker_draining", running=len(self._jobs), version=self.version)
+            _, pending = await asyncio.wait(list(self._jobs.values()), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.info("worker_handing_back", requests=len(pending), version=self.version)
+                await asyncio.gather(*pending, return_exceptions=True)
+        for sub in self._subs:
+            await sub.unsubscribe()
+        await self.puller.stop()
+
+    async def retire(self, grace_s: float, settle_s: float) -> None:
+        """Finishes this version's work after the worker moved on: keeps taking its queued jobs until
+        the queue is empty and nothing runs (for at least settle_s, so jobs admitted just before the
+        schedulers saw the move are taken too), or until grace_s; then drains."""
+        self.retiring = True
+        started = time.monotonic()
+        while time.monotonic() - started < grace_s:
+            if time.monotonic() - started >= settle_s and not self._jobs and await self.puller.queue_empty():
+                break
+            self._slot_freed.clear()
+            await _wait(self._slot_freed, 0.25)
+        await self.drain(0.0 if self._jobs and time.monotonic() - started >= grace_s else grace_s)
+
+    # -- taking jobs --------------------------------------------------------------------------
+    async def _pull_loop(self) -> None:
+        while not self._draining:
+            free = self.engine.stats().slots_free - self._starting()
+            if free <= 0:
+                self._slot_freed.clear()
+                await _wait(self._slot_freed, _IDLE_WAIT_S)
+                continue
+            self._doorbell.clear()
+            try:
+                msgs = await self.puller.pull(free)
+            except Exception as exc:  # NATS reconnecting: try again shortly
+                log.warning("pull_failed", error=str(exc))
+                await asyncio.sleep(_IDLE_WAIT_S)
+                continue
+            if not msgs:
+                await _wait(self._doorbell, _IDLE_WAIT_S)
+                continue
+            for msg in msgs:
+                await msg.ack()
+                job = events_pb2.Job.FromString(msg.data)
+                if job.deadline and time.time() > job.deadline:
+                    await self._drop_expired(job)
+                    continue
+                key = job_key(job)
+                task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
+                self._jobs[key] = task
+                self._attempts[key] = (job.request_id, job.attempt)
+                task.add_done_callback(lambda _t, key=key: self._job_done(key))
+
+    async def _drop_expired(self, job: events_pb2.Job) -> None:
+        """A job whose deadline passed while queued never runs; its router has already answered the client."""
+        log.info("job_expired", request_id=job.request_id, late_s=round(time.time() - job.deadline, 3))
+        metrics.JOBS.labels(outcome="expired").inc()
+        metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, time.time() - job.submitted_at))
+        await self._publish(job, self._error_chunk(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued"))
+
+    def _starting(self) -> int:
+        """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
+        return max(0, len(self._jobs) - self.engine.stats().slots_busy)
+
+    def _job_done(self, key: str) -> None:
+        self._jobs.pop(key, None)
+        self._attempts.pop(key, None)
+        self._slot_freed.set()
+
+    # -- running one job ----------------------------------------------------------------------
+    async def _run_job(self, job: events_pb2.Job) -> None:
+        structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        # seq 0 says "taken by this worker": the router knows whom to watch before any token exists.
+        await self._publish(job, self._started_chunk(job))
+        seq = 1
+        taken = time.perf_counter()
+        out = None
+        try:
+            request = self._engine_request(job)
+            prepared = time.perf_counter()
+            first = 0.0
+            if len(request.resume_ids) >= request.sampling.max_tokens:
+                # Migrated after its last token but before its final chunk: nothing left to generate.
+                done = EngineOutput(finish_reason=common_pb2.FINISH_REASON_LENGTH, prompt_tokens=len(request.prompt_ids),
+                                    completion_tokens=len(request.resume_ids))
+                await self._publish(job, self._chunk(job, seq, done))
+                return
+            async for out in self.engine.submit(request):
+                await self._publish(job, self._chunk(job, seq, out))
+                if seq == 0:
+                    first = time.perf_counter()
+                seq += 1
+            queued_s = job_started_wall(taken) - job.submitted_at
+            metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, queued_s))
+            if out is not None:
+                metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
+                metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
+            log.info(
+                "job_finished",
+                prompt_tokens=len(request.prompt_ids),
+                completion_tokens=out.completion_tokens if out else 0,
+                attempt=job.attempt,
+                queued_s=round(queued_s, 4),
+                prepare_s=round(prepared - taken, 4),
+                first_token_s=round(first - prepared, 4),
+                total_s=round(time.perf_counter() - taken, 4),
+            )
+        except JobRejected as exc:
+            metrics.JOBS.labels(outcome="rejected").inc()
+            await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
+        except asyncio.CancelledError:
+            self.engine.cancel(job_key(job))
+            if self._draining:
+                # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
+                await self._publish(job, self._handed_back_chunk(job, seq))
+            raise
+        except Exception as exc:
+            log.exception("job_failed")
+            await self._publish(job, self._error_chunk(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
+
+    def _engine_request(self, job: events_pb2.Job) -> EngineRequest:
+        if job.deadline and time.time() > job.deadline:
+            raise JobRejected(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
+        tokenizer = self._loaded.tokenizer
+        if job.WhichOneof("input") == "messages":
+            messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
+            try:
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:
+                raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = tokenizer(job.prompt)["input_ids"]
+        if not prompt_ids:
+            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
+        context = min(self._loaded.max_context, getattr(self.engine, "max_kv_tokens", self._loaded.max_context))
+        room = context - len(prompt_ids)
+        # A migrated request's resumed tokens count against max_tokens; they need room too.
+        if room <= 0:
+            raise JobRejected(
+                events_pb2.ERROR_CODE_INVALID_ARGUMENT,
+                f"the prompt has {len(prompt_ids)} tokens; this model serves at most {context}",
+            )
+        s = job.sampling
+        sampling = SamplingConfig(
+            temperature=s.temperature,
+            top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
+            top_k=s.top_k,
+            seed=s.seed if s.HasField("seed") else None,
+            repetition_penalty=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
+            # Never past the model's context: the answer ends with finish_reason "length" instead.
+            max_tokens=min(s.max_tokens, room),
+            stop=tuple(s.stop),
+        )
+        return EngineRequest(
+            request_id=job_key(job),
+            prompt_ids=tuple(prompt_ids),
+            sampling=sampling,
+            ignore_eos=s.ignore_eos,
+            resume_ids=tuple(job.resume_token_ids),
+            resume_text_chars=job.resume_text_chars,
+        )
+
+    def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
+        chunk = events_pb2.TokenChunk(
+            request_id=job.request_id,
+            seq=seq,
+            text=out.text,
+            token_ids=out.token_ids,
+            final=out.finished,
+            finish_reason=out.finish_reason,
+            worker_id=self.instance_id,
+            model_version=self.record.version,
+            attempt=job.attempt,
+        )
+        if out.finished:
+            chunk.usage.CopyFrom(_usage(out.prompt_tokens, out.completion_tokens))
+            if out.finish_reason == common_pb2.FINISH_REASON_ERROR:
+                chunk.error_code = events_pb2.ERROR_CODE_INTERNAL
+                chunk.error_message = out.error
+        return chunk
+
+    def _started_chunk(self, job: events_pb2.Job) -> events_pb2.TokenChunk:
+        return events_pb2.TokenChunk(
+            request_id=job.request_id, seq=0, worker_id=self.instance_id, model_version=self.record.version, attempt=job.attempt
+        )
+
+    def _handed_back_chunk(self, job: events_pb2.Job, seq: int) -> events_pb2.TokenChunk:
+        chunk = self._started_chunk(job)
+        chunk.seq = seq
+        chunk.handed_back = True
+        return chunk
+
+    def _error_chunk(self, job: events_pb2.Job, seq: int, code: int, message: str) -> events_pb2.TokenChunk:
+        log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(code), error=message)
+        return events_pb2.TokenChunk(
+            request_id=job.request_id,
+            seq=seq,
+            final=True,
+            finish_reason=common_pb2.FINISH_REASON_ERROR,
+            error_code=code,
+            error_message=message,
+            worker_id=self.instance_id,
+            model_version=self.record.version,
+            attempt=job.attempt,
+        )
+
+    async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
+        await self._nc.publish(job.reply_subject, chunk.SerializeToString())
+
+
+def job_key(job: events_pb2.Job) -> str:
+    """One attempt of one request: a migrated request may come back to a worker still running its old attempt."""
+    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
+
+
+def job_started_wall(perf_at: float) -> float:
+    """Wall-clock time of a perf_counter reading (queue time is measured against the router's wall clock)."""
+    return time.time() - (time.perf_counter() - perf_at)
+
+
+def _usage(prompt: int, completion: int) -> common_pb2.Usage:
+    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        pass

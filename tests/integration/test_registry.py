@@ -1,0 +1,198 @@
+"""The registry over a real Redis: atomic alias changes under concurrency, audit, backups, a Redis that
+restarts with or without its data, and the gRPC service in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+
+from llmserve.cli import infra
+from llmserve.common.catalog import CatalogBackup, ModelCatalog
+from llmserve.common.errors import ServiceError
+from llmserve.common.grpc_server import ErrorInterceptor
+from llmserve.common.keys import RedisKeys
+from llmserve.registry.grpc_api import RegistryServicer
+from llmserve.registry.guard import RegistryGuard, RegistryLost
+from llmserve.v1 import events_pb2, registry_pb2, registry_pb2_grpc
+from tests.helpers.servers import ServerProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def registry_stub(catalog, redis_client, keys, tmp_path, redis_srv):
+    """The Registry gRPC service in this process, on a free port."""
+    guard = RegistryGuard(catalog, tmp_path / "store", redis_srv.url, keys.prefix)
+    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
+    servicer = RegistryServicer(catalog, CatalogBackup(redis_client, keys, catalog), guard, tmp_path / "store")
+    registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield registry_pb2_grpc.RegistryStub(channel)
+    await channel.close()
+    await server.stop(0)
+
+
+async def test_fifty_concurrent_promotes_and_rollbacks_leave_a_consistent_record(registry_stub, catalog):
+    # Five versions published at once: numbers unique and increasing.
+    published = await asyncio.gather(*(catalog.publish("m", f"m/{i}", f"{i:064x}", "test") for i in range(5)))
+    assert sorted(v.version for v in published) == [1, 2, 3, 4, 5]
+
+    rng = random.Random(7)
+
+    async def one(i: int) -> registry_pb2.AliasChange | None:
+        try:
+            if rng.random() < 0.6:
+                return await registry_stub.Promote(registry_pb2.PromoteRequest(name="m", version=rng.randint(1, 5), actor=f"t{i}"))
+            return await registry_stub.Rollback(registry_pb2.RollbackRequest(name="m", actor=f"t{i}"))
+        except grpc.aio.AioRpcError as exc:
+            # The only acceptable refusal: nothing left to roll back to.
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, exc
+            return None
+
+    results = await asyncio.gather(*(one(i) for i in range(50)))
+    succeeded = [r for r in results if r is not None]
+    assert succeeded, "some changes must succeed"
+    audit = [e for e in (await registry_stub.ListAudit(registry_pb2.ListAuditRequest(name="m", limit=1000))).entries
+             if e.action in ("promote", "rollback")]
+    # One audit entry per successful call, and they are the same changes.
+    assert sorted(e.id for e in audit) == sorted(r.entry.id for r in succeeded)
+    # The alias equals the last change recorded, and never names a missing version.
+    stable = await registry_stub.GetVersion(registry_pb2.GetVersionRequest(name="m", alias="stable"))
+    assert stable.version == audit[-1].version
+    versions = {v.version for v in (await registry_stub.ListVersions(registry_pb2.ListVersionsRequest(name="m"))).versions}
+    assert versions == {1, 2, 3, 4, 5}
+    assert all(e.version in versions for e in audit)
+    ids = [e.id for e in audit]
+    assert ids == sorted(ids, key=lambda i: tuple(map(int, i.split("-"))))
+
+
+async def test_retire_canary_and_rollback_rules(catalog):
+    for i in range(3):
+        await catalog.publish("m", f"m/{i}", f"{i:064x}", "test")
+    await catalog.promote("m", 2)
+    await catalog.promote("m", 3)
+    with pytest.raises(ServiceError) as err:
+        await catalog.retire("m", 3)  # the stable version
+    assert err.value.code == events_pb2.ERROR_CODE_FAILED_PRECONDITION
+    await catalog.retire("m", 2)
+    # Rollback skips the retired version 2 and lands on 1.
+    await catalog.rollback("m")
+    assert await catalog.resolve("m") == 1
+    with pytest.raises(ServiceError):
+        await catalog.set_canary("m", 2, 20)  # retired
+    with pytest.raises(ServiceError):
+        await catalog.set_canary("m", 1, 20)  # already stable
+    with pytest.raises(ServiceError):
+        await catalog.set_canary("m", 3, 101)
+    await catalog.set_canary("m", 3, 30)
+    record = await catalog.get("m", 3)
+    assert "canary" in record.aliases and record.canary_weight == 30
+    # Promoting the canary ends the canary.
+    await catalog.promote("m", 3)
+    assert await catalog.canary("m") is None
+    with pytest.raises(ServiceError) as err:
+        await catalog.promote("m", 9)
+    assert err.value.code == events_pb2.ERROR_CODE_NOT_FOUND
+
+
+async def test_export_import_round_trip_and_refusal(catalog, redis_client, keys):
+    for i in range(3):
+        await catalog.publish("m", f"m/{i}", f"{i:064x}", "test")
+    await catalog.promote("m", 2)
+    await catalog.set_canary("m", 3, 25)
+    snapshot = await CatalogBackup(redis_client, keys, catalog).export()
+    other_keys = RedisKeys(keys.prefix.rstrip(":") + "x:")
+    other = ModelCatalog(redis_client, other_keys)
+    backup = CatalogBackup(redis_client, other_keys, other)
+    assert await backup.import_(snapshot) == (1, 3)
+    assert [v.version for v in await other.list_versions("m")] == [1, 2, 3]
+    assert await other.resolve("m") == 2 and await other.canary("m") == (3, 25)
+    await other.rollback("m")  # the stable history came along
+    assert await other.resolve("m") == 1
+    # The next publish continues after the last number, never reusing one.
+    assert (await other.publish("m", "m/new", "f" * 64, "test")).version == 4
+    with pytest.raises(ServiceError) as err:
+        await backup.import_(snapshot)
+    assert err.value.code == events_pb2.ERROR_CODE_FAILED_PRECONDITION
+
+
+async def test_grpc_publish_refuses_a_missing_directory_clearly(registry_stub):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await registry_stub.Publish(registry_pb2.PublishRequest(name="m", directory="/nonexistent/model"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "config.json" in err.value.details()
+
+
+async def _publish_three(catalog: ModelCatalog, guard: RegistryGuard) -> None:
+    for i in range(3):
+        await guard.check()
+        record = await catalog.publish("m", f"m/{i}", f"{i:064x}", "test")
+        guard.note_version("m", record.version)
+    await catalog.promote("m", 2)
+
+
+async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
+    port = infra.free_port()
+    server = ServerProcess("redis", f"redis://127.0.0.1:{port}/0", tmp_path / "redis", extra={"aof": True})
+    server.start()
+    keys = RedisKeys("llm:")
+    store = tmp_path / "store"
+    try:
+        client = aioredis.from_url(server.url)
+        catalog = ModelCatalog(client, keys)
+        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        await _publish_three(catalog, guard)
+        backup = await CatalogBackup(client, keys, catalog).export()
+        await client.aclose()
+
+        # Restarted with its append-only file: everything is there.
+        server.stop()
+        server.start()
+        client = aioredis.from_url(server.url)
+        catalog = ModelCatalog(client, keys)
+        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        await guard.check()
+        assert [v.version for v in await catalog.list_versions("m")] == [1, 2, 3]
+        assert await catalog.resolve("m") == 2
+        assert len(await catalog.audit("m")) == 4
+        await client.aclose()
+
+        # Restarted empty: the guard refuses instead of handing out version 1 again.
+        server.stop()
+        shutil.rmtree(server.data_dir)
+        server.start()
+        client = aioredis.from_url(server.url)
+        catalog = ModelCatalog(client, keys)
+        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        with pytest.raises(RegistryLost) as err:
+            await guard.check()
+        assert "llmserve models import" in err.value.message
+        # Recovery from the backup; numbering goes on.
+        await CatalogBackup(client, keys, catalog).import_(backup, min_counters=guard.last_versions())
+        await guard.check()
+        assert await catalog.resolve("m") == 2
+        assert (await catalog.publish("m", "m/next", "e" * 64, "test")).version == 4
+        await client.aclose()
+
+        # Or, with no backup at hand, a new registry whose numbers continue.
+        server.stop()
+        shutil.rmtree(server.data_dir)
+        server.start()
+        client = aioredis.from_url(server.url)
+        catalog = ModelCatalog(client, keys)
+        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        guard.note_version("m", 4)
+        await guard.reinit(client, keys)
+        await guard.check()
+        assert (await catalog.publish("m", "m/after", "d" * 64, "test")).version == 5
+        await client.aclose()
+    finally:
+        server.stop()
