@@ -1,5 +1,7 @@
 """Scheduling under load, end to end: priorities, bounded queues, deadlines, crashes, duplicates, tenants.
 
+Two schedulers share the work (a NATS queue group), so every bound asserted here holds across them.
+
 One worker with a single slot serves the real model. A "blocker" (a long generation) holds that slot
 while a test fills the queue, so what is queued and in which order is exact, then the blocker is
 cancelled and the queue drains. Which job a worker took, and when, is read from the token subjects:
@@ -21,6 +23,7 @@ import nats
 import pytest
 import redis.asyncio as aioredis
 
+from llmserve.cli import infra
 from llmserve.common.keys import RedisKeys
 from llmserve.common.subjects import Subjects
 from llmserve.common.tenants import set_tenant_limits
@@ -31,6 +34,7 @@ from tests.helpers.cluster import Cluster
 pytestmark = pytest.mark.e2e
 
 QUEUE_CAPACITY = 50
+SECOND_SCHEDULER_METRICS_PORT = infra.free_port()
 STEADY = 6
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -47,7 +51,10 @@ def cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
         LLMSERVE_PRIORITY_AGING_S="60",
     )
     try:
-        yield c.start(workers=1, LLMSERVE_WORKER_MAX_RUNNING="1")
+        c.start(workers=1, LLMSERVE_WORKER_MAX_RUNNING="1")
+        # A second scheduler in the queue group: every test here runs with two sharing the queues.
+        c.start_service("scheduler", "scheduler-2", LLMSERVE_SCHEDULER_METRICS_ADDR=f"127.0.0.1:{SECOND_SCHEDULER_METRICS_PORT}")
+        yield c
     finally:
         c.stop()
 
@@ -274,10 +281,11 @@ async def _until(predicate, interval_s: float = 0.05) -> None:
 def _submissions(cluster: Cluster, outcome: str) -> float:
     from prometheus_client.parser import text_string_to_metric_families
 
-    text = httpx.get(f"http://127.0.0.1:{cluster.scheduler_metrics_port}/metrics", timeout=5).text
     total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "llmserve_scheduler_submissions_total" and sample.labels.get("outcome") == outcome:
-                total += sample.value
+    for port in (cluster.scheduler_metrics_port, SECOND_SCHEDULER_METRICS_PORT):
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "llmserve_scheduler_submissions_total" and sample.labels.get("outcome") == outcome:
+                    total += sample.value
     return total

@@ -196,3 +196,29 @@ async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
         await client.aclose()
     finally:
         server.stop()
+
+
+async def test_every_change_is_announced_on_nats(catalog, redis_client, keys, nc, subjects):
+    from llmserve.registry.announcer import ChangeAnnouncer
+
+    await catalog.publish("m", "m/a", "a" * 64, "test")
+    got: asyncio.Queue[events_pb2.RegistryChange] = asyncio.Queue()
+
+    async def on_change(msg) -> None:
+        await got.put(events_pb2.RegistryChange.FromString(msg.data))
+
+    await nc.subscribe(subjects.registry_changes, cb=on_change)
+    await nc.flush()
+    announcer = ChangeAnnouncer(redis_client, keys, nc, subjects)
+    task = asyncio.create_task(announcer.run(block_ms=100))
+    try:
+        await asyncio.wait_for(announcer.positioned.wait(), 10)
+        await catalog.publish("m", "m/b", "b" * 64, "cli")
+        change = await asyncio.wait_for(got.get(), 10)
+        # Only changes after the announcer started: the first publish was not announced.
+        assert (change.model, change.action, change.version) == ("m", "publish", 2)
+        audit_id = await catalog.promote("m", 2, actor="someone")
+        change = await asyncio.wait_for(got.get(), 10)
+        assert (change.action, change.version, change.audit_id) == ("promote", 2, audit_id)
+    finally:
+        task.cancel()

@@ -29,6 +29,8 @@ class ChangeAnnouncer:
         self._nc = nc
         self._subjects = subjects
         self.announced = 0
+        # Set once the announcer knows where the stream stands: changes from then on are announced.
+        self.positioned = asyncio.Event()
 
     async def run(self, block_ms: int = 1000) -> None:
         last = None
@@ -38,6 +40,7 @@ class ChangeAnnouncer:
                     # Start after the newest entry: what happened before this registry started is settled.
                     newest = await self._redis.xrevrange(self._keys.audit, count=1)
                     last = newest[0][0].decode() if newest else "0-0"
+                    self.positioned.set()
                 batch = await self._redis.xread({self._keys.audit: last}, block=block_ms, count=100)
             except asyncio.CancelledError:
                 raise
