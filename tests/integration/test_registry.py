@@ -139,6 +139,18 @@ async def _publish_three(catalog: ModelCatalog, guard: RegistryGuard) -> None:
     await catalog.promote("m", 2)
 
 
+def connect(server: ServerProcess, keys: RedisKeys, store: Path) -> tuple[aioredis.Redis, ModelCatalog, RegistryGuard]:
+    client = aioredis.from_url(server.url)
+    catalog = ModelCatalog(client, keys)
+    return client, catalog, RegistryGuard(catalog, store, server.url, keys.prefix)
+
+
+def restart_empty(server: ServerProcess) -> None:
+    server.stop()
+    shutil.rmtree(server.data_dir)
+    server.start()
+
+
 async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
     port = infra.free_port()
     server = ServerProcess("redis", f"redis://127.0.0.1:{port}/0", tmp_path / "redis", extra={"aof": True})
@@ -146,9 +158,7 @@ async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
     keys = RedisKeys("llm:")
     store = tmp_path / "store"
     try:
-        client = aioredis.from_url(server.url)
-        catalog = ModelCatalog(client, keys)
-        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        client, catalog, guard = connect(server, keys, store)
         await _publish_three(catalog, guard)
         backup = await CatalogBackup(client, keys, catalog).export()
         await client.aclose()
@@ -156,9 +166,7 @@ async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
         # Restarted with its append-only file: everything is there.
         server.stop()
         server.start()
-        client = aioredis.from_url(server.url)
-        catalog = ModelCatalog(client, keys)
-        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        client, catalog, guard = connect(server, keys, store)
         await guard.check()
         assert [v.version for v in await catalog.list_versions("m")] == [1, 2, 3]
         assert await catalog.resolve("m") == 2
@@ -166,12 +174,8 @@ async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
         await client.aclose()
 
         # Restarted empty: the guard refuses instead of handing out version 1 again.
-        server.stop()
-        shutil.rmtree(server.data_dir)
-        server.start()
-        client = aioredis.from_url(server.url)
-        catalog = ModelCatalog(client, keys)
-        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        restart_empty(server)
+        client, catalog, guard = connect(server, keys, store)
         with pytest.raises(RegistryLost) as err:
             await guard.check()
         assert "llmserve models import" in err.value.message
@@ -183,12 +187,8 @@ async def test_redis_restarts_with_aof_and_without_its_data(tmp_path: Path):
         await client.aclose()
 
         # Or, with no backup at hand, a new registry whose numbers continue.
-        server.stop()
-        shutil.rmtree(server.data_dir)
-        server.start()
-        client = aioredis.from_url(server.url)
-        catalog = ModelCatalog(client, keys)
-        guard = RegistryGuard(catalog, store, server.url, keys.prefix)
+        restart_empty(server)
+        client, catalog, guard = connect(server, keys, store)
         guard.note_version("m", 4)
         await guard.reinit(client, keys)
         await guard.check()
