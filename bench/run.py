@@ -84,6 +84,8 @@ def running_stack(store: Path, work: Path):
     prefix = "bench" + uuid.uuid4().hex[:6]
     asyncio.run(_publish(redis.url, f"{prefix}:", store))
     cluster = Cluster(nats.url, redis.url, prefix, store, work / "logs")
+    # The monitor's synthetic probes would generate on the worker at random moments of the run.
+    cluster.extra_env["LLMSERVE_MONITOR_PROBE_INTERVAL_S"] = "0"
     try:
         cluster.start(LLMSERVE_WORKER_TORCH_THREADS="0", LLMSERVE_WORKER_MAX_RUNNING="32")
         worker = next(s for s in cluster.services if s.name.startswith("worker"))

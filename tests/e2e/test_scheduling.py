@@ -159,6 +159,11 @@ async def test_a_full_queue_rejects_exactly_the_excess_with_429(cluster):
                     assert time.monotonic() < deadline, "rejections did not come back while the queue was full"
                     await asyncio.sleep(0.05)
                 assert await obs.queued() == QUEUE_CAPACITY
+                # The schedulers' metrics show the full queue and why they refused.
+                assert _scheduler_metric(cluster, "llmserve_scheduler_rejections_total", model=MODEL, reason="queue_full") >= extra
+                await asyncio.wait_for(
+                    _until(lambda: _scheduler_metric(cluster, "llmserve_scheduler_queue_depth", model=MODEL, priority="2") > 0), 10
+                )
             responses = await asyncio.wait_for(asyncio.gather(*tasks), 180)
     statuses = [r.status_code for r in responses]
     assert statuses.count(429) == extra, statuses
@@ -278,7 +283,8 @@ async def _until(predicate, interval_s: float = 0.05) -> None:
         await asyncio.sleep(interval_s)
 
 
-def _submissions(cluster: Cluster, outcome: str) -> float:
+def _scheduler_metric(cluster: Cluster, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels over both schedulers."""
     from prometheus_client.parser import text_string_to_metric_families
 
     total = 0.0
@@ -286,6 +292,10 @@ def _submissions(cluster: Cluster, outcome: str) -> float:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                if sample.name == "llmserve_scheduler_submissions_total" and sample.labels.get("outcome") == outcome:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     total += sample.value
     return total
+
+
+def _submissions(cluster: Cluster, outcome: str) -> float:
+    return _scheduler_metric(cluster, "llmserve_scheduler_submissions_total", outcome=outcome)
