@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -106,16 +107,26 @@ def in_fresh_process(spec: dict) -> dict:
 
 
 def ratios(rows: list[dict]) -> dict:
+    """Each target's ratio, measured within each round and then the median over rounds.
+
+    The scenarios compared run once per round, next to each other; pairing them by round cancels the
+    machine's slow drift (other tenants' load comes and goes over minutes), which medians of each
+    scenario taken separately do not.
+    """
     by = {r["scenario"]: r for r in rows}
     a = by["(a) transformers generate, one at a time"]
     b = next(r for r in rows if r["scenario"].startswith("(b)"))
     e = {r["concurrency"]: r for r in rows if r["scenario"].startswith("(c)")}
     s = {r["concurrency"]: r for r in rows if r["scenario"].startswith("(d)")}
+
+    def paired(num: dict, den: dict, key: str = "runs_tokens_per_s", op=lambda x, y: x / y) -> float:
+        return statistics.median(op(x, y) for x, y in zip(num[key], den[key], strict=True))
+
     return {
-        "engine_c16_over_generate_alone": round(e[16]["tokens_per_s"] / a["tokens_per_s"], 2),
-        "engine_c16_over_static_batch16": round(e[16]["tokens_per_s"] / b["tokens_per_s"], 2),
-        "stack_c16_over_engine_c16": round(s[16]["tokens_per_s"] / e[16]["tokens_per_s"], 2),
-        "stack_ttft_c1_minus_engine_ms": round(s[1]["ttft_p50_ms"] - e[1]["ttft_p50_ms"], 1),
+        "engine_c16_over_generate_alone": round(paired(e[16], a), 2),
+        "engine_c16_over_static_batch16": round(paired(e[16], b), 2),
+        "stack_c16_over_engine_c16": round(paired(s[16], e[16]), 2),
+        "stack_ttft_c1_minus_engine_ms": round(paired(s[1], e[1], "runs_ttft_p50_ms", lambda x, y: x - y), 1),
     }
 
 
@@ -165,7 +176,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each scenario the targets compare (median kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs of each scenario the targets compare (median kept)")
     args = parser.parse_args()
 
     def log(msg: str) -> None:

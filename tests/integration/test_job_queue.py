@@ -236,6 +236,7 @@ async def test_an_old_low_priority_job_ages_past_newer_high_ones(nc, subjects, s
     await strict.stop()
     aging = JobPuller(nc, subjects, "m", 1, aging_step_s=1.0)
     await aging.start()
+    await aging.refresh_order()  # what the puller's background probe does every second
     order = [events_pb2.Job.FromString(m.data).request_id for m in await aging.pull(2)]
     await aging.stop()
     assert order == ["old-low", "new-high"]

@@ -7,7 +7,8 @@ slots, with no_wait, so an empty high-priority queue costs one round trip, not a
 Dispatch order is strict by priority, with aging: a job that has waited `aging_step_s` seconds
 counts one level higher, two steps two levels, and so on (up to critical), so a low-priority job
 is never starved by a steady stream of higher ones. The age of each level's oldest job is sampled
-at most every `_AGING_PROBE_S` (and only when two or more levels have jobs waiting).
+at most every `_AGING_PROBE_S`, in the background (only when two or more levels have jobs waiting
+does it read their oldest jobs).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class JobPuller:
         self._aging_step_s = aging_step_s
         self._order = list(PRIORITIES_HIGH_FIRST)
         self._order_at = 0.0
+        self._probe: asyncio.Task[None] | None = None
         self._inbox = nc.new_inbox()
         self._replies: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub = None
@@ -94,23 +96,32 @@ class JobPuller:
         return not any((info.state.subjects or {}).values())
 
     async def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._sub is not None:
             await self._sub.unsubscribe()
 
     async def pull(self, max_jobs: int, timeout_s: float = 2.0) -> list[Msg]:
         """Up to max_jobs job messages, highest priority first; empty when every queue is empty."""
         taken: list[Msg] = []
-        for priority in await self._dispatch_order():
+        for priority in self._dispatch_order():
             if len(taken) >= max_jobs:
                 break
             consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
             taken.extend(await self._pull_one(consumer, max_jobs - len(taken), timeout_s))
         return taken
 
-    async def _dispatch_order(self) -> list[int]:
-        if self._aging_step_s <= 0 or time.monotonic() - self._order_at < min(_AGING_PROBE_S, self._aging_step_s / 4):
-            return self._order
-        self._order_at = time.monotonic()
+    def _dispatch_order(self) -> list[int]:
+        """The current order; when it is older than the probe interval a refresh starts in the
+        background, so a pull never waits on the probe's round trips (the order is at most ~1 s old)."""
+        stale = time.monotonic() - self._order_at >= min(_AGING_PROBE_S, self._aging_step_s / 4)
+        if self._aging_step_s > 0 and stale and (self._probe is None or self._probe.done()):
+            self._order_at = time.monotonic()
+            self._probe = asyncio.create_task(self.refresh_order(), name="aging-probe")
+        return self._order
+
+    async def refresh_order(self) -> None:
+        """Samples the age of each waiting level's oldest job and reorders the levels (see aged_order)."""
         try:
             info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
             waiting = info.state.subjects or {}
@@ -123,7 +134,6 @@ class JobPuller:
             self._order = aged_order(ages, self._aging_step_s)
         except Exception:  # a probe that fails leaves the last order in place
             pass
-        return self._order
 
     async def _pull_one(self, consumer: str, batch: int, timeout_s: float) -> list[Msg]:
         # A fresh reply subject per pull, so the "no messages" status of an earlier pull cannot end this one.
