@@ -28,14 +28,25 @@ _ERROR_CODES = {
     "PRECONDITION": events_pb2.ERROR_CODE_FAILED_PRECONDITION,
 }
 
+# Lua: refuses a version that is not recorded or is retired (KEYS[1] its hash; ARGV[1] name, ARGV[2] version).
+_SERVABLE = """
+local function refuse_unservable()
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return 'NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2]
+  end
+  if redis.call('HGET', KEYS[1], 'retired') == '1' then
+    return 'PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is retired'
+  end
+  return nil
+end
+"""
+
 # KEYS: version hash, aliases, weights, stable history, audit
 # ARGV: name, version, actor, at
-_PROMOTE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  return redis.error_reply('NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2])
-end
-if redis.call('HGET', KEYS[1], 'retired') == '1' then
-  return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is retired')
+_PROMOTE = _SERVABLE + """
+local refused = refuse_unservable()
+if refused then
+  return redis.error_reply(refused)
 end
 local old = redis.call('HGET', KEYS[2], 'stable')
 if old and old ~= ARGV[2] then
@@ -74,16 +85,14 @@ end
 
 # KEYS: version hash, aliases, weights, audit
 # ARGV: name, version ("0" removes the canary), weight, actor, at
-_CANARY = """
+_CANARY = _SERVABLE + """
 if ARGV[2] == '0' then
   redis.call('HDEL', KEYS[2], 'canary')
   redis.call('HDEL', KEYS[3], 'canary')
 else
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    return redis.error_reply('NOT_FOUND model ' .. ARGV[1] .. ' has no version ' .. ARGV[2])
-  end
-  if redis.call('HGET', KEYS[1], 'retired') == '1' then
-    return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is retired')
+  local refused = refuse_unservable()
+  if refused then
+    return redis.error_reply(refused)
   end
   if redis.call('HGET', KEYS[2], 'stable') == ARGV[2] then
     return redis.error_reply('PRECONDITION version ' .. ARGV[2] .. ' of ' .. ARGV[1] .. ' is already stable')
