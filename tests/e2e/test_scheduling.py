@@ -233,6 +233,18 @@ async def test_the_same_request_id_submitted_twice_runs_once(cluster):
     assert texts[0] == texts[1] and texts[0]
     assert obs.taken.count("twice") == 1
     assert len(obs.finals["twice"]) == 1
+    # Once the request has ended, its id is known as used: a third submission is told so at once.
+    redis = aioredis.from_url(cluster.redis_url)
+    try:
+        done_key = RedisKeys(f"{cluster.prefix}:").request_done("twice")
+        await asyncio.wait_for(_until_async(lambda: redis.exists(done_key)), 10)
+    finally:
+        await redis.aclose()
+    async with grpc.aio.insecure_channel(cluster.grpc_addr) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await run_to_end(stub, gen_request("twice", max_tokens=6), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "new id" in err.value.details()
 
 
 async def test_a_flooding_tenant_cannot_starve_another(cluster):
@@ -276,6 +288,11 @@ async def test_a_flooding_tenant_cannot_starve_another(cluster):
     # one job of slack for the flood's job running when steady's request arrives).
     print(f"steady {STEADY} vs flood {flood_during} completions; steady latencies {steady_times}")
     assert STEADY / (STEADY + flood_during) >= 1 / (limit + 2), (flood_during, steady_times)
+
+
+async def _until_async(predicate, interval_s: float = 0.05) -> None:
+    while not await predicate():
+        await asyncio.sleep(interval_s)
 
 
 async def _until(predicate, interval_s: float = 0.05) -> None:

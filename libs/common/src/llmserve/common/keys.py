@@ -14,6 +14,7 @@ Layout (prefix "llm:" by default):
   llm:tenant:<tenant>:active           ZSET   request ids a tenant has queued or running (score = lease end)
   llm:tenant:<tenant>:limits           HASH   max_active, max_priority overrides for one tenant
   llm:tenants                          SET    tenants with overrides
+  llm:request:<id>:done                STRING a request that ended recently (expires after the duplicate window)
 """
 
 from __future__ import annotations
@@ -67,6 +68,9 @@ class RedisKeys:
 
     def tenant_limits(self, tenant: str) -> str:
         return f"{self.prefix}tenant:{tenant}:limits"
+
+    def request_done(self, request_id: str) -> str:
+        return f"{self.prefix}request:{request_id}:done"
 
     @property
     def tenants(self) -> str:

@@ -108,9 +108,17 @@ class Scheduler:
             queued = await self.queues.publish(job)
         except BaseException:
             if job.attempt == 0:
-                await self._tenants.release(job.tenant, job.request_id)
+                await self._tenants.forget(job.tenant, job.request_id)
             raise
         if not queued:
+            if job.attempt == 0 and await self._tenants.finished(job.request_id):
+                # The first submission ran to its end already: nothing will come on its token subject.
+                await self._tenants.forget(job.tenant, job.request_id)
+                raise ServiceError(
+                    events_pb2.ERROR_CODE_FAILED_PRECONDITION,
+                    f"request id {job.request_id} belongs to a request that has finished; send a new id",
+                    reason="duplicate_finished",
+                )
             log.info("job_duplicate_ignored")
             return "duplicate"
         log.info("job_queued", version=job.model_version, priority=job.priority)

@@ -60,6 +60,10 @@ def tenant_of(tenant: str) -> str:
     return tenant or ANONYMOUS
 
 
+# How long an ended request's id is remembered: JetStream's duplicate window (120 s) and a margin.
+DONE_MEMORY_S = 150
+
+
 class TenantPolicy:
     def __init__(self, redis: aioredis.Redis, keys: RedisKeys, defaults: TenantLimits, lease_s: float) -> None:
         self._redis = redis
@@ -89,7 +93,19 @@ class TenantPolicy:
         return int(max_priority)
 
     async def release(self, tenant: str, request_id: str) -> None:
+        """The request ended: its tenant's share is free, and its id is remembered as used for the
+        duplicate window (a resubmission then gets a clear error instead of waiting for tokens)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(self._keys.tenant_active(tenant_of(tenant)), request_id)
+            pipe.set(self._keys.request_done(request_id), 1, ex=DONE_MEMORY_S)
+            await pipe.execute()
+
+    async def forget(self, tenant: str, request_id: str) -> None:
+        """Frees the share of a request that was never queued."""
         await self._redis.zrem(self._keys.tenant_active(tenant_of(tenant)), request_id)
+
+    async def finished(self, request_id: str) -> bool:
+        return bool(await self._redis.exists(self._keys.request_done(request_id)))
 
     async def active(self, tenant: str) -> int:
         key = self._keys.tenant_active(tenant_of(tenant))
