@@ -6,6 +6,7 @@ to the Python interpreter), so nothing is downloaded at run time.
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -47,11 +48,26 @@ def reachable(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+# Ports handed out below the kernel's ephemeral range (32768-60999 by default on Linux), so an
+# outgoing connection of some process cannot take one between the check and the server's bind.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port the OS just handed out (bound to 0); free unless somebody takes it in between."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on now, never one this process handed out before."""
+    for _ in range(1000):
+        port = random.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {_PORT_RANGE}")
 
 
 def wait_until_reachable(host: str, port: int, proc: subprocess.Popen | None, what: str, timeout_s: float = 20.0) -> None:
