@@ -64,7 +64,7 @@ async def _tenants(args: argparse.Namespace) -> int:
     from llmserve.common.config import CommonSettings
     from llmserve.common.errors import ServiceError
     from llmserve.common.keys import RedisKeys
-    from llmserve.common.tenants import set_tenant_limits, tenant_limits
+    from llmserve.common.tenants import priority_level, set_tenant_limits, tenant_limits
     from llmserve.v1 import common_pb2
 
     settings = CommonSettings.from_env()
@@ -74,11 +74,11 @@ async def _tenants(args: argparse.Namespace) -> int:
         if args.action == "set":
             priority = None
             if args.max_priority:
-                name = f"PRIORITY_{args.max_priority.upper()}"
-                if name not in common_pb2.Priority.keys() or name == "PRIORITY_UNSPECIFIED":
-                    print(f"error: --max-priority must be low, normal, high or critical, got {args.max_priority!r}", file=sys.stderr)
+                try:
+                    priority = priority_level(args.max_priority)
+                except ValueError as exc:
+                    print(f"error: --max-priority: {exc}", file=sys.stderr)
                     return 2
-                priority = common_pb2.Priority.Value(name)
             await set_tenant_limits(redis, keys, args.tenant, max_active=args.max_active, max_priority=priority)
         limits = await tenant_limits(redis, keys)
     except ServiceError as exc:

@@ -39,8 +39,8 @@ class Registry:
 
 
 @contextlib.asynccontextmanager
-async def open_registry() -> AsyncIterator[Registry]:
-    settings = CommonSettings.from_env()
+async def open_registry(settings: CommonSettings | None = None) -> AsyncIterator[Registry]:
+    settings = settings or CommonSettings.from_env()
     redis = aioredis.from_url(settings.redis_url)
     keys = RedisKeys(settings.key_prefix)
     catalog = ModelCatalog(redis, keys)

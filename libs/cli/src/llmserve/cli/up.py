@@ -132,21 +132,12 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
 
 
 async def _publish_default(settings: CommonSettings):
-    import redis.asyncio as aioredis
-
-    from llmserve.common.catalog import ModelCatalog
-    from llmserve.common.keys import RedisKeys
-    from llmserve.registry.guard import RegistryGuard
+    from llmserve.cli.models import open_registry
     from llmserve.registry.publish import ensure_default_model
 
-    redis = aioredis.from_url(settings.redis_url)
-    try:
-        catalog = ModelCatalog(redis, RedisKeys(settings.key_prefix))
-        # Refuses (with what to do) when Redis lost the registry this model store remembers.
-        guard = RegistryGuard(catalog, settings.model_store, settings.redis_url, settings.key_prefix)
-        return await ensure_default_model(catalog, settings.model_store, guard=guard, actor="llmserve-up")
-    finally:
-        await redis.aclose()
+    async with open_registry(settings) as reg:
+        # The guard refuses (saying what to do) when Redis lost the registry this model store remembers.
+        return await ensure_default_model(reg.catalog, settings.model_store, guard=reg.guard, actor="llmserve-up")
 
 
 def _supervise(children: list[Child], should_stop) -> None:

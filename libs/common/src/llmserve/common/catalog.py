@@ -160,14 +160,13 @@ class ModelCatalog:
         if not MODEL_NAME_RE.match(name):
             raise ServiceError.invalid(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
         now = time.time()
-        # The version hash key is built in the script (it needs the new number): pass its prefix.
-        version_prefix = self._keys.version(name, 0)[:-1]
         version = await self._publish(
             keys=[
                 self._keys.models,
                 self._keys.versions(name),
                 self._keys.version_counter(name),
-                version_prefix,
+                # The version hash key is built in the script (it needs the new number): pass its prefix.
+                self._keys.version_prefix(name),
                 self._keys.aliases(name),
                 self._keys.audit,
                 self._keys.registry_id,
@@ -225,7 +224,7 @@ class ModelCatalog:
         return await self._change(
             self._rollback,
             [self._keys.aliases(name), self._keys.stable_history(name), self._keys.audit],
-            [name, actor, f"{time.time():.6f}", self._keys.version(name, 0)[:-1]],
+            [name, actor, f"{time.time():.6f}", self._keys.version_prefix(name)],
         )
 
     async def set_canary(self, name: str, version: int, weight: int, actor: str = "cli") -> str:
@@ -352,14 +351,14 @@ class CatalogBackup:
     async def export(self) -> registry_pb2.RegistrySnapshot:
         snapshot = registry_pb2.RegistrySnapshot(registry_id=await self._catalog.registry_id() or "", exported_at=time.time())
         for name in await self._catalog.model_names():
-            aliases = {k.decode(): int(v) for k, v in (await self._redis.hgetall(self._keys.aliases(name))).items()}
-            weight = await self._redis.hget(self._keys.weights(name), CANARY)
+            stable = await self._redis.hget(self._keys.aliases(name), STABLE)
+            canary, weight = await self._catalog.canary(name) or (0, 0)
             records = snapshot.models.add(
                 name=name,
                 last_version=int(await self._redis.get(self._keys.version_counter(name)) or 0),
-                stable=aliases.get(STABLE, 0),
-                canary=aliases.get(CANARY, 0),
-                canary_weight=int(weight or 0),
+                stable=int(stable or 0),
+                canary=canary,
+                canary_weight=weight,
                 stable_history=[int(v) for v in await self._redis.lrange(self._keys.stable_history(name), 0, -1)],
                 fallback=await self._catalog.fallback(name) or "",
             )

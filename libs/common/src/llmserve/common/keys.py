@@ -38,7 +38,11 @@ class RedisKeys:
         return f"{self.prefix}model:{name}:versions"
 
     def version(self, name: str, version: int) -> str:
-        return f"{self.prefix}model:{name}:v:{version}"
+        return f"{self.version_prefix(name)}{version}"
+
+    def version_prefix(self, name: str) -> str:
+        """What version() puts before the number, for Lua scripts that build the key themselves."""
+        return f"{self.prefix}model:{name}:v:"
 
     def aliases(self, name: str) -> str:
         return f"{self.prefix}model:{name}:aliases"

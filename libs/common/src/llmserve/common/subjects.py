@@ -36,6 +36,13 @@ PRIORITIES_HIGH_FIRST = (
 )
 
 
+def attempt_key(request_id: str, attempt: int) -> str:
+    """One attempt of one request: JetStream's de-duplication id for its job (a resubmitted request
+    runs once, a migrated one runs again) and the worker's key for it (a migrated request may come
+    back to a worker still running its old attempt)."""
+    return request_id if attempt == 0 else f"{request_id}.{attempt}"
+
+
 @dataclass(frozen=True)
 class Subjects:
     prefix: str = "llm"

@@ -15,6 +15,18 @@ from llmserve.v1 import common_pb2
 ANONYMOUS = "anonymous"
 
 
+def priority_level(name: str) -> int:
+    """"high" -> PRIORITY_HIGH; a clear error for anything else."""
+    try:
+        level = common_pb2.Priority.Value(f"PRIORITY_{name.strip().upper()}")
+    except ValueError:
+        level = common_pb2.PRIORITY_UNSPECIFIED
+    if level == common_pb2.PRIORITY_UNSPECIFIED:
+        choices = ", ".join(n.removeprefix("PRIORITY_").lower() for n in common_pb2.Priority.keys()[1:])
+        raise ValueError(f"priority must be one of {choices}, got {name!r}")
+    return level
+
+
 async def set_tenant_limits(
     redis: aioredis.Redis, keys: RedisKeys, tenant: str, max_active: int | None = None, max_priority: int | None = None
 ) -> None:

@@ -90,10 +90,14 @@ class JobPuller:
             )
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
 
+    async def _waiting(self) -> dict[str, int]:
+        """Jobs of this version waiting in the queue, by subject (one per priority)."""
+        info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
+        return info.state.subjects or {}
+
     async def queue_empty(self) -> bool:
         """True when no job of this version waits in the queue, at any priority."""
-        info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
-        return not any((info.state.subjects or {}).values())
+        return not any((await self._waiting()).values())
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -123,8 +127,7 @@ class JobPuller:
     async def refresh_order(self) -> None:
         """Samples the age of each waiting level's oldest job and reorders the levels (see aged_order)."""
         try:
-            info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
-            waiting = info.state.subjects or {}
+            waiting = await self._waiting()
             levels = [p for p in PRIORITIES_HIGH_FIRST if waiting.get(self._subjects.jobs(self._model, self._version, p))]
             ages: dict[int, float] = {}
             # With one level waiting there is nothing to reorder.

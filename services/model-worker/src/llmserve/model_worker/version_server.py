@@ -11,7 +11,7 @@ import torch
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from llmserve.common.subjects import Subjects
+from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.model_worker import metrics
 from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
 from llmserve.model_worker.job_puller import JobPuller
@@ -62,9 +62,6 @@ class VersionServer:
         self._subs: list = []
         self._pull_task: asyncio.Task[None] | None = None
         self._draining = False
-        self._drained = False
-        # Set while the worker moves to a newer version: finish this one's jobs, take no new kind of work.
-        self.retiring = False
 
     @property
     def version(self) -> int:
@@ -103,9 +100,9 @@ class VersionServer:
 
     async def drain(self, grace_s: float) -> None:
         """Stops taking jobs, lets running ones finish within grace_s, hands back the rest, then stops."""
-        if self._drained:
+        if self._draining:
             return
-        self._drained = self._draining = True
+        self._draining = True
         if self._pull_task is not None:
             self._pull_task.cancel()
             await asyncio.gather(self._pull_task, return_exceptions=True)
@@ -125,7 +122,6 @@ class VersionServer:
         """Finishes this version's work after the worker moved on: keeps taking its queued jobs until
         the queue is empty and nothing runs (for at least settle_s, so jobs admitted just before the
         schedulers saw the move are taken too), or until grace_s; then drains."""
-        self.retiring = True
         started = time.monotonic()
         while time.monotonic() - started < grace_s:
             if time.monotonic() - started >= settle_s and not self._jobs and await self.puller.queue_empty():
@@ -158,7 +154,7 @@ class VersionServer:
                 if job.deadline and time.time() > job.deadline:
                     await self._drop_expired(job)
                     continue
-                key = job_key(job)
+                key = attempt_key(job.request_id, job.attempt)
                 task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
                 self._jobs[key] = task
                 self._attempts[key] = (job.request_id, job.attempt)
@@ -222,7 +218,7 @@ class VersionServer:
             metrics.JOBS.labels(outcome="rejected").inc()
             await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
         except asyncio.CancelledError:
-            self.engine.cancel(job_key(job))
+            self.engine.cancel(attempt_key(job.request_id, job.attempt))
             if self._draining:
                 # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
                 await self._publish(job, self._handed_back_chunk(job, seq))
@@ -232,8 +228,6 @@ class VersionServer:
             await self._publish(job, self._error_chunk(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
 
     def _engine_request(self, job: events_pb2.Job) -> EngineRequest:
-        if job.deadline and time.time() > job.deadline:
-            raise JobRejected(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
         tokenizer = self._loaded.tokenizer
         if job.WhichOneof("input") == "messages":
             messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
@@ -266,7 +260,7 @@ class VersionServer:
             stop=tuple(s.stop),
         )
         return EngineRequest(
-            request_id=job_key(job),
+            request_id=attempt_key(job.request_id, job.attempt),
             prompt_ids=tuple(prompt_ids),
             sampling=sampling,
             ignore_eos=s.ignore_eos,
@@ -320,11 +314,6 @@ class VersionServer:
 
     async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
         await self._nc.publish(job.reply_subject, chunk.SerializeToString())
-
-
-def job_key(job: events_pb2.Job) -> str:
-    """One attempt of one request: a migrated request may come back to a worker still running its old attempt."""
-    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"
 
 
 def job_started_wall(perf_at: float) -> float:

@@ -172,6 +172,8 @@ class ModelWorker:
             self._retiring[old.version] = old
             await self.heartbeat.beat_once()  # schedulers see the new version now
             log.info("version_swapped", model=record.name, version=record.version, retiring=old.version)
+            # Earlier swaps' retire tasks that ended are dropped, so a long-lived worker keeps no list of them.
+            self._tasks = [t for t in self._tasks if not t.done()]
             self._tasks.append(asyncio.create_task(self._retire(old), name=f"retire-v{old.version}"))
             return True
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Depends, Request
+from google.protobuf import json_format
 from pydantic import BaseModel, Field
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
-from llmserve.v1 import events_pb2, registry_pb2
+from llmserve.v1 import events_pb2
 
 
 class PromoteBody(BaseModel):
@@ -29,31 +30,9 @@ class CanaryBody(BaseModel):
     weight: int = Field(default=0, ge=0, le=100, description="Share of the stable traffic, in percent")
 
 
-def version_dict(v: registry_pb2.ModelVersion) -> dict:
-    return {
-        "name": v.name,
-        "version": v.version,
-        "path": v.path,
-        "sha256": v.sha256,
-        "source": v.source,
-        "created_at": v.created_at,
-        "aliases": list(v.aliases),
-        "canary_weight": v.canary_weight,
-        "retired": v.retired,
-    }
-
-
-def audit_dict(e: registry_pb2.AuditEntry) -> dict:
-    return {
-        "id": e.id,
-        "action": e.action,
-        "model": e.model,
-        "version": e.version,
-        "previous": e.previous,
-        "weight": e.weight,
-        "actor": e.actor,
-        "at": e.at,
-    }
+def as_dict(message) -> dict:
+    """A registry record as JSON: field names as in the proto, every field present."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
 def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
@@ -81,11 +60,11 @@ def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
             "canary": canary[0] if canary else None,
             "canary_weight": canary[1] if canary else 0,
             "fallback": await catalog.fallback(name),
-            "versions": [version_dict(v) for v in versions],
+            "versions": [as_dict(v) for v in versions],
         }
 
     async def _change(audit_id: str) -> dict:
-        return audit_dict(await catalog.audit_entry(audit_id))
+        return as_dict(await catalog.audit_entry(audit_id))
 
     @router.get("/models", summary="Every model with its versions and aliases")
     async def list_models(_actor: str = Depends(authorize)) -> dict:
@@ -115,12 +94,10 @@ def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
     async def audit(model: str = "", limit: int = 100, _actor: str = Depends(authorize)) -> dict:
         if not 1 <= limit <= 10_000:
             raise ServiceError.invalid("limit must be between 1 and 10000", param="limit")
-        return {"entries": [audit_dict(e) for e in await catalog.audit(model, limit)]}
+        return {"entries": [as_dict(e) for e in await catalog.audit(model, limit)]}
 
     @router.get("/export", summary="Every registry record, for a backup (restore with `llmserve models import`)")
     async def export_records(_actor: str = Depends(authorize)) -> dict:
-        from google.protobuf.json_format import MessageToDict
-
-        return MessageToDict(await export(), preserving_proto_field_name=True)
+        return json_format.MessageToDict(await export(), preserving_proto_field_name=True)
 
     return router

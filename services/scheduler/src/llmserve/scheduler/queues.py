@@ -18,7 +18,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.natsio import ensure_jobs_stream
-from llmserve.common.subjects import Subjects
+from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.scheduler import metrics
 from llmserve.v1 import events_pb2
 
@@ -116,7 +116,7 @@ class JobQueues:
         return True
 
     def _headers(self, job: events_pb2.Job, msg_ttl: bool) -> dict[str, str]:
-        headers = {"Nats-Msg-Id": message_id(job)}
+        headers = {"Nats-Msg-Id": attempt_key(job.request_id, job.attempt)}
         if msg_ttl and job.deadline:
             # JetStream deletes the job when its deadline passes (whole seconds, at least 1), so an
             # expired job stops taking room in the queue; workers also drop any they still get.
@@ -140,8 +140,3 @@ class JobQueues:
                 _, version, priority = subject.rsplit(".", 2)
                 metrics.QUEUE_DEPTH.labels(model=model, version=version, priority=priority.removeprefix("p")).set(by_subject.get(subject, 0))
         metrics.QUEUED_JOBS.set(self.total_queued)
-
-
-def message_id(job: events_pb2.Job) -> str:
-    """JetStream's de-duplication key: a resubmitted request runs once, a migrated one runs again."""
-    return job.request_id if job.attempt == 0 else f"{job.request_id}.{job.attempt}"

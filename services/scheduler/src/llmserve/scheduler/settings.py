@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from llmserve.common.config import CommonSettings, env_float, env_int, env_str
+from llmserve.common.tenants import priority_level
 from llmserve.v1 import common_pb2
 
 
@@ -40,15 +41,3 @@ class SchedulerSettings:
             lease_s=env_float(env, "LLMSERVE_SCHEDULER_LEASE_S", cls.lease_s),
             metrics_addr=env_str(env, "LLMSERVE_SCHEDULER_METRICS_ADDR", ""),
         )
-
-
-def priority_level(name: str) -> int:
-    """"high" -> PRIORITY_HIGH; a clear error for anything else."""
-    try:
-        level = common_pb2.Priority.Value(f"PRIORITY_{name.strip().upper()}")
-    except ValueError:
-        level = common_pb2.PRIORITY_UNSPECIFIED
-    if level == common_pb2.PRIORITY_UNSPECIFIED:
-        choices = ", ".join(n.removeprefix("PRIORITY_").lower() for n in common_pb2.Priority.keys()[1:])
-        raise ValueError(f"priority must be one of {choices}, got {name!r}")
-    return level
