@@ -135,22 +135,30 @@ class Cluster:
         self.wait_ready()
         return self
 
+    def _until(self, check, timeout_s: float, what: str) -> None:
+        """Polls check() until it is true, failing fast (with the log's tail) if any service dies."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for service in self.services:
+                service.check_alive()
+            if check():
+                return
+            time.sleep(0.2)
+        tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
+        raise TimeoutError(f"{what} within {timeout_s:.0f} s\n{tails}")
+
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Until the router reports SERVING (a worker is live); fails fast if any service dies."""
-        deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.grpc_addr) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                for service in self.services:
-                    service.check_alive()
+
+            def serving() -> bool:
                 try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
-                        return
+                    return stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING
                 except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
-        raise TimeoutError(f"cluster not ready within {timeout_s:.0f} s\n{tails}")
+                    return False
+
+            self._until(serving, timeout_s, "cluster not ready")
 
     def forget_stopped(self) -> None:
         """Drops services a test stopped on purpose, so readiness checks do not count them as crashed."""
@@ -160,17 +168,14 @@ class Cluster:
         """Until the router sees `count` live workers (ListModels), failing fast if a service dies."""
         from llmserve.v1 import inference_pb2, inference_pb2_grpc
 
-        deadline = time.monotonic() + timeout_s
         with grpc.insecure_channel(self.grpc_addr) as channel:
             stub = inference_pb2_grpc.InferenceStub(channel)
-            while time.monotonic() < deadline:
-                for service in self.services:
-                    service.check_alive()
+
+            def enough() -> bool:
                 models = stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5).models
-                if sum(m.live_workers for m in models) >= count:
-                    return
-                time.sleep(0.2)
-        raise TimeoutError(f"fewer than {count} live workers after {timeout_s:.0f} s")
+                return sum(m.live_workers for m in models) >= count
+
+            self._until(enough, timeout_s, f"fewer than {count} live workers")
 
     def stop(self) -> None:
         for service in reversed(self.services):
