@@ -21,7 +21,6 @@ from typing import Any
 
 import structlog
 import torch
-from transformers import DynamicCache
 
 from llmserve.model_worker import kv_batch
 from llmserve.model_worker.engine import EngineRequest, EngineStats
@@ -188,7 +187,7 @@ class BatchingEngine(ThreadedEngine):
     def _prefill_chunk_of(self, pending: _Pending, budget: int) -> int:
         prompt = pending.seq.request.context_ids
         if pending.cache is None:
-            pending.cache = DynamicCache(config=self._model.config)
+            pending.cache = kv_batch.new_cache(self._model.config)
         chunk = prompt[pending.offset : pending.offset + budget]
         logits = self._forward(torch.tensor([chunk], dtype=torch.long, device=self._device), pending.cache)
         pending.offset += len(chunk)
@@ -199,7 +198,7 @@ class BatchingEngine(ThreadedEngine):
 
     def _prefill_group(self, group: list[_Pending]) -> None:
         prompts = [p.seq.request.context_ids for p in group]
-        cache = DynamicCache(config=self._model.config)
+        cache = kv_batch.new_cache(self._model.config)
         inputs = kv_batch.prefill_inputs(prompts, self._pad_id, self._device)
         logits = self._forward(inputs.pop("input_ids"), cache, **inputs)
         for p in group:
