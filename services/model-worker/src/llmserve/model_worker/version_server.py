@@ -196,7 +196,7 @@ class VersionServer:
                 return
             async for out in self.engine.submit(request):
                 await self._publish(job, self._chunk(job, seq, out))
-                if seq == 0:
+                if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
                 seq += 1
             queued_s = job_started_wall(taken) - job.submitted_at
