@@ -115,7 +115,7 @@ def ratios(rows: list[dict]) -> dict:
     """
     by = {r["scenario"]: r for r in rows}
     a = by["(a) transformers generate, one at a time"]
-    b = next(r for r in rows if r["scenario"].startswith("(b)"))
+    b = by["(b) transformers generate, static batch of 16"]
     e = {r["concurrency"]: r for r in rows if r["scenario"].startswith("(c)")}
     s = {r["concurrency"]: r for r in rows if r["scenario"].startswith("(d)")}
 
@@ -200,6 +200,8 @@ def main() -> int:
         specs = {
             "a": {**base, "kind": "generate", "requests": 4},
             "b": {**base, "kind": "static", "requests": 16},
+            # The same static batch on the worker's oneDNN linears: what of the engine's lead is the kernel.
+            "b1": {**base, "kind": "static", "requests": 16, "cpu_linear": "onednn"},
             **{f"c{c}": {**base, "kind": "engine", "requests": requests_at(c), "concurrency": c, "max_running": 32} for c in CONCURRENCY},
         }
         runs: dict[str, list[dict]] = {key: [] for key in [*specs, *(f"d{c}" for c in CONCURRENCY)]}

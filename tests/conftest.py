@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -117,10 +118,19 @@ def register(redis_url: str, prefix: str, record: registry_pb2.ModelVersion, nam
 
 @pytest.fixture(scope="session")
 def loaded_smollm(smollm, model_store):
-    """The real model loaded in this process (CPU, float32), shared by the engine tests."""
+    """The real model loaded in this process (CPU, float32) exactly as transformers builds it: the
+    reference the engines are compared with."""
     from llmserve.model_worker.loader import load_model
 
-    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32")
+    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32", cpu_linear="torch")
+
+
+@pytest.fixture(scope="session")
+def served_smollm(loaded_smollm):
+    """The same model as a worker serves it (linear layers on oneDNN), sharing every other tensor."""
+    from llmserve.model_worker.cpu_linear import pack_linears
+
+    return dataclasses.replace(loaded_smollm, model=pack_linears(loaded_smollm.model))
 
 
 def chat_ids(loaded, question: str) -> tuple[int, ...]:

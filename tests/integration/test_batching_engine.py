@@ -39,8 +39,8 @@ def engine_with(loaded, **kwargs) -> BatchingEngine:
 
 
 @pytest.fixture
-async def engine(loaded_smollm):
-    e = engine_with(loaded_smollm, max_running=16, prefill_chunk=256)
+async def engine(served_smollm):
+    e = engine_with(served_smollm, max_running=16, prefill_chunk=256)
     await e.start()
     yield e
     await e.stop()
@@ -101,8 +101,8 @@ async def test_stop_sequence_and_max_tokens(engine, loaded_smollm):
     assert outs[-1].finish_reason == common_pb2.FINISH_REASON_LENGTH and len(got) == 7
 
 
-async def test_cancelled_slot_is_reused(loaded_smollm):
-    engine = engine_with(loaded_smollm, max_running=2)
+async def test_cancelled_slot_is_reused(served_smollm, loaded_smollm):
+    engine = engine_with(served_smollm, max_running=2)
     await engine.start()
     try:
         long = SamplingConfig(max_tokens=400)
@@ -127,8 +127,8 @@ async def test_cancelled_slot_is_reused(loaded_smollm):
         await engine.stop()
 
 
-async def test_long_prompt_is_prefilled_in_chunks_while_others_decode(loaded_smollm):
-    engine = engine_with(loaded_smollm, max_running=4, prefill_chunk=32)
+async def test_long_prompt_is_prefilled_in_chunks_while_others_decode(served_smollm, loaded_smollm):
+    engine = engine_with(served_smollm, max_running=4, prefill_chunk=32)
     await engine.start()
     try:
         progress: list[str] = []
@@ -161,9 +161,9 @@ async def test_long_prompt_is_prefilled_in_chunks_while_others_decode(loaded_smo
         await engine.stop()
 
 
-async def test_kv_budget_holds_requests_back_until_memory_frees(loaded_smollm):
+async def test_kv_budget_holds_requests_back_until_memory_frees(served_smollm, loaded_smollm):
     ids = chat_ids(loaded_smollm, QUESTIONS[0])
-    engine = engine_with(loaded_smollm, max_running=8, max_kv_tokens=len(ids) + 40)
+    engine = engine_with(served_smollm, max_running=8, max_kv_tokens=len(ids) + 40)
     await engine.start()
     try:
         order: list[str] = []

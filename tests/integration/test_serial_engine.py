@@ -20,8 +20,8 @@ def loaded(loaded_smollm):
 
 
 @pytest.fixture
-async def engine(loaded):
-    e = SerialEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
+async def engine(loaded, served_smollm):
+    e = SerialEngine(served_smollm.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
     await e.start()
     yield e
     await e.stop()

@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmserve.common.modelstore import verify_artifact
+from llmserve.model_worker.cpu_linear import pack_linears
 
 log = structlog.get_logger()
 
@@ -50,12 +51,22 @@ def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
     return frozenset(ids)
 
 
-def load_model(path: Path, sha256: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Raises ChecksumMismatch before reading a single weight when the artifact was altered."""
+CPU_LINEARS = ("onednn", "torch")
+
+
+def load_model(path: Path, sha256: str, device: str = "auto", dtype: str = "auto", cpu_linear: str = "onednn") -> LoadedModel:
+    """Raises ChecksumMismatch before reading a single weight when the artifact was altered.
+
+    cpu_linear "onednn" runs a float32 CPU model's linear layers through oneDNN (see cpu_linear.py);
+    "torch" keeps transformers' modules as they are."""
+    if cpu_linear not in CPU_LINEARS:
+        raise ValueError(f"cpu_linear must be one of {', '.join(CPU_LINEARS)}, got {cpu_linear!r}")
     verify_artifact(path, sha256)
     dev = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev)).to(dev).eval()
+    if cpu_linear == "onednn":
+        model = pack_linears(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
-    log.info("model_loaded", path=str(path), device=str(dev), dtype=str(model.dtype), max_context=max_context)
+    log.info("model_loaded", path=str(path), device=str(dev), dtype=str(model.dtype), cpu_linear=cpu_linear, max_context=max_context)
     return LoadedModel(model, tokenizer, eos_token_ids(model, tokenizer), dev, max_context)

@@ -15,7 +15,7 @@ from llmserve.common.modelstore import ChecksumMismatch
 from llmserve.common.runtime import service_runtime
 from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import Engine
-from llmserve.model_worker.loader import LoadedModel, load_model
+from llmserve.model_worker.loader import CPU_LINEARS, LoadedModel, load_model
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.model_worker.settings import WorkerSettings
 from llmserve.model_worker.version_server import VersionServer
@@ -56,6 +56,8 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
 
 
 async def run(settings: WorkerSettings) -> None:
+    if settings.cpu_linear not in CPU_LINEARS:
+        raise SystemExit(f"LLMSERVE_WORKER_CPU_LINEAR must be one of {', '.join(CPU_LINEARS)}, got {settings.cpu_linear!r}")
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     common = settings.common
@@ -68,7 +70,7 @@ async def run(settings: WorkerSettings) -> None:
 
         async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
             path = common.model_store / record.path
-            loaded = await asyncio.to_thread(load_model, path, record.sha256, settings.device, settings.dtype)
+            loaded = await asyncio.to_thread(load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear)
             engine = build_engine(settings, loaded)
             await engine.start()
             return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)

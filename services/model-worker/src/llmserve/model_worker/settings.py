@@ -24,6 +24,10 @@ class WorkerSettings:
     dtype: str = "auto"
     # LLMSERVE_WORKER_TORCH_THREADS: intra-op threads for torch on CPU (0 = torch's default).
     torch_threads: int = 0
+    # LLMSERVE_WORKER_CPU_LINEAR: "onednn" runs a float32 CPU model's linear layers through oneDNN with
+    # weights reordered once at load (faster, last-bit differences from transformers); "torch" keeps
+    # transformers' nn.Linear.
+    cpu_linear: str = "onednn"
     # LLMSERVE_WORKER_ENGINE: "batching" (continuous batching) or "serial" (one request at a time).
     engine: str = "batching"
     # LLMSERVE_WORKER_MAX_RUNNING: sequences decoded together at most (the worker's slots).
@@ -55,6 +59,7 @@ class WorkerSettings:
             device=env_str(env, "LLMSERVE_WORKER_DEVICE", "auto"),
             dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", "auto"),
             torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", 0),
+            cpu_linear=env_str(env, "LLMSERVE_WORKER_CPU_LINEAR", "onednn"),
             engine=env_str(env, "LLMSERVE_WORKER_ENGINE", "batching"),
             max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),

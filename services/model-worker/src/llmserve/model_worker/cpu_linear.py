@@ -1,0 +1,81 @@
+"""Linear layers on the CPU through oneDNN, with each weight reordered once into oneDNN's blocked layout.
+
+A decoder's time on the CPU is nearly all matrix multiplications with a few rows (the sequences of a
+decode step) against large weights. `torch.nn.Linear` hands them to MKL's sgemm with the weight as a
+transposed operand, re-read in its plain layout at every call; oneDNN's matmul on a weight reordered
+ahead of time (the path torch's own compiler takes for frozen CPU models) does the same products in
+40-80 % of the time on a 2-core AVX2 machine, at every batch size measured from 1 to 700 rows. The results
+differ from MKL's in the last bits only, as any other kernel's would.
+
+`pack_linears` returns a copy of the model whose `nn.Linear` modules are replaced; every other parameter
+is shared with the original, which is left untouched. Where oneDNN is unavailable it returns the model
+as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from typing import Any
+
+import structlog
+import torch
+from torch import nn
+
+log = structlog.get_logger()
+
+# The batch size oneDNN tunes the reordered layout for: a typical decode batch. Any other number of
+# rows works with the same layout (measured faster than nn.Linear from 1 to 700 rows).
+_ROWS_HINT = 16
+
+
+class OneDnnLinear(nn.Module):
+    """y = x W^T + b with W held in oneDNN's layout; inference only."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        weight = linear.weight.detach()
+        self.register_buffer("packed_weight", torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT), persistent=False)
+        bias = linear.bias.detach() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [None], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def supported(model: Any) -> str | None:
+    """Why the model's linears cannot go through oneDNN, or None when they can."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cpu":
+        return "the model is not on the CPU"
+    if param.dtype != torch.float32:
+        return f"oneDNN reordering is used for float32 only, the model is {param.dtype}"
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
+        return "this torch build has no oneDNN linear"
+    return None
+
+
+def pack_linears(model: Any) -> Any:
+    """A copy of `model` with every nn.Linear on oneDNN, sharing all other parameters; `model` itself
+    when that is not possible (with the reason logged)."""
+    reason = supported(model)
+    if reason is not None:
+        log.info("cpu_linear_unchanged", reason=reason)
+        return model
+    # Copy the module tree, not the tensors: the copy shares every parameter and buffer.
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    packed = copy.deepcopy(model, memo=shared)
+    count = 0
+    with torch.no_grad():
+        for module in list(packed.modules()):
+            for name, child in list(module.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(module, name, OneDnnLinear(child))
+                    count += 1
+    log.info("cpu_linear_onednn", layers=count)
+    return packed
