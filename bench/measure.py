@@ -47,6 +47,8 @@ def summarize(name: str, timings: list[RequestTiming], wall_s: float, peak_rss: 
         "tokens_per_s": round(tokens / wall_s, 2),
         "ttft_p50_ms": round(percentile(ttfts, 50) * 1000, 1),
         "ttft_p99_ms": round(percentile(ttfts, 99) * 1000, 1),
+        # Per request, in the order the requests were given (the same prompts in every scenario).
+        "ttft_ms": [round(t * 1000, 1) for t in ttfts],
         "itl_p50_ms": round(percentile(itls, 50) * 1000, 1),
         "itl_p99_ms": round(percentile(itls, 99) * 1000, 1),
         "peak_rss_mb": round(peak_rss / 2**20),

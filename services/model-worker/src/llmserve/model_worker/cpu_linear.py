@@ -7,9 +7,8 @@ ahead of time (the path torch's own compiler takes for frozen CPU models) does t
 40-80 % of the time on a 2-core AVX2 machine, at every batch size measured from 1 to 700 rows. The results
 differ from MKL's in the last bits only, as any other kernel's would.
 
-`pack_linears` returns a copy of the model whose `nn.Linear` modules are replaced; every other parameter
-is shared with the original, which is left untouched. Where oneDNN is unavailable it returns the model
-as it is.
+`pack_linears` replaces a model's `nn.Linear` modules, in place or in a copy that shares every other
+parameter with the original. Where oneDNN is unavailable it leaves the model as it is.
 """
 
 from __future__ import annotations
@@ -60,22 +59,39 @@ def supported(model: Any) -> str | None:
     return None
 
 
-def pack_linears(model: Any) -> Any:
-    """A copy of `model` with every nn.Linear on oneDNN, sharing all other parameters; `model` itself
-    when that is not possible (with the reason logged)."""
+def pack_linears(model: Any, in_place: bool = False) -> Any:
+    """`model` with every nn.Linear on oneDNN; `model` itself, unchanged, when that is not possible
+    (with the reason logged).
+
+    in_place replaces the layers of `model` itself, one at a time, so each plain weight is freed as
+    soon as its reordered copy exists (what a worker wants); otherwise a copy of the module tree is
+    changed, sharing every other parameter with `model`, which stays as transformers built it."""
     reason = supported(model)
     if reason is not None:
         log.info("cpu_linear_unchanged", reason=reason)
         return model
-    # Copy the module tree, not the tensors: the copy shares every parameter and buffer.
-    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
-    packed = copy.deepcopy(model, memo=shared)
+    if in_place:
+        packed = model
+    else:
+        # Copy the module tree, not the tensors: the copy shares every parameter and buffer.
+        shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+        packed = copy.deepcopy(model, memo=shared)
     count = 0
-    with torch.no_grad():
-        for module in list(packed.modules()):
-            for name, child in list(module.named_children()):
-                if type(child) is nn.Linear:
-                    setattr(module, name, OneDnnLinear(child))
-                    count += 1
+    try:
+        with torch.no_grad():
+            for module in list(packed.modules()):
+                for name, child in list(module.named_children()):
+                    if type(child) is nn.Linear:
+                        setattr(module, name, OneDnnLinear(child))
+                        count += 1
+        if in_place:
+            # Weights loaded from safetensors are views of one memory-mapped file, which stays mapped
+            # (and resident) while any tensor views it: the parameters left (embeddings, norms) get
+            # memory of their own, so the plain copies of the linear weights really go.
+            for param in packed.parameters():
+                param.data = param.data.clone()
+    except RuntimeError as exc:  # a oneDNN that cannot reorder on this CPU: keep transformers' layers
+        log.warning("cpu_linear_unchanged", reason=f"oneDNN reorder failed: {exc}")
+        return model
     log.info("cpu_linear_onednn", layers=count)
     return packed

@@ -65,7 +65,7 @@ def load_model(path: Path, sha256: str, device: str = "auto", dtype: str = "auto
     dev = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev)).to(dev).eval()
     if cpu_linear == "onednn":
-        model = pack_linears(model)
+        model = pack_linears(model, in_place=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
     log.info("model_loaded", path=str(path), device=str(dev), dtype=str(model.dtype), cpu_linear=cpu_linear, max_context=max_context)
