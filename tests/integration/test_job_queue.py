@@ -266,3 +266,44 @@ async def test_canary_takes_its_weight_of_stable_traffic(catalog):
     assert {await catalog.resolve("m", "stable", route_key="req-7") for _ in range(5)} == {picks[7]}
     # Without a route key (probes, workers) the alias means exactly the stable version.
     assert await catalog.resolve("m") == 1
+
+
+async def test_doorbell_hints_spare_round_trips_and_a_lost_doorbell_is_swept_up(nc, subjects, scheduler, monkeypatch):
+    from llmserve.model_worker import job_puller
+
+    sched, liveness = scheduler
+    await live_worker(liveness)
+    rung = asyncio.Event()
+    puller = JobPuller(nc, subjects, "m", 1)
+    await puller.start(on_ring=rung.set)
+    asked: list[str] = []
+    pull_one = puller._pull_one
+
+    async def counting(consumer, batch, timeout_s):
+        asked.append(consumer)
+        return await pull_one(consumer, batch, timeout_s)
+
+    monkeypatch.setattr(puller, "_pull_one", counting)
+    try:
+        assert await puller.pull(4) == []  # the first pull asks every level and finds them empty
+        assert len(asked) == 4
+        asked.clear()
+        await sched.submit(job("low", common_pb2.PRIORITY_LOW).SerializeToString())
+        await asyncio.wait_for(rung.wait(), 5)
+        (msg,) = await puller.pull(4)
+        await msg.ack()
+        assert events_pb2.Job.FromString(msg.data).request_id == "low"
+        # Only the level the doorbell named was asked, not the three empty ones above it.
+        assert asked == [subjects.jobs_consumer("m", 1, common_pb2.PRIORITY_LOW)]
+
+        # A job whose doorbell never came is still taken, by the next full sweep.
+        monkeypatch.setattr(job_puller, "_FULL_SWEEP_S", 0.2)
+        await nc.jetstream().publish(subjects.jobs("m", 1, common_pb2.PRIORITY_HIGH), job("quiet").SerializeToString())
+        deadline = time.monotonic() + 5
+        taken = []
+        while not taken and time.monotonic() < deadline:
+            taken = await puller.pull(4)
+        assert [events_pb2.Job.FromString(m.data).request_id for m in taken] == ["quiet"]
+        await taken[0].ack()
+    finally:
+        await puller.stop()

@@ -4,6 +4,12 @@ One durable pull consumer per (model, version, priority) is shared by every work
 so a job goes to exactly one worker. A pull asks for at most as many jobs as the worker has free
 slots, with no_wait, so an empty high-priority queue costs one round trip, not a timeout.
 
+A puller started with `on_ring` listens to the scheduler's doorbell, which carries the level of the
+job just queued, and then skips levels it found empty until a doorbell names them again: a job costs
+one round trip instead of one per level above it. The hint is recorded before `on_ring` wakes the
+caller, so a pull that follows a doorbell always asks its level. Doorbells are core NATS and may be
+lost, so every level is asked again at least every `_FULL_SWEEP_S`.
+
 Dispatch order is strict by priority, with aging: a job that has waited `aging_step_s` seconds
 counts one level higher, two steps two levels, and so on (up to critical), so a low-priority job
 is never starved by a steady stream of higher ones. The age of each level's oldest job is sampled
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -34,6 +41,8 @@ _AGING_PROBE_S = 1.0
 _CONSUMER_IDLE_S = 24 * 3600.0
 # Queue bound a worker uses when it creates a model's queue before any scheduler did.
 _DEFAULT_MAX_QUEUED = 1000
+# Longest time a level found empty is skipped without a doorbell naming it.
+_FULL_SWEEP_S = 1.0
 
 
 def aged_order(head_ages: dict[int, float], aging_step_s: float) -> list[int]:
@@ -66,8 +75,15 @@ class JobPuller:
         self._inbox = nc.new_inbox()
         self._replies: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub = None
+        self._doorbell_sub = None
+        # With doorbell hints only (see the module's docstring): levels that may hold jobs, and doorbells seen per level (a level found empty stays in the
+        # set when a doorbell for it came while it was being asked).
+        self._maybe_waiting: set[int] = set(PRIORITIES_HIGH_FIRST)
+        self._rings: dict[int, int] = dict.fromkeys(PRIORITIES_HIGH_FIRST, 0)
+        self._swept_at = 0.0
 
-    async def start(self) -> None:
+    async def start(self, on_ring: Callable[[], None] | None = None) -> None:
+        """Creates the consumers; with on_ring, follows the doorbell and calls on_ring at each."""
         js = self._js
         try:
             await js.stream_info(self._stream)
@@ -89,6 +105,13 @@ class JobPuller:
                 ),
             )
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
+        if on_ring is not None:
+
+            async def _ring(msg: Msg) -> None:
+                self.note_ring(msg.data)
+                on_ring()
+
+            self._doorbell_sub = await self._nc.subscribe(self._subjects.doorbell(self._model, self._version), cb=_ring)
 
     async def _waiting(self) -> dict[str, int]:
         """Jobs of this version waiting in the queue, by subject (one per priority)."""
@@ -102,17 +125,42 @@ class JobPuller:
     async def stop(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        for sub in (self._sub, self._doorbell_sub):
+            if sub is not None:
+                await sub.unsubscribe()
+
+    def note_ring(self, payload: bytes) -> None:
+        """A doorbell: the level it names (every level when it names none) may hold a job."""
+        try:
+            level = int(payload)
+        except ValueError:
+            level = None
+        if level not in self._rings:
+            self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
+            for known in self._rings:
+                self._rings[known] += 1
+            return
+        self._maybe_waiting.add(level)
+        self._rings[level] += 1
 
     async def pull(self, max_jobs: int, timeout_s: float = 2.0) -> list[Msg]:
         """Up to max_jobs job messages, highest priority first; empty when every queue is empty."""
+        if self._doorbell_sub is None or time.monotonic() - self._swept_at >= _FULL_SWEEP_S:
+            self._swept_at = time.monotonic()
+            self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
         taken: list[Msg] = []
         for priority in self._dispatch_order():
             if len(taken) >= max_jobs:
                 break
+            if priority not in self._maybe_waiting:
+                continue
+            rings = self._rings[priority]
             consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
-            taken.extend(await self._pull_one(consumer, max_jobs - len(taken), timeout_s))
+            wanted = max_jobs - len(taken)
+            got = await self._pull_one(consumer, wanted, timeout_s)
+            taken.extend(got)
+            if len(got) < wanted and self._rings[priority] == rings:
+                self._maybe_waiting.discard(priority)
         return taken
 
     def _dispatch_order(self) -> list[int]:

@@ -9,7 +9,6 @@ import time
 import structlog
 import torch
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.model_worker import metrics
@@ -84,12 +83,7 @@ class VersionServer:
             torch.cuda.empty_cache()
 
     async def start(self) -> None:
-        await self.puller.start()
-
-        async def _ring(_msg: Msg) -> None:
-            self._doorbell.set()
-
-        self._subs.append(await self._nc.subscribe(self._subjects.doorbell(self.record.name, self.record.version), cb=_ring))
+        await self.puller.start(on_ring=self._doorbell.set)
         self._pull_task = asyncio.create_task(self._pull_loop(), name=f"pull-loop-v{self.version}")
 
     def cancel(self, request: events_pb2.Cancel) -> None:

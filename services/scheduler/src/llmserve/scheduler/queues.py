@@ -112,7 +112,8 @@ class JobQueues:
                 raise
         if ack.duplicate:
             return False
-        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), b"")
+        # The level lets workers pull that queue without first asking the (usually empty) higher ones.
+        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), str(job.priority).encode())
         return True
 
     def _headers(self, job: events_pb2.Job, msg_ttl: bool) -> dict[str, str]:
