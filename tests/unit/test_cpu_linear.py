@@ -47,3 +47,15 @@ def test_models_onednn_cannot_take_are_left_as_they_are():
     model = LlamaForCausalLM(CONFIG).to(torch.bfloat16)
     assert "float32" in supported(model)
     assert pack_linears(model) is model
+
+
+def test_in_place_packing_changes_the_model_itself():
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(CONFIG).eval()
+    ids = torch.randint(0, 300, (1, 7))
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    assert pack_linears(model, in_place=True) is model
+    assert not any(type(m) is nn.Linear for m in model.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=1e-4, atol=1e-4)

@@ -60,8 +60,8 @@ def supported(model: Any) -> str | None:
 
 
 def pack_linears(model: Any, in_place: bool = False) -> Any:
-    """`model` with every nn.Linear on oneDNN; `model` itself, unchanged, when that is not possible
-    (with the reason logged).
+    """`model` with every nn.Linear on oneDNN; `model` itself when that is not possible (with the
+    reason logged).
 
     in_place replaces the layers of `model` itself, one at a time, so each plain weight is freed as
     soon as its reordered copy exists (what a worker wants); otherwise a copy of the module tree is
@@ -91,7 +91,8 @@ def pack_linears(model: Any, in_place: bool = False) -> Any:
             for param in packed.parameters():
                 param.data = param.data.clone()
     except RuntimeError as exc:  # a oneDNN that cannot reorder on this CPU: keep transformers' layers
-        log.warning("cpu_linear_unchanged", reason=f"oneDNN reorder failed: {exc}")
+        # In place, the layers replaced before the failure stay replaced; they compute the same thing.
+        log.warning("cpu_linear_unchanged", reason=f"oneDNN reorder failed: {exc}", layers_replaced=count if in_place else 0)
         return model
     log.info("cpu_linear_onednn", layers=count)
     return packed
