@@ -76,8 +76,9 @@ class JobPuller:
         self._replies: asyncio.Queue[Msg] = asyncio.Queue()
         self._sub = None
         self._doorbell_sub = None
-        # With doorbell hints only (see the module's docstring): levels that may hold jobs, and doorbells seen per level (a level found empty stays in the
-        # set when a doorbell for it came while it was being asked).
+        # Used with doorbell hints only (see the module's docstring): levels that may hold jobs, and
+        # doorbells seen per level (a level found empty stays in the set when a doorbell for it came
+        # while it was being asked).
         self._maybe_waiting: set[int] = set(PRIORITIES_HIGH_FIRST)
         self._rings: dict[int, int] = dict.fromkeys(PRIORITIES_HIGH_FIRST, 0)
         self._swept_at = 0.0

@@ -58,7 +58,6 @@ class VersionServer:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         # Request id and attempt (see Job.attempt) of each running job, by job key.
         self._attempts: dict[str, tuple[str, int]] = {}
-        self._subs: list = []
         self._pull_task: asyncio.Task[None] | None = None
         self._draining = False
 
@@ -108,8 +107,6 @@ class VersionServer:
             if pending:
                 log.info("worker_handing_back", requests=len(pending), version=self.version)
                 await asyncio.gather(*pending, return_exceptions=True)
-        for sub in self._subs:
-            await sub.unsubscribe()
         await self.puller.stop()
 
     async def retire(self, grace_s: float, settle_s: float) -> None:
