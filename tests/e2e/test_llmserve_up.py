@@ -25,6 +25,9 @@ def test_up_serves_and_stops(tmp_path, model_store, smollm):
         LLMSERVE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         LLMSERVE_MODEL_STORE=str(model_store),
         LLMSERVE_MONITOR_HTTP_ADDR=f"127.0.0.1:{infra.free_port()}",
+        # Not the default 50052: that port lies in the kernel's ephemeral range, where any outgoing
+        # connection of the suite may hold it.
+        LLMSERVE_REGISTRY_GRPC_ADDR=f"127.0.0.1:{infra.free_port()}",
         LLMSERVE_WORKER_TORCH_THREADS="1",
         PYTHONUNBUFFERED="1",
     )
