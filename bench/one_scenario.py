@@ -22,8 +22,10 @@ def main() -> int:
     # transformers' scenarios run transformers' model as it is, unless a spec asks for the worker's
     # linear layers; the engine runs the model exactly as a worker loads it.
     cpu_linear = spec.get("cpu_linear", "onednn" if kind == "engine" else "torch")
+    # transformers' scenarios need transformers' model; the engine runs whatever a worker would load.
     loaded = load_model(
-        Path(spec["path"]), spec["sha256"], device=spec.get("device", "cpu"), dtype=spec.get("dtype", "float32"), cpu_linear=cpu_linear
+        Path(spec["path"]), spec["sha256"], device=spec.get("device", "cpu"), dtype=spec.get("dtype", "float32"), cpu_linear=cpu_linear,
+        numerics=spec.get("numerics", "auto"), model_impl="auto" if kind == "engine" else "transformers",
     )
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

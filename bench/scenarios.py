@@ -12,6 +12,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from bench.measure import PeakRss, RequestTiming, now, summarize
 from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import EngineRequest
+from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
@@ -112,7 +113,8 @@ async def _engine_wave(engine: BatchingEngine, prompts: list[list[int]], new_tok
 
 def engine_in_process(loaded: Any, prompts: list[list[int]], new_tokens: int, concurrency: int, max_running: int) -> dict:
     async def run() -> dict:
-        engine = BatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, max_running=max_running)
+        engine_class = FlatBatchingEngine if loaded.flat else BatchingEngine
+        engine = engine_class(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, max_running=max_running)
         await engine.start()
         try:
             await _engine_wave(engine, prompts[:1], 4, 1, "warm")

@@ -122,12 +122,29 @@ def loaded_smollm(smollm, model_store):
     reference the engines are compared with."""
     from llmserve.model_worker.loader import load_model
 
-    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32", cpu_linear="torch")
+    return load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32", cpu_linear="torch", model_impl="transformers")
+
+
+@pytest.fixture(scope="session")
+def flat_smollm(smollm, model_store):
+    """The real model as a worker serves it, on llmserve's flat decoder: flat_smollm("int8") or
+    flat_smollm("float"), each loaded once."""
+    from llmserve.model_worker.loader import load_model
+
+    loaded = {}
+
+    def get(numerics: str):
+        if numerics not in loaded:
+            loaded[numerics] = load_model(model_store / smollm.path, smollm.sha256, device="cpu", dtype="float32", numerics=numerics)
+        return loaded[numerics]
+
+    return get
 
 
 @pytest.fixture(scope="session")
 def served_smollm(loaded_smollm):
-    """The same model as a worker serves it (linear layers on oneDNN), sharing every other tensor."""
+    """transformers' model as a worker serves it with LLMSERVE_WORKER_MODEL_IMPL=transformers (linear
+    layers on oneDNN), sharing every other tensor."""
     from llmserve.model_worker.cpu_linear import pack_linears
 
     return dataclasses.replace(loaded_smollm, model=pack_linears(loaded_smollm.model))

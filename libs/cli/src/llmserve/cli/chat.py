@@ -58,9 +58,10 @@ def cluster_status(monitor_url: str) -> int:
     except OSError as exc:
         print(f"error: cannot reach the monitor at {monitor_url}: {exc}", file=sys.stderr)
         return 1
-    print(f"{'MODEL':<32} {'VERSION':>7} {'WORKERS':>7} {'SLOTS BUSY/TOTAL':>17}")
+    print(f"{'MODEL':<32} {'VERSION':>7} {'WORKERS':>7} {'SLOTS BUSY/TOTAL':>17} {'NUMERICS':>9}")
     for m in view["models"]:
-        print(f"{m['model']:<32} {m['version']:>7} {m['workers']:>7} {str(m['slots_busy']) + '/' + str(m['slots_total']):>17}")
+        numerics = ",".join(m.get("numerics") or []) or "-"
+        print(f"{m['model']:<32} {m['version']:>7} {m['workers']:>7} {str(m['slots_busy']) + '/' + str(m['slots_total']):>17} {numerics:>9}")
     print()
     print(f"{'INSTANCE':<40} {'KIND':<10} {'STATE':<9} {'MEM MB':>7} {'CPU %':>6} {'LOAD':>7} {'TTFT P50':>9} {'LAST BEAT':>10}")
     for i in view["instances"]:

@@ -47,6 +47,8 @@ class _Row:
     length: int
     # The token the next decode step feeds.
     next_token: int
+    # Tokens of a migrated request still to be fed, one per decode step, before sampling resumes.
+    forced: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -17,3 +17,14 @@ GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens gen
 SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
 SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
 KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")
+NUMERICS = Gauge(
+    "llmserve_worker_numerics_info", "1 for the numeric mode the served version's weights run in (int8, float32, bfloat16, float16).", ["numerics"]
+)
+
+
+def set_numerics(mode: str) -> None:
+    """Exactly one mode is 1 at a time (a hot swap to another version may change it)."""
+    for labels in list(NUMERICS._metrics):
+        if labels != (mode,):
+            NUMERICS.remove(*labels)
+    NUMERICS.labels(numerics=mode).set(1)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 import torch
@@ -15,7 +18,8 @@ from llmserve.common.modelstore import ChecksumMismatch
 from llmserve.common.runtime import service_runtime
 from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import Engine
-from llmserve.model_worker.loader import CPU_LINEARS, LoadedModel, load_model
+from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
+from llmserve.model_worker.loader import CPU_LINEARS, MODEL_IMPLS, NUMERICS, LoadedModel, load_model
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.model_worker.settings import WorkerSettings
 from llmserve.model_worker.version_server import VersionServer
@@ -23,6 +27,7 @@ from llmserve.model_worker.worker import ModelWorker
 from llmserve.v1 import events_pb2, registry_pb2
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 async def wait_for_version(catalog: ModelCatalog, settings: WorkerSettings, stop: asyncio.Event) -> registry_pb2.ModelVersion | None:
@@ -39,12 +44,45 @@ async def wait_for_version(catalog: ModelCatalog, settings: WorkerSettings, stop
     return None
 
 
+async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) on a thread that ends with it (asyncio.to_thread's threads live on).
+
+    torch's OpenMP runtime keeps a team of worker threads for every thread that ran a parallel
+    operation, for as long as that thread lives; with more such threads than cores it stops spinning at
+    its barriers and sleeps instead, which made every decode step of the engine thread about twice as
+    slow on a 2-core machine. Loading the model on a thread that exits leaves the engine thread's team
+    the only one."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=target, name="model-loader", daemon=True).start()
+    return await done
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
 def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
     if settings.engine == "serial":
         return SerialEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
     if settings.engine != "batching":
         raise SystemExit(f"LLMSERVE_WORKER_ENGINE must be 'batching' or 'serial', got {settings.engine!r}")
-    return BatchingEngine(
+    engine_class = FlatBatchingEngine if loaded.flat else BatchingEngine
+    return engine_class(
         loaded.model,
         loaded.tokenizer,
         loaded.eos_ids,
@@ -58,6 +96,10 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
 async def run(settings: WorkerSettings) -> None:
     if settings.cpu_linear not in CPU_LINEARS:
         raise SystemExit(f"LLMSERVE_WORKER_CPU_LINEAR must be one of {', '.join(CPU_LINEARS)}, got {settings.cpu_linear!r}")
+    if settings.numerics not in NUMERICS:
+        raise SystemExit(f"LLMSERVE_WORKER_NUMERICS must be one of {', '.join(NUMERICS)}, got {settings.numerics!r}")
+    if settings.model_impl not in MODEL_IMPLS:
+        raise SystemExit(f"LLMSERVE_WORKER_MODEL_IMPL must be one of {', '.join(MODEL_IMPLS)}, got {settings.model_impl!r}")
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     common = settings.common
@@ -70,7 +112,11 @@ async def run(settings: WorkerSettings) -> None:
 
         async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
             path = common.model_store / record.path
-            loaded = await asyncio.to_thread(load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear)
+            # The serial engine drives transformers' model (its generate-style forward).
+            impl = "transformers" if settings.engine == "serial" else settings.model_impl
+            loaded = await in_own_thread(
+                load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear, settings.numerics, impl
+            )
             engine = build_engine(settings, loaded)
             await engine.start()
             return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)

@@ -28,6 +28,15 @@ class WorkerSettings:
     # weights reordered once at load (faster, last-bit differences from transformers); "torch" keeps
     # transformers' nn.Linear.
     cpu_linear: str = "onednn"
+    # LLMSERVE_WORKER_NUMERICS: the numeric mode of the weights. "auto": int8 for a float32 model on the
+    # CPU (linear and output layers in int8 with per-row activation scales, embedding table in float16),
+    # else the model's float type; "float": the float type throughout (float32 on the CPU is
+    # token-identical to transformers); "int8". Reported in heartbeats, `llmserve status` and /metrics.
+    numerics: str = "auto"
+    # LLMSERVE_WORKER_MODEL_IMPL: "auto" runs Llama-family models on llmserve's flat decoder (one pass per
+    # engine iteration, int8 or float) and any other model on transformers' own; "transformers" always
+    # uses transformers' model (float only).
+    model_impl: str = "auto"
     # LLMSERVE_WORKER_ENGINE: "batching" (continuous batching) or "serial" (one request at a time).
     engine: str = "batching"
     # LLMSERVE_WORKER_MAX_RUNNING: sequences decoded together at most (the worker's slots).
@@ -60,6 +69,8 @@ class WorkerSettings:
             dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", "auto"),
             torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", 0),
             cpu_linear=env_str(env, "LLMSERVE_WORKER_CPU_LINEAR", "onednn"),
+            numerics=env_str(env, "LLMSERVE_WORKER_NUMERICS", "auto"),
+            model_impl=env_str(env, "LLMSERVE_WORKER_MODEL_IMPL", "auto"),
             engine=env_str(env, "LLMSERVE_WORKER_ENGINE", "batching"),
             max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),

@@ -50,6 +50,8 @@ class VersionServer:
         self._subjects = subjects
         self.engine = engine
         self._loaded = loaded
+        # Kept after close(), which lets go of the model.
+        self.numerics = loaded.numerics
         self.record = record
         self.instance_id = instance_id
         self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)

@@ -88,6 +88,8 @@ class ModelWorker:
             metrics.KV_RESERVED.set(sum(s.engine.kv_reserved() for s in self._servers() if hasattr(s.engine, "kv_reserved")))
         beat.model = self.model
         beat.model_version = self.current.version
+        beat.numerics = self.current.numerics
+        metrics.set_numerics(self.current.numerics)
         beat.draining_versions.extend(sorted(self._retiring))
         beat.slots_total = total
         beat.slots_busy = busy

@@ -74,6 +74,7 @@ def status(table: LivenessTable) -> dict:
                 "version": beat.model_version or None,
                 "slots_total": beat.slots_total,
                 "slots_busy": beat.slots_busy,
+                "numerics": beat.numerics or None,
                 "rss_mb": round(beat.rss_bytes / 2**20),
                 "cpu_percent": round(beat.cpu_percent, 1),
                 "gpu_utilization_percent": round(beat.gpu_utilization_percent, 1) if beat.gpu_memory_total_bytes else None,
@@ -88,24 +89,26 @@ def status(table: LivenessTable) -> dict:
     for item in instances:
         if item["kind"] == "worker" and item["live"]:
             key = f"{item['model']} v{item['version']}"
-            entry = models.setdefault(key, {"model": item["model"], "version": item["version"], "workers": 0, "slots_total": 0, "slots_busy": 0})
+            entry = models.setdefault(key, {"model": item["model"], "version": item["version"], "workers": 0, "slots_total": 0, "slots_busy": 0, "numerics": []})
             entry["workers"] += 1
             entry["slots_total"] += item["slots_total"]
             entry["slots_busy"] += item["slots_busy"]
+            if item["numerics"] and item["numerics"] not in entry["numerics"]:
+                entry["numerics"].append(item["numerics"])
     return {"instances": instances, "models": list(models.values())}
 
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>llmserve cluster</title><style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
 td,th{{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}}.no{{color:#b00020}}</style></head>
-<body><h1>llmserve cluster</h1><h2>Models</h2><table><tr><th>model</th><th>version</th><th>workers</th><th>slots busy / total</th></tr>{models}</table>
+<body><h1>llmserve cluster</h1><h2>Models</h2><table><tr><th>model</th><th>version</th><th>workers</th><th>slots busy / total</th><th>numerics</th></tr>{models}</table>
 <h2>Instances</h2><table><tr><th>instance</th><th>kind</th><th>state</th><th>model</th><th>slots</th><th>memory MB</th><th>CPU %</th><th>last beat</th></tr>{rows}</table>
 <p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
 
 
 def page(view: dict) -> str:
     models = "".join(
-        f"<tr><td>{html.escape(str(m['model']))}</td><td>{m['version']}</td><td>{m['workers']}</td><td>{m['slots_busy']} / {m['slots_total']}</td></tr>"
+        f"<tr><td>{html.escape(str(m['model']))}</td><td>{m['version']}</td><td>{m['workers']}</td><td>{m['slots_busy']} / {m['slots_total']}</td><td>{html.escape(', '.join(m.get('numerics') or []))}</td></tr>"
         for m in view["models"]
     )
     rows = []

@@ -54,6 +54,7 @@ class SamplingFields(BaseModel):
     top_k: int | None = Field(None, description="llmserve extra: keep only the k most likely tokens.")
     repetition_penalty: float | None = Field(None, description="llmserve extra: > 1 discourages repeats.")
     priority: int | str | None = Field(None, description="llmserve extra: 1-4 or low/normal/high/critical.")
+    ignore_eos: bool = Field(False, description="llmserve extra: generate max_tokens tokens, past end-of-sequence (benchmarks).")
 
     def to_request(self) -> inference_pb2.GenerateRequest:
         if self.n != 1:
@@ -68,6 +69,7 @@ class SamplingFields(BaseModel):
             max_tokens=self._max_tokens(),
             repetition_penalty=self.repetition_penalty or 0.0,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
+            ignore_eos=self.ignore_eos,
         )
         if self.seed is not None:
             if self.seed < 0:

@@ -1,0 +1,171 @@
+"""Continuous batching on the flat decoder: every iteration is one forward pass over the weights.
+
+Each iteration
+  1. drops cancelled requests and admits waiting ones (as `BatchingEngine` does: `max_running`
+     sequences, `max_kv_tokens` positions reserved for prompt + max_tokens),
+  2. builds one list of segments: a one-token segment for every running row (row i of the KV cache is
+     the batch's row i), then prompts, whole, up to `prefill_chunk` tokens; a prompt longer than what
+     is left of that budget is prefilled chunk by chunk in a staging row of its own, one chunk per
+     iteration, and nothing queues behind it in the same iteration,
+  3. runs the decoder once on all of them and samples every row's next token (one argmax over the
+     batch for greedy rows; rows with their own sampling settings sample from their own logits),
+  4. compacts the cache: rows that finished are refilled by moving the last rows into their places
+     (a copy of those rows' positions only), so the running rows are always rows 0 .. n-1.
+
+A new prompt therefore joins the running batch without a pass of its own: its first token comes out
+of the same forward pass as everyone else's next token.
+
+A migrated request (one that resumes after tokens generated elsewhere) is prefilled with its prompt
+and the resumed tokens, except in int8 numerics, where only the prompt is prefilled and the resumed
+tokens are fed back one decode step each (`replay_resumed`). Prefill and decode compute attention with
+different kernels, whose last bits differ; int8 activations can turn such a difference into another
+quantization step, so only recomputing the same steps gives the same tokens as an undisturbed run.
+It costs one step per resumed token instead of a share of one prefill.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pending, _Row
+from llmserve.model_worker.llama_decoder import LlamaDecoder, Segment
+
+
+class FlatBatchingEngine(BatchingEngine):
+    def __init__(
+        self,
+        decoder: LlamaDecoder,
+        tokenizer: Any,
+        eos_ids: frozenset[int],
+        device: torch.device,
+        max_running: int = 16,
+        max_kv_tokens: int = 65536,
+        prefill_chunk: int = 1024,
+    ) -> None:
+        super().__init__(decoder, tokenizer, eos_ids, device, max_running, max_kv_tokens, prefill_chunk)
+        # One row per running sequence, and the staging row for a prompt prefilled chunk by chunk.
+        self._staging = max_running
+        self._cache = decoder.new_cache(rows=max_running + 1)
+        self._staged: _Pending | None = None
+        self.replay_resumed = decoder.numerics == "int8"
+
+    def _context(self, pending: _Pending) -> tuple[int, ...]:
+        """The tokens prefilled for a sequence (see replay_resumed)."""
+        request = pending.seq.request
+        return request.prompt_ids if self.replay_resumed else request.context_ids
+
+    def _iteration(self) -> None:
+        self._drop_cancelled()
+        self._admit()
+        if not (self._batch.rows or self._prefilling):
+            self._cache.release(0)
+            return
+        rows = self._batch.rows
+        segments = [Segment(i, r.length, [r.next_token]) for i, r in enumerate(rows)]
+        joining = self._plan_prefill(segments, first_row=len(rows))
+        longest = max(s.start + len(s.tokens) for s in segments)
+        self._cache.ensure(self._staging + 1 if self._staged is not None else len(rows) + len(joining), longest)
+        logits = self._model.forward(segments, self._cache)
+        self._advance(logits, joining)
+        self.steps += 1
+
+    def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[tuple[_Pending, int]]:
+        """Appends prompt segments within the budget; returns the prompts that complete this iteration
+        with the cache row each was prefilled into."""
+        budget = self.prefill_chunk
+        joining: list[tuple[_Pending, int]] = []
+        row = first_row
+        while budget > 0 and self._prefilling:
+            head = self._prefilling[0]
+            context = self._context(head)
+            remaining = len(context) - head.offset
+            if head.offset == 0 and remaining <= budget:
+                self._prefilling.popleft()
+                segments.append(Segment(row, 0, list(context)))
+                head.offset = len(context)
+                joining.append((head, row))
+                row += 1
+                budget -= remaining
+                continue
+            # Too long for what is left: prefill it in chunks in the staging row.
+            n = min(remaining, budget)
+            done = n == remaining
+            segments.append(Segment(self._staging, head.offset, list(context[head.offset : head.offset + n]), logits=done))
+            head.offset += n
+            self._staged = head
+            if done:
+                self._prefilling.popleft()
+                joining.append((head, self._staging))
+            break
+        return joining
+
+    def _advance(self, logits: torch.Tensor, joining: list[tuple[_Pending, int]]) -> None:
+        rows = self._batch.rows
+        # One transfer for every greedy row; only rows that really sample look at their own logits.
+        argmax = logits.argmax(dim=-1).tolist()
+        survivors: dict[int, _Row] = {}
+        for i, row in enumerate(rows):
+            row.length += 1
+            if row.forced:
+                row.next_token = row.forced.pop(0)
+                survivors[i] = row
+                continue
+            token = self._next_token(row.seq, logits, argmax, i)
+            out = row.seq.append(token)
+            self._emit(row.outputs, out)
+            row.next_token = token
+            if out.finished:
+                self._finish(row.seq)
+            else:
+                survivors[i] = row
+        for j, (pending, cache_row) in enumerate(joining, start=len(rows)):
+            if cache_row == self._staging:
+                self._staged = None
+            resumed = list(pending.seq.request.resume_ids) if self.replay_resumed else []
+            if resumed:
+                row = _Row(pending.seq, pending.outputs, length=pending.offset, next_token=resumed[0], forced=resumed[1:])
+                survivors[cache_row] = row
+                continue
+            token = self._next_token(pending.seq, logits, argmax, j)
+            out = pending.seq.append(token)
+            self._emit(pending.outputs, out)
+            if out.finished:
+                self._finish(pending.seq)
+            else:
+                survivors[cache_row] = _Row(pending.seq, pending.outputs, length=pending.offset, next_token=token)
+        self._compact(survivors)
+
+    @staticmethod
+    def _next_token(seq: Any, logits: torch.Tensor, argmax: list[int], i: int) -> int:
+        sampling = seq.request.sampling
+        if sampling.greedy and sampling.repetition_penalty == 1.0:
+            return argmax[i]
+        return seq.sample(logits[i])
+
+    def _compact(self, survivors: dict[int, _Row]) -> None:
+        """Running rows become cache rows 0 .. n-1: rows past n move into the holes below n."""
+        n = len(survivors)
+        holes = [r for r in range(n) if r not in survivors]
+        movers = sorted(r for r in survivors if r >= n)
+        for src, dst in zip(movers, holes, strict=True):
+            self._cache.move(src, dst, survivors[src].length)
+            survivors[dst] = survivors.pop(src)
+        self._batch.rows = [survivors[r] for r in range(n)]
+        self._cache.release(n if self._staged is None else self._staging + 1)
+
+    def _retire(self, indices: set[int]) -> None:
+        self._compact({i: row for i, row in enumerate(self._batch.rows) if i not in indices})
+
+    def _drop_cancelled(self) -> None:
+        staged = self._staged
+        super()._drop_cancelled()
+        if staged is not None and staged not in self._prefilling:
+            self._staged = None
+
+    def _fail_all(self, error: str) -> None:
+        super()._fail_all(error)
+        self._staged = None
+        self._batch = _Batch()
+        self._cache.release(0)

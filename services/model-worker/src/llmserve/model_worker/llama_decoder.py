@@ -1,0 +1,306 @@
+"""A Llama-family decoder that runs a whole engine iteration — decode rows and prompt chunks — in one pass.
+
+The model's tokens are laid out flat: every linear layer multiplies one [tokens, hidden] matrix, whatever
+mix of sequences the tokens belong to, and only attention looks at which sequence a token is in. A
+decode step for 16 rows and a new 45-token prompt is one pass over the weights, not two.
+
+Contract of `forward(segments, cache)`:
+  - each `Segment` is a run of consecutive tokens of one sequence, starting at position `start`, whose
+    keys and values go into row `row` of the `KvRows` cache (positions `start` .. `start + len - 1`);
+    the positions before `start` must already be in that row;
+  - the leading segments with one token each and `row` equal to their index form the decode batch
+    (attention for them is one batched call); every other segment is attended to on its own;
+  - returns the logits of the last token of every segment whose `logits` is set, in segment order.
+
+Weights come straight from the checkpoint's safetensors, one tensor at a time, into the numeric mode's
+layout (`Numerics`): "float" keeps the checkpoint's floating point type (on the CPU in float32 through
+oneDNN, token-identical to transformers' own model on every prompt tested); "int8" quantizes every linear
+layer and the output layer (see int8_linear.py) and keeps the embedding table in float16. Nothing of
+the plain float32 model is kept, which is what brings a worker's memory down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llmserve.model_worker import int8_linear
+from llmserve.model_worker.kv_rows import KvRows
+
+SUPPORTED_MODEL_TYPES = ("llama",)
+# Decode attention runs over each row's length rounded up to a multiple of this (see _decode_runs).
+ATTENTION_BUCKET = 64
+NUMERICS = ("float", "int8")
+
+
+@dataclass
+class Segment:
+    # Row of the KV cache this sequence's positions live in.
+    row: int
+    # Position of the first token (tokens before it are in the cache already).
+    start: int
+    # Token ids to run.
+    tokens: list[int]
+    # Whether the caller needs the logits after the last token (not for a prompt chunk that is not the last).
+    logits: bool = True
+
+
+def unsupported(config: Any) -> str | None:
+    """Why this decoder cannot run a model of `config`, or None when it can."""
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return f"model type {getattr(config, 'model_type', None)!r} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} is not silu"
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope == "dynamic":
+        return "dynamic RoPE scaling changes with the sequence length; the decoder keeps one table"
+    return None
+
+
+class _FloatLinear:
+    """y = x W^T + b in the weight's own type; on the CPU in float32 with W reordered once for oneDNN."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, onednn: bool) -> None:
+        self.bias = bias
+        self._onednn = onednn and weight.device.type == "cpu" and weight.dtype == torch.float32
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, 16) if self._onednn else weight
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self._onednn:
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [None], "")
+        return F.linear(x, self.weight, self.bias)
+
+
+@dataclass
+class _Layer:
+    input_norm: torch.Tensor
+    qkv: Any
+    o: Any
+    post_norm: torch.Tensor
+    gate_up: Any
+    down: Any
+
+
+class LlamaDecoder:
+    def __init__(self, config: Any, weights: dict[str, torch.Tensor] | Any, numerics: str, device: torch.device, dtype: torch.dtype, onednn: bool = True) -> None:
+        """`weights` maps checkpoint names to tensors (or is a safetensors handle with `get_tensor`)."""
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        if numerics == "int8" and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError("int8 numerics run on the CPU with float32 activations")
+        self.config = config
+        self.numerics = numerics
+        self.device, self.dtype = device, dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = float(config.rms_norm_eps)
+        self.scale = self.head_dim**-0.5
+        self.vocab_size = config.vocab_size
+        get = weights.get_tensor if hasattr(weights, "get_tensor") else weights.__getitem__
+        names = set(weights.keys())
+
+        def tensor(name: str) -> torch.Tensor:
+            # A copy: a view would keep the memory-mapped checkpoint (all of it that was read) resident.
+            return get(name).to(device=device, dtype=dtype, copy=True)
+
+        def optional(name: str) -> torch.Tensor | None:
+            return tensor(name) if name in names else None
+
+        def linear(names_: list[str]) -> Any:
+            weight = torch.cat([tensor(f"{n}.weight") for n in names_]) if len(names_) > 1 else tensor(f"{names_[0]}.weight")
+            biases = [optional(f"{n}.bias") for n in names_]
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [b if b is not None else torch.zeros(tensor(f"{n}.weight").shape[0], dtype=dtype, device=device) for n, b in zip(names_, biases, strict=True)]
+            )
+            if numerics == "int8":
+                return int8_linear.Int8Linear(weight, bias)
+            return _FloatLinear(weight, bias, onednn)
+
+        self.layers: list[_Layer] = []
+        for i in range(config.num_hidden_layers):
+            p = f"model.layers.{i}"
+            attn, mlp = f"{p}.self_attn", f"{p}.mlp"
+            self.layers.append(
+                _Layer(
+                    input_norm=tensor(f"{p}.input_layernorm.weight"),
+                    qkv=linear([f"{attn}.q_proj", f"{attn}.k_proj", f"{attn}.v_proj"]),
+                    o=linear([f"{attn}.o_proj"]),
+                    post_norm=tensor(f"{p}.post_attention_layernorm.weight"),
+                    gate_up=linear([f"{mlp}.gate_proj", f"{mlp}.up_proj"]),
+                    down=linear([f"{mlp}.down_proj"]),
+                )
+            )
+        self.final_norm = tensor("model.norm.weight")
+        embed = tensor("model.embed_tokens.weight")
+        self.lm_head = linear(["lm_head"] if "lm_head.weight" in names else ["model.embed_tokens"])
+        # The lookup table: in int8 mode float16 halves it (rows are read, never multiplied).
+        self.embed = embed.half() if numerics == "int8" else embed
+        self.cos, self.sin = _rotary_tables(config, device, dtype)
+        self.max_positions = self.cos.shape[0]
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, config: Any, numerics: str, device: torch.device, dtype: torch.dtype, onednn: bool = True) -> LlamaDecoder:
+        from safetensors import safe_open
+
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no safetensors file in {path}")
+        handles = [safe_open(str(f), "pt") for f in files]
+        return cls(config, _Checkpoint(handles), numerics, device, dtype, onednn)
+
+    def new_cache(self, rows: int) -> KvRows:
+        return KvRows(len(self.layers), self.kv_heads, self.head_dim, rows, self.dtype, self.device, granularity=ATTENTION_BUCKET)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rotated * sin
+
+    @torch.inference_mode()
+    def forward(self, segments: list[Segment], cache: KvRows, every_token: bool = False) -> torch.Tensor:
+        """Logits after the last token of each segment that asks for them; after every token of every
+        segment with every_token (for scoring text)."""
+        dev = self.device
+        tokens = [t for s in segments for t in s.tokens]
+        positions = [s.start + j for s in segments for j in range(len(s.tokens))]
+        n_decode = 0
+        for i, s in enumerate(segments):
+            if len(s.tokens) != 1 or s.row != i:
+                break
+            n_decode += 1
+        ids = torch.tensor(tokens, dtype=torch.long, device=dev)
+        pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        total = len(tokens)
+        x = F.embedding(ids, self.embed).to(self.dtype)
+        cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
+        nh, kvh, hd = self.heads, self.kv_heads, self.head_dim
+        group = nh // kvh
+
+        runs = []
+        if n_decode:
+            lengths = [s.start + 1 for s in segments[:n_decode]]
+            runs = self._decode_runs(lengths)
+            cache.make_finite(lengths, max(width for _, _, width, _ in runs))
+            decode_rows = torch.arange(n_decode, device=dev)
+            decode_pos = pos[:n_decode]
+        # Offsets of the other segments in the flat token list, with their causal masks.
+        others = []
+        offset = n_decode
+        for s in segments[n_decode:]:
+            n = len(s.tokens)
+            mask = None
+            if s.start > 0:
+                mask = torch.arange(s.start + n, device=dev).view(1, -1) <= (s.start + torch.arange(n, device=dev)).view(-1, 1)
+            others.append((s, offset, n, mask))
+            offset += n
+
+        for index, layer in enumerate(self.layers):
+            h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
+            qkv = layer.qkv(h)
+            qk = self._rope(qkv[:, : (nh + kvh) * hd].view(total, nh + kvh, hd), cos, sin)
+            q, k = qk[:, :nh], qk[:, nh:]
+            v = qkv[:, (nh + kvh) * hd :].view(total, kvh, hd)
+            keys, values = cache.keys(index), cache.values(index)
+            attn = torch.empty((total, nh, hd), dtype=self.dtype, device=dev)
+            if n_decode:
+                keys[decode_rows, :, decode_pos] = k[:n_decode]
+                values[decode_rows, :, decode_pos] = v[:n_decode]
+                # Query heads that share a KV head are one group: [rows, kv_heads, group, head_dim].
+                queries = q[:n_decode].view(n_decode, kvh, group, hd)
+                for a, b, width, mask in runs:
+                    scores = torch.matmul(queries[a:b], keys[a:b, :, :width].transpose(-1, -2))
+                    probs = torch.softmax(scores.mul_(self.scale).add_(mask), dim=-1)
+                    attn[a:b] = torch.matmul(probs, values[a:b, :, :width]).reshape(b - a, nh, hd)
+            for s, start, n, mask in others:
+                keys[s.row, :, s.start : s.start + n] = k[start : start + n].transpose(0, 1)
+                values[s.row, :, s.start : s.start + n] = v[start : start + n].transpose(0, 1)
+                out = F.scaled_dot_product_attention(
+                    q[start : start + n].transpose(0, 1).unsqueeze(0),
+                    keys[s.row : s.row + 1, :, : s.start + n],
+                    values[s.row : s.row + 1, :, : s.start + n],
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                    enable_gqa=group > 1,
+                )
+                attn[start : start + n] = out[0].transpose(0, 1)
+            x = x + layer.o(attn.view(total, nh * hd))
+            h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
+
+        last, offset = [], 0
+        for s in segments:
+            offset += len(s.tokens)
+            if every_token:
+                last.extend(range(offset - len(s.tokens), offset))
+            elif s.logits:
+                last.append(offset - 1)
+        if not last:
+            return torch.empty((0, self.vocab_size), dtype=self.dtype, device=dev)
+        h = x[last] if len(last) < total else x
+        h = F.rms_norm(h, (h.shape[-1],), self.final_norm, self.eps)
+        return self.lm_head(h)
+
+    def _decode_runs(self, lengths: list[int]) -> list[tuple[int, int, int, torch.Tensor]]:
+        """Decode rows grouped for attention: (first row, end row, width, additive mask) for each run of
+        consecutive rows whose lengths round up to the same multiple of ATTENTION_BUCKET.
+
+        A row's attention is computed over exactly that width whatever else is in the batch, so its
+        numbers are the same alone or batched (a matrix product's last bits depend on its shape, and the
+        int8 activations would turn a last-bit difference into a different quantization step)."""
+        runs = []
+        a = 0
+        widths = [-(-n // ATTENTION_BUCKET) * ATTENTION_BUCKET for n in lengths]
+        for b in range(1, len(lengths) + 1):
+            if b == len(lengths) or widths[b] != widths[a]:
+                width = widths[a]
+                limits = torch.tensor(lengths[a:b], device=self.device).view(-1, 1, 1, 1)
+                mask = torch.zeros((b - a, 1, 1, width), dtype=self.dtype, device=self.device)
+                mask.masked_fill_(torch.arange(width, device=self.device).view(1, 1, 1, width) >= limits, float("-inf"))
+                runs.append((a, b, width, mask))
+                a = b
+        return runs
+
+    def weight_bytes(self) -> int:
+        total = self.embed.numel() * self.embed.element_size()
+        for layer in self.layers:
+            for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
+                total += _linear_bytes(lin)
+        return total + _linear_bytes(self.lm_head)
+
+
+def _linear_bytes(lin: Any) -> int:
+    if isinstance(lin, int8_linear.Int8Linear):
+        return lin.nbytes()
+    return lin.weight.numel() * lin.weight.element_size()
+
+
+class _Checkpoint:
+    """Several safetensors files read as one name → tensor mapping, a tensor at a time."""
+
+    def __init__(self, handles: list[Any]) -> None:
+        self._where = {name: h for h in handles for name in h.keys()}
+
+    def keys(self):
+        return self._where.keys()
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+
+def _rotary_tables(config: Any, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for every position the model supports, from transformers' own rotary embedding (so every
+    RoPE scaling variant it knows is computed exactly as the model's own forward computes it)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rotary = LlamaRotaryEmbedding(config).to(device)
+    positions = int(getattr(config, "max_position_embeddings", 2048) or 2048)
+    dummy = torch.zeros(1, dtype=dtype, device=device)
+    cos, sin = rotary(dummy, torch.arange(positions, device=device).unsqueeze(0))
+    return cos[0].to(dtype), sin[0].to(dtype)
+

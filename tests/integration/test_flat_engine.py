@@ -1,0 +1,131 @@
+"""The flat-decoder engine on the real model, in each numeric mode: exactness against transformers (float),
+batched equals alone, migration, chunked prefill, cancellation, the int8 answer."""
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from llmserve.model_worker.engine import EngineRequest
+from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
+from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.v1 import common_pb2
+from tests.conftest import chat_ids
+from tests.integration.test_batching_engine import QUESTIONS, collect, reference
+
+pytestmark = pytest.mark.integration
+
+MODES = ("float", "int8")
+
+
+async def started(loaded, **kwargs) -> FlatBatchingEngine:
+    engine = FlatBatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, **kwargs)
+    await engine.start()
+    return engine
+
+
+@pytest.fixture(params=MODES)
+def mode(request):
+    return request.param
+
+
+async def test_float_greedy_equals_transformers_generate(flat_smollm, loaded_smollm):
+    loaded = flat_smollm("float")
+    assert loaded.flat and loaded.numerics == "float32"
+    engine = await started(loaded, max_running=8)
+    try:
+        for i, question in enumerate(QUESTIONS[:4]):
+            ids = chat_ids(loaded, question)
+            _, got, _ = await collect(engine, EngineRequest(f"g{i}", ids, SamplingConfig(max_tokens=20)))
+            assert got == reference(loaded_smollm, ids, 20)
+    finally:
+        await engine.stop()
+
+
+async def test_greedy_batched_equals_alone(flat_smollm, mode):
+    loaded = flat_smollm(mode)
+    engine = await started(loaded, max_running=16)
+    try:
+        rng = random.Random(5)
+        prompts = [chat_ids(loaded, q) for q in QUESTIONS]
+        lengths = [rng.randint(8, 28) for _ in prompts]
+        alone = []
+        for i, (p, n) in enumerate(zip(prompts, lengths, strict=True)):
+            alone.append((await collect(engine, EngineRequest(f"alone{i}", p, SamplingConfig(max_tokens=n))))[1])
+        # Requests of different lengths arrive at different times, so the batch changes at many steps.
+        batched = await asyncio.gather(
+            *(
+                collect(engine, EngineRequest(f"batched{i}", p, SamplingConfig(max_tokens=n)), delay=rng.random() * 1.0)
+                for i, (p, n) in enumerate(zip(prompts, lengths, strict=True))
+            )
+        )
+        assert [b[1] for b in batched] == alone
+    finally:
+        await engine.stop()
+
+
+async def test_migration_continues_exactly(flat_smollm, mode):
+    loaded = flat_smollm(mode)
+    engine = await started(loaded, max_running=8)
+    try:
+        for i, question in enumerate(QUESTIONS[5:8]):
+            ids = chat_ids(loaded, question)
+            _, full, text = await collect(engine, EngineRequest(f"full{i}", ids, SamplingConfig(max_tokens=40), ignore_eos=True))
+            k = len(full) // 2
+            done_text = loaded.tokenizer.decode(full[:k], skip_special_tokens=True)
+            resumed = EngineRequest(f"resumed{i}", ids, SamplingConfig(max_tokens=40), ignore_eos=True, resume_ids=tuple(full[:k]), resume_text_chars=len(done_text))
+            # Resumed next to another request, as it would be on the worker that takes it over.
+            (_, rest, rest_text), _ = await asyncio.gather(
+                collect(engine, resumed), collect(engine, EngineRequest(f"other{i}", chat_ids(loaded, QUESTIONS[0]), SamplingConfig(max_tokens=30)))
+            )
+            assert full[:k] + rest == full
+            assert done_text + rest_text == text
+    finally:
+        await engine.stop()
+
+
+async def test_float_chunked_prefill_equals_generate(flat_smollm, loaded_smollm):
+    loaded = flat_smollm("float")
+    engine = await started(loaded, max_running=4, prefill_chunk=16)
+    try:
+        long_ids = chat_ids(loaded, "Summarise this text. " + "The river flows to the sea. " * 12)
+        short_ids = chat_ids(loaded, QUESTIONS[1])
+        (_, got, _), (_, short, _) = await asyncio.gather(
+            collect(engine, EngineRequest("long", long_ids, SamplingConfig(max_tokens=12))),
+            collect(engine, EngineRequest("short", short_ids, SamplingConfig(max_tokens=12))),
+        )
+        assert got == reference(loaded_smollm, long_ids, 12)
+        assert short == reference(loaded_smollm, short_ids, 12)
+    finally:
+        await engine.stop()
+
+
+async def test_int8_answers_and_cancel_frees_the_slot(flat_smollm):
+    loaded = flat_smollm("int8")
+    assert loaded.numerics == "int8"
+    engine = await started(loaded, max_running=2)
+    try:
+        ids = chat_ids(loaded, "Write a long essay about the sea.")
+        first = asyncio.create_task(collect(engine, EngineRequest("c1", ids, SamplingConfig(max_tokens=400), ignore_eos=True)))
+        second = engine.submit(EngineRequest("c2", ids, SamplingConfig(max_tokens=400), ignore_eos=True))
+        await anext(second)
+        third = asyncio.create_task(collect(engine, EngineRequest("c3", chat_ids(loaded, QUESTIONS[0]), SamplingConfig(max_tokens=12))))
+        assert engine.cancel("c1")
+        outs, _, _ = await asyncio.wait_for(first, 30)
+        assert outs[-1].finish_reason == common_pb2.FINISH_REASON_CANCELLED
+        _, _, text = await asyncio.wait_for(third, 30)
+        assert "Paris" in text
+        engine.cancel("c2")
+        async for _ in second:
+            pass
+        assert engine.stats().slots_busy == 0
+    finally:
+        await engine.stop()
+
+
+def test_decoder_memory_is_its_own(flat_smollm):
+    """No tensor of the int8 decoder views the memory-mapped checkpoint (which would keep it resident)."""
+    decoder = flat_smollm("int8").model
+    assert decoder.embed.dtype == torch.float16
+    assert decoder.weight_bytes() < 260 * 2**20
