@@ -49,8 +49,9 @@ test: $(STAMP) proto-check ## Run the whole test suite
 test-unit: $(STAMP) ## Run the unit tests only
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
-bench: $(STAMP) ## Run the benchmarks in bench/
-	$(PY) bench/run.py
+SUITE ?= peer
+bench: $(STAMP) ## Benchmarks: the stack vs llama.cpp's server (SUITE=transformers: vs transformers)
+	$(PY) bench/run.py --suite $(SUITE)
 
 lint: $(STAMP) ## Static checks
 	$(PY) -m ruff check .

@@ -53,14 +53,14 @@ class Int8Linear:
             # Quantized tensors are deprecated as a user-facing type; fbgemm's packed weights still take one.
             warnings.simplefilter("ignore")
             qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
-        self._packed = torch.ops.quantized.linear_prepack(qweight, None)
+        self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
         pin = torch.zeros(self.in_features)
         pin[0], pin[1] = _EDGE, -1.0
-        self._pin = pin
+        self.pin = pin
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = _two_pass_linear(x, self._pin, self._packed)
+        out = _two_pass_linear(x, self.pin, self.packed)
         if self.bias is not None:
             out.add_(self.bias)
         return out
@@ -86,3 +86,34 @@ def _two_pass_linear(x: torch.Tensor, pin: torch.Tensor, packed: torch.classes.q
     y = torch.ops.quantized.linear_dynamic(torch.cat([coarse, fine, pin.unsqueeze(0)]), packed, True)
     out = torch.add(y[:rows], y[rows : 2 * rows], alpha=1.0 / (2.0 * edge * grid))
     return out * (largest / inside)
+
+
+# A decoder layer's small operations around its int8 products, also in TorchScript (the layer's Python
+# overhead was more than half of a decode step at one row). Numerically the same operations as
+# llama_decoder's Python path.
+@torch.jit.script
+def attention_inputs(
+    x: torch.Tensor, norm: torch.Tensor, eps: float, pin: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
+    cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RMS norm, the fused q/k/v product and rotary positions: q [T, heads, d], k and v [T, kv_heads, d]."""
+    total = x.shape[0]
+    qkv = _two_pass_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), pin, packed)
+    qk = qkv[:, : (heads + kv_heads) * head_dim].view(total, heads + kv_heads, head_dim)
+    half = head_dim // 2
+    rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
+    qk = qk * cos + rotated * sin
+    v = qkv[:, (heads + kv_heads) * head_dim :].view(total, kv_heads, head_dim)
+    return qk[:, :heads], qk[:, heads:], v
+
+
+@torch.jit.script
+def mlp_block(
+    x: torch.Tensor, attn: torch.Tensor, o_pin: torch.Tensor, o_packed: torch.classes.quantized.LinearPackedParamsBase,
+    norm: torch.Tensor, eps: float, gate_up_pin: torch.Tensor, gate_up_packed: torch.classes.quantized.LinearPackedParamsBase,
+    down_pin: torch.Tensor, down_packed: torch.classes.quantized.LinearPackedParamsBase,
+) -> torch.Tensor:
+    """The attention output product and residual, then RMS norm, SiLU-gated MLP and residual."""
+    x = x + _two_pass_linear(attn, o_pin, o_packed)
+    gate, up = _two_pass_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), gate_up_pin, gate_up_packed).chunk(2, dim=-1)
+    return x + _two_pass_linear(torch.nn.functional.silu(gate) * up, down_pin, down_packed)

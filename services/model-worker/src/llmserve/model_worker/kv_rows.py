@@ -58,7 +58,7 @@ class KvRows:
         lengths[r] positions are its sequence's, anything after them never written is zeroed."""
         for r, length in enumerate(lengths):
             if self.finite[r] < width:
-                end = min(self.capacity, width + MIN_HEADROOM)
+                end = width
                 self.data[:, :, r, :, max(self.finite[r], length) : end].zero_()
                 self.finite[r] = end
 

@@ -84,6 +84,12 @@ class _Layer:
     gate_up: Any
     down: Any
 
+    @property
+    def scripted(self) -> bool:
+        """int8 layers without biases run their small operations in TorchScript (int8_linear.py)."""
+        lins = (self.qkv, self.o, self.gate_up, self.down)
+        return all(isinstance(lin, int8_linear.Int8Linear) and lin.bias is None for lin in lins)
+
 
 class LlamaDecoder:
     def __init__(self, config: Any, weights: dict[str, torch.Tensor] | Any, numerics: str, device: torch.device, dtype: torch.dtype, onednn: bool = True) -> None:
@@ -100,6 +106,9 @@ class LlamaDecoder:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = float(config.rms_norm_eps)
         self.scale = self.head_dim**-0.5
+        # int8 numerics keep keys and values in float16 (half the memory of a position; attention
+        # still computes in float32); float numerics keep them in the model's type, exactly.
+        self.kv_dtype = torch.float16 if numerics == "int8" else dtype
         self.vocab_size = config.vocab_size
         get = weights.get_tensor if hasattr(weights, "get_tensor") else weights.__getitem__
         names = set(weights.keys())
@@ -154,7 +163,7 @@ class LlamaDecoder:
         return cls(config, _Checkpoint(handles), numerics, device, dtype, onednn)
 
     def new_cache(self, rows: int) -> KvRows:
-        return KvRows(len(self.layers), self.kv_heads, self.head_dim, rows, self.dtype, self.device, granularity=ATTENTION_BUCKET)
+        return KvRows(len(self.layers), self.kv_heads, self.head_dim, rows, self.kv_dtype, self.device, granularity=ATTENTION_BUCKET)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -200,34 +209,44 @@ class LlamaDecoder:
             offset += n
 
         for index, layer in enumerate(self.layers):
-            h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
-            qkv = layer.qkv(h)
-            qk = self._rope(qkv[:, : (nh + kvh) * hd].view(total, nh + kvh, hd), cos, sin)
-            q, k = qk[:, :nh], qk[:, nh:]
-            v = qkv[:, (nh + kvh) * hd :].view(total, kvh, hd)
+            if layer.scripted:
+                q, k, v = int8_linear.attention_inputs(x, layer.input_norm, self.eps, layer.qkv.pin, layer.qkv.packed, cos, sin, nh, kvh, hd)
+            else:
+                h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
+                qkv = layer.qkv(h)
+                qk = self._rope(qkv[:, : (nh + kvh) * hd].view(total, nh + kvh, hd), cos, sin)
+                q, k = qk[:, :nh], qk[:, nh:]
+                v = qkv[:, (nh + kvh) * hd :].view(total, kvh, hd)
             keys, values = cache.keys(index), cache.values(index)
             attn = torch.empty((total, nh, hd), dtype=self.dtype, device=dev)
             if n_decode:
-                keys[decode_rows, :, decode_pos] = k[:n_decode]
-                values[decode_rows, :, decode_pos] = v[:n_decode]
+                keys[decode_rows, :, decode_pos] = k[:n_decode].to(keys.dtype)
+                values[decode_rows, :, decode_pos] = v[:n_decode].to(values.dtype)
                 # Query heads that share a KV head are one group: [rows, kv_heads, group, head_dim].
                 queries = q[:n_decode].view(n_decode, kvh, group, hd)
                 for a, b, width, mask in runs:
-                    scores = torch.matmul(queries[a:b], keys[a:b, :, :width].transpose(-1, -2))
+                    run_keys = keys[a:b, :, :width].to(self.dtype)
+                    scores = torch.matmul(queries[a:b], run_keys.transpose(-1, -2))
                     probs = torch.softmax(scores.mul_(self.scale).add_(mask), dim=-1)
-                    attn[a:b] = torch.matmul(probs, values[a:b, :, :width]).reshape(b - a, nh, hd)
+                    attn[a:b] = torch.matmul(probs, values[a:b, :, :width].to(self.dtype)).reshape(b - a, nh, hd)
             for s, start, n, mask in others:
                 keys[s.row, :, s.start : s.start + n] = k[start : start + n].transpose(0, 1)
                 values[s.row, :, s.start : s.start + n] = v[start : start + n].transpose(0, 1)
                 out = F.scaled_dot_product_attention(
                     q[start : start + n].transpose(0, 1).unsqueeze(0),
-                    keys[s.row : s.row + 1, :, : s.start + n],
-                    values[s.row : s.row + 1, :, : s.start + n],
+                    keys[s.row : s.row + 1, :, : s.start + n].to(self.dtype),
+                    values[s.row : s.row + 1, :, : s.start + n].to(self.dtype),
                     attn_mask=mask,
                     is_causal=mask is None,
                     enable_gqa=group > 1,
                 )
                 attn[start : start + n] = out[0].transpose(0, 1)
+            if layer.scripted:
+                x = int8_linear.mlp_block(
+                    x, attn.view(total, nh * hd), layer.o.pin, layer.o.packed, layer.post_norm, self.eps,
+                    layer.gate_up.pin, layer.gate_up.packed, layer.down.pin, layer.down.packed,
+                )
+                continue
             x = x + layer.o(attn.view(total, nh * hd))
             h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
