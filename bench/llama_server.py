@@ -62,20 +62,27 @@ def ensure_binary(log=print) -> Path | None:
                 shutil.rmtree(source, ignore_errors=True)
                 shutil.move(str(tree), source)
         build = root / "build"
-        log("building llama-server (once; about 10 minutes on two cores) ...")
-        subprocess.run(
-            [
-                "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
-                "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-            ],
-            check=True, stdout=subprocess.DEVNULL,
-        )
-        jobs = str(os.cpu_count() or 2)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], check=True, stdout=subprocess.DEVNULL)
+        build_log = root / "build.log"
+        log(f"building llama-server (once; about 10 minutes on two cores; compiler output in {build_log}) ...")
+        with build_log.open("w") as out:
+            _build(source, build, out)
     except (subprocess.CalledProcessError, StopIteration, OSError) as exc:
-        log(f"peer skipped: llama-server could not be built ({exc})")
+        log(f"peer skipped: llama-server could not be built ({exc}; see {root / 'build.log'})")
         return None
     return binary if binary.exists() else None
+
+
+def _build(source: Path, build: Path, out) -> None:
+    """Configures and builds the llama-server target, compiler output to `out`."""
+    subprocess.run(
+        [
+            "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+            "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+        ],
+        check=True, stdout=out, stderr=subprocess.STDOUT,
+    )
+    jobs = str(os.cpu_count() or 2)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", jobs], check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
 class LlamaServer:

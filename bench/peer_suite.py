@@ -68,7 +68,7 @@ def run(store: Path, work: Path, rounds: int, new_tokens: int, log) -> dict:
             peer.wait_ready()
             servers.insert(0, ("llama-server", peer.url, peer.proc.pid))
         try:
-            for name, url, _ in servers:  # warm-up: first requests, allocator, prompt templates
+            for _name, url, _ in servers:  # warm-up: first requests, allocator, prompt templates
                 asyncio.run(rest_load.wave(url, scenarios.questions(2), 4, 2))
             for round_ in range(rounds):
                 order = servers if round_ % 2 == 0 else servers[::-1]

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 
 from bench import roofline, scenarios  # noqa: E402
 from bench.stack import publish_default_model, running_stack  # noqa: E402
-from tests.helpers.servers import redis_server  # noqa: E402
 from llmserve.common.config import default_model_store  # noqa: E402
+from tests.helpers.servers import redis_server  # noqa: E402
 
 CONCURRENCY = (1, 4, 16, 32)
 

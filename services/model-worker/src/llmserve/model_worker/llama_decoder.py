@@ -14,8 +14,9 @@ Contract of `forward(segments, cache)`:
 
 Weights come straight from the checkpoint's safetensors, one tensor at a time, into the numeric mode's
 layout (`Numerics`): "float" keeps the checkpoint's floating point type (on the CPU in float32 through
-oneDNN, token-identical to transformers' own model on every prompt tested); "int8" quantizes every linear
-layer and the output layer (see int8_linear.py) and keeps the embedding table in float16. Nothing of
+oneDNN, token-identical to transformers' own model on every prompt tested); "int8" rotates the weights
+(rotation.py), quantizes every linear layer and the output layer (int8_linear.py) and keeps the embedding
+table in float16. Nothing of
 the plain float32 model is kept, which is what brings a worker's memory down.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llmserve.model_worker import int8_linear
+from llmserve.model_worker import int8_linear, rotation
 from llmserve.model_worker.kv_rows import KvRows
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -92,8 +93,12 @@ class _Layer:
 
 
 class LlamaDecoder:
-    def __init__(self, config: Any, weights: dict[str, torch.Tensor] | Any, numerics: str, device: torch.device, dtype: torch.dtype, onednn: bool = True) -> None:
-        """`weights` maps checkpoint names to tensors (or is a safetensors handle with `get_tensor`)."""
+    def __init__(
+        self, config: Any, weights: dict[str, torch.Tensor] | Any, numerics: str, device: torch.device, dtype: torch.dtype,
+        onednn: bool = True, rotate: bool | None = None,
+    ) -> None:
+        """`weights` maps checkpoint names to tensors (or is a safetensors handle with `get_tensor`).
+        `rotate` (default: in int8 numerics) rotates the weights as rotation.py says."""
         if numerics not in NUMERICS:
             raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
         if numerics == "int8" and (device.type != "cpu" or dtype != torch.float32):
@@ -110,6 +115,12 @@ class LlamaDecoder:
         # still computes in float32); float numerics keep them in the model's type, exactly.
         self.kv_dtype = torch.float16 if numerics == "int8" else dtype
         self.vocab_size = config.vocab_size
+        # int8: the hidden space rotated, and the MLP's inner activations through this Hadamard matrix
+        # (rotation.py); None when the weights are not rotated.
+        self.hadamard: torch.Tensor | None = None
+        if numerics == "int8" if rotate is None else rotate:
+            weights = rotation.RotatedCheckpoint(weights, config)
+            self.hadamard = weights.hadamard.to(device=device, dtype=dtype)
         get = weights.get_tensor if hasattr(weights, "get_tensor") else weights.__getitem__
         names = set(weights.keys())
 
@@ -244,13 +255,16 @@ class LlamaDecoder:
             if layer.scripted:
                 x = int8_linear.mlp_block(
                     x, attn.view(total, nh * hd), layer.o.pin, layer.o.packed, layer.post_norm, self.eps,
-                    layer.gate_up.pin, layer.gate_up.packed, layer.down.pin, layer.down.packed,
+                    layer.gate_up.pin, layer.gate_up.packed, layer.down.pin, layer.down.packed, self.hadamard,
                 )
                 continue
             x = x + layer.o(attn.view(total, nh * hd))
             h = F.rms_norm(x, (x.shape[-1],), layer.post_norm, self.eps)
             gate, up = layer.gate_up(h).chunk(2, dim=-1)
-            x = x + layer.down(F.silu(gate) * up)
+            inner = F.silu(gate) * up
+            if self.hadamard is not None:
+                inner = rotation.hadamard_rows(inner, self.hadamard)
+            x = x + layer.down(inner)
 
         last, offset = [], 0
         for s in segments:

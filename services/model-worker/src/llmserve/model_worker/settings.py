@@ -29,8 +29,8 @@ class WorkerSettings:
     # transformers' nn.Linear.
     cpu_linear: str = "onednn"
     # LLMSERVE_WORKER_NUMERICS: the numeric mode of the weights. "auto": int8 for a float32 model on the
-    # CPU (linear and output layers in int8 with per-row activation scales, embedding table in float16),
-    # else the model's float type; "float": the float type throughout (float32 on the CPU is
+    # CPU (weights rotated at load, linear and output layers in int8 with 8-bit per-row activations,
+    # embedding table in float16), else the model's float type; "float": the float type throughout (float32 on the CPU is
     # token-identical to transformers); "int8". Reported in heartbeats, `llmserve status` and /metrics.
     numerics: str = "auto"
     # LLMSERVE_WORKER_MODEL_IMPL: "auto" runs Llama-family models on llmserve's flat decoder (one pass per
