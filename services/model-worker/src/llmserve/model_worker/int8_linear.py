@@ -7,12 +7,12 @@ the 8-bit grid (multiples of 1/128 in [-127/128, 127/128]). The result is s * W 
 only accurate when no channel dwarfs the others, which is what the rotation of the weights at load
 brings about (rotation.py); without it, a few loud channels cost 18 % of perplexity.
 
-A pin row (127/128, -1, 0, ...) is appended to every call, so fbgemm's dynamic quantization always sees the
-range [-1, 127/128] and picks the same scale (exactly 1/128) and zero point (128): the grid the rows
-were scaled for, the same for every call. Products accumulate in int32. So a row's output is the same
-whatever else is in the batch — the basis of "greedy output batched equals the same request alone" in
-int8 numerics. fbgemm's own dynamic quantization picks one scale for the whole input, which lets a row's
-result change with the batch and lets one loud row coarsen every other.
+Every row goes to the int8 product with the same fixed quantization, scale 1/128 and zero point 128
+(fbgemm's `linear_with_input_q_dq_qweight_dq_output_fp32`: quantize with given parameters, multiply,
+return float32), and products accumulate in int32. So a row's output is the same whatever else is in the
+batch — the basis of "greedy output batched equals the same request alone" in int8 numerics. fbgemm's
+dynamic quantization (`quantize_dynamic`) picks one scale for the whole input, which lets a row's result
+change with the batch and lets one loud row coarsen every other.
 
 fbgemm on AVX2 multiplies unsigned 8-bit activations by signed 8-bit weights in pairs summed in 16 bits,
 which can saturate when two large activations meet two large weights of one sign (torch's own dynamic
@@ -31,14 +31,16 @@ from llmserve.model_worker.rotation import hadamard_rows
 
 # fbgemm is torch's x86 int8 backend; its packed weights are what `quantized::linear_dynamic` takes.
 ENGINE = "fbgemm"
-# The 8-bit grid: multiples of 1/128 in [-127/128, 127/128] (the pin row's -1 only fixes the range).
-_EDGE = 127.0 / 128.0
+# The int8 product that takes its input's quantization parameters instead of choosing them.
+_PRODUCT = "linear_with_input_q_dq_qweight_dq_output_fp32"
 
 
 def available() -> str | None:
     """Why int8 linears cannot run here, or None when they can."""
     if ENGINE not in torch.backends.quantized.supported_engines:
         return f"this torch build has no {ENGINE} int8 backend"
+    if not hasattr(torch.ops.quantized, _PRODUCT):
+        return f"this torch build has no quantized::{_PRODUCT}"
     return None
 
 
@@ -56,12 +58,9 @@ class Int8Linear:
             qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
         self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
-        pin = torch.zeros(self.in_features)
-        pin[0], pin[1] = _EDGE, -1.0
-        self.pin = pin
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = _int8_linear(x, self.pin, self.packed)
+        out = _int8_linear(x, self.packed)
         if self.bias is not None:
             out.add_(self.bias)
         return out
@@ -73,14 +72,13 @@ class Int8Linear:
 # TorchScript runs these small operations without the Python interpreter between them: half the time of
 # a call at one or two rows, where the int8 product itself takes 25 us (SmolLM2's shapes).
 @torch.jit.script
-def _int8_linear(x: torch.Tensor, pin: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
-    # TorchScript takes no global floats: the grid's edge (127/128) again, and a hair inside it, so that
-    # no row can widen the range the pin row fixes.
+def _int8_linear(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
+    # Each row scaled onto the grid of multiples of 1/128 in [-127/128, 127/128] (a hair inside the edge,
+    # so rounding never reaches past it), quantized at scale 1/128 around zero point 128, and scaled back.
     inside = 0.9921875 * (1.0 - 2.0**-20)
-    rows = x.shape[0]
     largest = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    y = torch.ops.quantized.linear_dynamic(torch.cat([x * (inside / largest), pin.unsqueeze(0)]), packed, False)
-    return y[:rows] * (largest / inside)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x * (inside / largest), 0.0078125, 128, packed)
+    return y * (largest / inside)
 
 
 # A decoder layer's small operations around its int8 products, also in TorchScript (the layer's Python
@@ -88,12 +86,12 @@ def _int8_linear(x: torch.Tensor, pin: torch.Tensor, packed: torch.classes.quant
 # llama_decoder's Python path.
 @torch.jit.script
 def attention_inputs(
-    x: torch.Tensor, norm: torch.Tensor, eps: float, pin: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase,
+    x: torch.Tensor, norm: torch.Tensor, eps: float, packed: torch.classes.quantized.LinearPackedParamsBase,
     cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RMS norm, the fused q/k/v product and rotary positions: q [T, heads, d], k and v [T, kv_heads, d]."""
     total = x.shape[0]
-    qkv = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), pin, packed)
+    qkv = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), packed)
     qk = qkv[:, : (heads + kv_heads) * head_dim].view(total, heads + kv_heads, head_dim)
     half = head_dim // 2
     rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
@@ -104,13 +102,13 @@ def attention_inputs(
 
 @torch.jit.script
 def mlp_block(
-    x: torch.Tensor, attn: torch.Tensor, o_pin: torch.Tensor, o_packed: torch.classes.quantized.LinearPackedParamsBase,
-    norm: torch.Tensor, eps: float, gate_up_pin: torch.Tensor, gate_up_packed: torch.classes.quantized.LinearPackedParamsBase,
-    down_pin: torch.Tensor, down_packed: torch.classes.quantized.LinearPackedParamsBase, hadamard: torch.Tensor,
+    x: torch.Tensor, attn: torch.Tensor, o_packed: torch.classes.quantized.LinearPackedParamsBase,
+    norm: torch.Tensor, eps: float, gate_up_packed: torch.classes.quantized.LinearPackedParamsBase,
+    down_packed: torch.classes.quantized.LinearPackedParamsBase, hadamard: torch.Tensor,
 ) -> torch.Tensor:
     """The attention output product and residual, then RMS norm, SiLU-gated MLP (its inner activations
     through the Hadamard transform, rotation.py) and residual."""
-    x = x + _int8_linear(attn, o_pin, o_packed)
-    gate, up = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), gate_up_pin, gate_up_packed).chunk(2, dim=-1)
+    x = x + _int8_linear(attn, o_packed)
+    gate, up = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), gate_up_packed).chunk(2, dim=-1)
     inner = hadamard_rows(torch.nn.functional.silu(gate) * up, hadamard)
-    return x + _int8_linear(inner, down_pin, down_packed)
+    return x + _int8_linear(inner, down_packed)

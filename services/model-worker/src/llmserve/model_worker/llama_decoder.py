@@ -221,7 +221,7 @@ class LlamaDecoder:
 
         for index, layer in enumerate(self.layers):
             if layer.scripted:
-                q, k, v = int8_linear.attention_inputs(x, layer.input_norm, self.eps, layer.qkv.pin, layer.qkv.packed, cos, sin, nh, kvh, hd)
+                q, k, v = int8_linear.attention_inputs(x, layer.input_norm, self.eps, layer.qkv.packed, cos, sin, nh, kvh, hd)
             else:
                 h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
                 qkv = layer.qkv(h)
@@ -254,8 +254,8 @@ class LlamaDecoder:
                 attn[start : start + n] = out[0].transpose(0, 1)
             if layer.scripted:
                 x = int8_linear.mlp_block(
-                    x, attn.view(total, nh * hd), layer.o.pin, layer.o.packed, layer.post_norm, self.eps,
-                    layer.gate_up.pin, layer.gate_up.packed, layer.down.pin, layer.down.packed, self.hadamard,
+                    x, attn.view(total, nh * hd), layer.o.packed, layer.post_norm, self.eps,
+                    layer.gate_up.packed, layer.down.packed, self.hadamard,
                 )
                 continue
             x = x + layer.o(attn.view(total, nh * hd))
