@@ -327,13 +327,20 @@ class _Checkpoint:
 
 
 def _rotary_tables(config: Any, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin for every position the model supports, from transformers' own rotary embedding (so every
-    RoPE scaling variant it knows is computed exactly as the model's own forward computes it)."""
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    """cos and sin for every position the model supports, computed as transformers' LlamaRotaryEmbedding
+    computes them (its inverse frequencies, from transformers' own RoPE functions for scaled variants),
+    without importing transformers' Llama modules (90 MB of a worker's memory)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rotary = LlamaRotaryEmbedding(config).to(device)
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type == "default":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        inv_freq = 1.0 / (rope["rope_theta"] ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        scaling = 1.0
+    else:
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config)
     positions = int(getattr(config, "max_position_embeddings", 2048) or 2048)
-    dummy = torch.zeros(1, dtype=dtype, device=device)
-    cos, sin = rotary(dummy, torch.arange(positions, device=device).unsqueeze(0))
-    return cos[0].to(dtype), sin[0].to(dtype)
-
+    freqs = torch.arange(positions, device=device)[:, None].float() * inv_freq.to(device=device, dtype=torch.float)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return (angles.cos() * scaling).to(dtype), (angles.sin() * scaling).to(dtype)
