@@ -67,3 +67,15 @@ def test_hadamard_rows_is_the_block_diagonal_product_and_batch_independent():
     for rows in range(1, 70):
         assert torch.equal(hadamard_rows(x[:rows], h.float()), full[:rows])
         assert torch.equal(hadamard_rows(x[rows : rows + 1], h.float()), full[rows : rows + 1])
+
+
+def test_int8_embedding_rows_are_close_and_use_a_byte_per_value():
+    from llmserve.model_worker.llama_decoder import Int8Rows
+
+    torch.manual_seed(2)
+    table = torch.randn(300, 64) * torch.linspace(0.01, 3.0, 300).unsqueeze(1)  # rows of very different sizes
+    rows = Int8Rows(table)
+    assert rows.rows.dtype == torch.int8
+    ids = torch.tensor([0, 5, 299, 5])
+    got = rows.lookup(ids)
+    assert ((got - table[ids]).norm(dim=1) / table[ids].norm(dim=1)).max() < 0.01

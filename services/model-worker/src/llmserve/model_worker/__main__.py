@@ -9,6 +9,10 @@ from llmserve.model_worker.settings import WorkerSettings
 
 
 async def _run(settings: WorkerSettings) -> None:
+    from llmserve.model_worker import heap
+
+    # Before the first tensor: see heap.py.
+    heap.fix_mmap_threshold()
     # torch and transformers load only after logging is set up: their import takes seconds.
     from llmserve.model_worker.service import run
 

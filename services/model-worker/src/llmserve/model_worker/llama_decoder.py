@@ -16,7 +16,7 @@ Weights come straight from the checkpoint's safetensors, one tensor at a time, i
 layout (`Numerics`): "float" keeps the checkpoint's floating point type (on the CPU in float32 through
 oneDNN, token-identical to transformers' own model on every prompt tested); "int8" rotates the weights
 (rotation.py), quantizes every linear layer and the output layer (int8_linear.py) and keeps the embedding
-table in float16. Nothing of
+table in int8 rows. Nothing of
 the plain float32 model is kept, which is what brings a worker's memory down.
 """
 
@@ -60,6 +60,19 @@ def unsupported(config: Any) -> str | None:
     if rope == "dynamic":
         return "dynamic RoPE scaling changes with the sequence length; the decoder keeps one table"
     return None
+
+
+class Int8Rows:
+    """A lookup table in int8 with one scale per row. Rows are read, never multiplied: a row's own scale
+    keeps each of them to 8 bits of its own range (perplexity measured with the rest of int8 numerics),
+    half the memory of float16."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.scale = (table.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(1e-12).float()
+        self.rows = torch.round(table / self.scale).to(torch.int8)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.rows[ids].float() * self.scale[ids]
 
 
 class _FloatLinear:
@@ -158,8 +171,8 @@ class LlamaDecoder:
         self.final_norm = tensor("model.norm.weight")
         embed = tensor("model.embed_tokens.weight")
         self.lm_head = linear(["lm_head"] if "lm_head.weight" in names else ["model.embed_tokens"])
-        # The lookup table: in int8 mode float16 halves it (rows are read, never multiplied).
-        self.embed = embed.half() if numerics == "int8" else embed
+        # The lookup table: int8 rows in int8 mode (a quarter of float32's memory).
+        self.embed: torch.Tensor | Int8Rows = Int8Rows(embed) if numerics == "int8" else embed
         self.cos, self.sin = _rotary_tables(config, device, dtype)
         self.max_positions = self.cos.shape[0]
 
@@ -196,7 +209,7 @@ class LlamaDecoder:
         ids = torch.tensor(tokens, dtype=torch.long, device=dev)
         pos = torch.tensor(positions, dtype=torch.long, device=dev)
         total = len(tokens)
-        x = F.embedding(ids, self.embed).to(self.dtype)
+        x = self.embed.lookup(ids) if isinstance(self.embed, Int8Rows) else F.embedding(ids, self.embed)
         cos, sin = self.cos[pos].unsqueeze(1), self.sin[pos].unsqueeze(1)
         nh, kvh, hd = self.heads, self.kv_heads, self.head_dim
         group = nh // kvh
@@ -300,7 +313,8 @@ class LlamaDecoder:
         return runs
 
     def weight_bytes(self) -> int:
-        total = self.embed.numel() * self.embed.element_size()
+        embed = self.embed.rows if isinstance(self.embed, Int8Rows) else self.embed
+        total = embed.numel() * embed.element_size()
         for layer in self.layers:
             for lin in (layer.qkv, layer.o, layer.gate_up, layer.down):
                 total += _linear_bytes(lin)

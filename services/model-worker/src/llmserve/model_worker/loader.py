@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmserve.common.modelstore import verify_artifact
-from llmserve.model_worker import int8_linear
+from llmserve.model_worker import heap, int8_linear
 from llmserve.model_worker.cpu_linear import pack_linears
 from llmserve.model_worker.llama_decoder import LlamaDecoder, unsupported
 
@@ -121,7 +121,7 @@ def load_model(
         if cpu_linear == "onednn":
             model = pack_linears(model, in_place=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    _return_free_memory()
+    heap.return_free_memory()
     max_context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
     reported = "int8" if mode == "int8" else str(torch_dtype).removeprefix("torch.")
     log.info(
@@ -129,14 +129,3 @@ def load_model(
         cpu_linear=cpu_linear, max_context=max_context,
     )
     return LoadedModel(model, tokenizer, eos_token_ids(config, tokenizer, path), dev, max_context, reported)
-
-
-def _return_free_memory() -> None:
-    """Gives the heap's free memory back to the system: loading frees as much as it keeps (each
-    checkpoint tensor is read, converted and dropped), and glibc keeps freed heap memory resident."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
