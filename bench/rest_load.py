@@ -59,7 +59,10 @@ async def _one(client: httpx.AsyncClient, base_url: str, question: str, new_toke
 async def wave(base_url: str, questions: list[str], new_tokens: int, concurrency: int) -> list[RequestTiming]:
     """All questions, at most `concurrency` in flight; timings in the order of `questions`."""
     gate = asyncio.Semaphore(concurrency)
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    # A connection per request: llama-server's HTTP library closes idle keep-alive connections, and a
+    # request sent on one it was just closing fails with "server disconnected" (seen in about one run in
+    # three). Both servers pay the same loopback handshake.
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600.0), limits=limits) as client:
 
         async def gated(question: str) -> RequestTiming:

@@ -81,17 +81,28 @@ def _int8_linear(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedPa
     return y * (largest / inside)
 
 
+@torch.jit.script
+def _int8_linear_normed(x: torch.Tensor, eps: float, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
+    """The product of RMS-normed x (a norm without weight, as rotated weights have): a row's norm is one
+    factor, which its own int8 scaling takes out anyway, so it multiplies the result instead of x."""
+    inside = 0.9921875 * (1.0 - 2.0**-20)
+    largest = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
+    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x * (inside / largest), 0.0078125, 128, packed)
+    inverse_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return y * (largest * inverse_rms / inside)
+
+
 # A decoder layer's small operations around its int8 products, also in TorchScript (the layer's Python
-# overhead was more than half of a decode step at one row). Numerically the same operations as
-# llama_decoder's Python path.
+# overhead was more than half of a decode step at one row). They take rotated weights, whose RMS norms
+# have no weight (rotation.py).
 @torch.jit.script
 def attention_inputs(
-    x: torch.Tensor, norm: torch.Tensor, eps: float, packed: torch.classes.quantized.LinearPackedParamsBase,
+    x: torch.Tensor, eps: float, packed: torch.classes.quantized.LinearPackedParamsBase,
     cos: torch.Tensor, sin: torch.Tensor, heads: int, kv_heads: int, head_dim: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RMS norm, the fused q/k/v product and rotary positions: q [T, heads, d], k and v [T, kv_heads, d]."""
     total = x.shape[0]
-    qkv = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), packed)
+    qkv = _int8_linear_normed(x, eps, packed)
     qk = qkv[:, : (heads + kv_heads) * head_dim].view(total, heads + kv_heads, head_dim)
     half = head_dim // 2
     rotated = torch.cat([-qk[..., half:], qk[..., :half]], dim=-1)
@@ -103,12 +114,12 @@ def attention_inputs(
 @torch.jit.script
 def mlp_block(
     x: torch.Tensor, attn: torch.Tensor, o_packed: torch.classes.quantized.LinearPackedParamsBase,
-    norm: torch.Tensor, eps: float, gate_up_packed: torch.classes.quantized.LinearPackedParamsBase,
+    eps: float, gate_up_packed: torch.classes.quantized.LinearPackedParamsBase,
     down_packed: torch.classes.quantized.LinearPackedParamsBase, hadamard: torch.Tensor,
 ) -> torch.Tensor:
     """The attention output product and residual, then RMS norm, SiLU-gated MLP (its inner activations
     through the Hadamard transform, rotation.py) and residual."""
     x = x + _int8_linear(attn, o_packed)
-    gate, up = _int8_linear(torch.rms_norm(x, [x.shape[-1]], norm, eps), gate_up_packed).chunk(2, dim=-1)
+    gate, up = _int8_linear_normed(x, eps, gate_up_packed).chunk(2, dim=-1)
     inner = hadamard_rows(torch.nn.functional.silu(gate) * up, hadamard)
     return x + _int8_linear(inner, down_packed)

@@ -98,11 +98,10 @@ class _Layer:
     gate_up: Any
     down: Any
 
-    @property
-    def scripted(self) -> bool:
-        """int8 layers without biases run their small operations in TorchScript (int8_linear.py)."""
+    def scriptable(self, rotated: bool) -> bool:
+        """Rotated int8 layers without biases run their small operations in TorchScript (int8_linear.py)."""
         lins = (self.qkv, self.o, self.gate_up, self.down)
-        return all(isinstance(lin, int8_linear.Int8Linear) and lin.bias is None for lin in lins)
+        return rotated and all(isinstance(lin, int8_linear.Int8Linear) and lin.bias is None for lin in lins)
 
 
 class LlamaDecoder:
@@ -173,6 +172,7 @@ class LlamaDecoder:
         self.lm_head = linear(["lm_head"] if "lm_head.weight" in names else ["model.embed_tokens"])
         # The lookup table: int8 rows in int8 mode (a quarter of float32's memory).
         self.embed: torch.Tensor | Int8Rows = Int8Rows(embed) if numerics == "int8" else embed
+        self.scripted = all(layer.scriptable(self.hadamard is not None) for layer in self.layers)
         self.cos, self.sin = _rotary_tables(config, device, dtype)
         self.max_positions = self.cos.shape[0]
 
@@ -233,8 +233,8 @@ class LlamaDecoder:
             offset += n
 
         for index, layer in enumerate(self.layers):
-            if layer.scripted:
-                q, k, v = int8_linear.attention_inputs(x, layer.input_norm, self.eps, layer.qkv.packed, cos, sin, nh, kvh, hd)
+            if self.scripted:
+                q, k, v = int8_linear.attention_inputs(x, self.eps, layer.qkv.packed, cos, sin, nh, kvh, hd)
             else:
                 h = F.rms_norm(x, (x.shape[-1],), layer.input_norm, self.eps)
                 qkv = layer.qkv(h)
@@ -265,9 +265,9 @@ class LlamaDecoder:
                     enable_gqa=group > 1,
                 )
                 attn[start : start + n] = out[0].transpose(0, 1)
-            if layer.scripted:
+            if self.scripted:
                 x = int8_linear.mlp_block(
-                    x, attn.view(total, nh * hd), layer.o.packed, layer.post_norm, self.eps,
+                    x, attn.view(total, nh * hd), layer.o.packed, self.eps,
                     layer.gate_up.packed, layer.down.packed, self.hadamard,
                 )
                 continue
