@@ -129,3 +129,27 @@ def test_decoder_memory_is_its_own(flat_smollm):
     decoder = flat_smollm("int8").model
     assert decoder.embed.rows.dtype == torch.int8
     assert decoder.weight_bytes() < 200 * 2**20
+
+
+async def test_cached_prompts_give_the_same_tokens(flat_smollm, mode):
+    """A prompt served from the prompt cache (alone, and joining a running batch) gives the tokens it
+    gives when prefilled."""
+    loaded = flat_smollm(mode)
+    prompts = [chat_ids(loaded, q) for q in QUESTIONS[:4]]
+    plain = await started(loaded, max_running=8)
+    try:
+        want = [(await collect(plain, EngineRequest(f"plain{i}", p, SamplingConfig(max_tokens=12))))[1] for i, p in enumerate(prompts)]
+    finally:
+        await plain.stop()
+    engine = await started(loaded, max_running=8, prompt_cache_bytes=64 * 2**20)
+    try:
+        first = [(await collect(engine, EngineRequest(f"first{i}", p, SamplingConfig(max_tokens=12))))[1] for i, p in enumerate(prompts)]
+        assert engine.prompt_cache.hits == 0 and len(engine.prompt_cache) == 4
+        again = await asyncio.gather(
+            *(collect(engine, EngineRequest(f"again{i}", p, SamplingConfig(max_tokens=12)), delay=0.05 * i) for i, p in enumerate(prompts))
+        )
+        assert engine.prompt_cache.hits == 4
+        assert first == want
+        assert [tokens for _, tokens, _ in again] == want
+    finally:
+        await engine.stop()

@@ -13,7 +13,9 @@ Each iteration
      (a copy of those rows' positions only), so the running rows are always rows 0 .. n-1.
 
 A new prompt therefore joins the running batch without a pass of its own: its first token comes out
-of the same forward pass as everyone else's next token.
+of the same forward pass as everyone else's next token. A prompt the prompt cache holds whole
+(prompt_cache.py) needs no segment at all: its keys and values are copied into its row and its first
+token sampled from the kept logits.
 
 A migrated request (one that resumes after tokens generated elsewhere) is prefilled with its prompt
 and the resumed tokens, except in int8 numerics, where only the prompt is prefilled and the resumed
@@ -31,6 +33,11 @@ import torch
 
 from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pending, _Row
 from llmserve.model_worker.llama_decoder import LlamaDecoder, Segment
+from llmserve.model_worker.prompt_cache import CachedPrompt, PromptCache
+
+# A prompt that completes its prefill this iteration: its cache row, and what the prompt cache kept of
+# it when its whole prompt was there (then it needs no segment).
+_Joining = tuple[_Pending, int, CachedPrompt | None]
 
 
 class FlatBatchingEngine(BatchingEngine):
@@ -42,9 +49,11 @@ class FlatBatchingEngine(BatchingEngine):
         device: torch.device,
         max_running: int = 16,
         max_kv_tokens: int = 65536,
-        prefill_chunk: int = 1024,
+        prefill_chunk: int = 512,
+        prompt_cache_bytes: int = 0,
     ) -> None:
         super().__init__(decoder, tokenizer, eos_ids, device, max_running, max_kv_tokens, prefill_chunk)
+        self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         # One row per running sequence, and the staging row for a prompt prefilled chunk by chunk.
         self._staging = max_running
         self._cache = decoder.new_cache(rows=max_running + 1)
@@ -65,27 +74,37 @@ class FlatBatchingEngine(BatchingEngine):
         rows = self._batch.rows
         segments = [Segment(i, r.length, [r.next_token]) for i, r in enumerate(rows)]
         joining = self._plan_prefill(segments, first_row=len(rows))
-        longest = max(s.start + len(s.tokens) for s in segments)
+        longest = max([s.start + len(s.tokens) for s in segments] + [c.kv.shape[3] for _, _, c in joining if c is not None])
         self._cache.ensure(self._staging + 1 if self._staged is not None else len(rows) + len(joining), longest)
-        logits = self._model.forward(segments, self._cache)
+        for _, cache_row, cached in joining:
+            if cached is not None:
+                self._cache.write_prefix(cache_row, cached.kv)
+        logits = self._model.forward(segments, self._cache) if segments else None
         self._advance(logits, joining)
         self.steps += 1
 
-    def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[tuple[_Pending, int]]:
+    def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[_Joining]:
         """Appends prompt segments within the budget; returns the prompts that complete this iteration
-        with the cache row each was prefilled into."""
+        with the cache row each was prefilled into (or is restored into from the prompt cache)."""
         budget = self.prefill_chunk
-        joining: list[tuple[_Pending, int]] = []
+        joining: list[_Joining] = []
         row = first_row
         while budget > 0 and self._prefilling:
             head = self._prefilling[0]
             context = self._context(head)
             remaining = len(context) - head.offset
+            cached = self.prompt_cache.get(tuple(context)) if self.prompt_cache is not None and head.offset == 0 else None
+            if cached is not None:
+                self._prefilling.popleft()
+                head.offset = len(context)
+                joining.append((head, row, cached))
+                row += 1
+                continue
             if head.offset == 0 and remaining <= budget:
                 self._prefilling.popleft()
                 segments.append(Segment(row, 0, list(context)))
                 head.offset = len(context)
-                joining.append((head, row))
+                joining.append((head, row, None))
                 row += 1
                 budget -= remaining
                 continue
@@ -97,14 +116,14 @@ class FlatBatchingEngine(BatchingEngine):
             self._staged = head
             if done:
                 self._prefilling.popleft()
-                joining.append((head, self._staging))
+                joining.append((head, self._staging, None))
             break
         return joining
 
-    def _advance(self, logits: torch.Tensor, joining: list[tuple[_Pending, int]]) -> None:
+    def _advance(self, logits: torch.Tensor | None, joining: list[_Joining]) -> None:
         rows = self._batch.rows
         # One transfer for every greedy row; only rows that really sample look at their own logits.
-        argmax = logits.argmax(dim=-1).tolist()
+        argmax = logits.argmax(dim=-1).tolist() if logits is not None else []
         survivors: dict[int, _Row] = {}
         for i, row in enumerate(rows):
             row.length += 1
@@ -120,15 +139,24 @@ class FlatBatchingEngine(BatchingEngine):
                 self._finish(row.seq)
             else:
                 survivors[i] = row
-        for j, (pending, cache_row) in enumerate(joining, start=len(rows)):
+        # Logits rows of the prompts prefilled in this pass follow the running rows'.
+        index = len(rows)
+        for pending, cache_row, cached in joining:
             if cache_row == self._staging:
                 self._staged = None
+            if cached is None:
+                row_logits, row_argmax, j = logits, argmax, index
+                index += 1
+                if self.prompt_cache is not None:
+                    self.prompt_cache.put(tuple(self._context(pending)), self._cache.prefix(cache_row, pending.offset), logits[j])
+            else:
+                row_logits, row_argmax, j = cached.logits.unsqueeze(0), [cached.argmax], 0
             resumed = list(pending.seq.request.resume_ids) if self.replay_resumed else []
             if resumed:
                 row = _Row(pending.seq, pending.outputs, length=pending.offset, next_token=resumed[0], forced=resumed[1:])
                 survivors[cache_row] = row
                 continue
-            token = self._next_token(pending.seq, logits, argmax, j)
+            token = self._next_token(pending.seq, row_logits, row_argmax, j)
             out = pending.seq.append(token)
             self._emit(pending.outputs, out)
             if out.finished:

@@ -74,6 +74,16 @@ class KvRows:
             self.data[:, :, dst, :, :length].copy_(self.data[:, :, src, :, :length])
             self.finite[dst] = max(self.finite[dst], length)
 
+    def prefix(self, row: int, length: int) -> torch.Tensor:
+        """A view of row `row`'s first `length` positions, every layer: [layers, 2, kv_heads, length, head_dim]."""
+        return self.data[:, :, row, :, :length]
+
+    def write_prefix(self, row: int, kv: torch.Tensor) -> None:
+        """Row `row`'s first positions become `kv` (as `prefix` returns them)."""
+        length = kv.shape[3]
+        self.data[:, :, row, :, :length].copy_(kv)
+        self.finite[row] = max(self.finite[row], length)
+
     def release(self, rows_in_use: int) -> None:
         """Rows at and above `rows_in_use` are free; an empty cache gives its memory back."""
         self.used_rows = rows_in_use

@@ -81,16 +81,15 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
         return SerialEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device)
     if settings.engine != "batching":
         raise SystemExit(f"LLMSERVE_WORKER_ENGINE must be 'batching' or 'serial', got {settings.engine!r}")
-    engine_class = FlatBatchingEngine if loaded.flat else BatchingEngine
-    return engine_class(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.eos_ids,
-        loaded.device,
-        max_running=settings.max_running,
-        max_kv_tokens=min(settings.max_kv_tokens, loaded.max_context * settings.max_running),
-        prefill_chunk=settings.prefill_chunk,
-    )
+    limits = {
+        "max_running": settings.max_running,
+        "max_kv_tokens": min(settings.max_kv_tokens, loaded.max_context * settings.max_running),
+        "prefill_chunk": settings.prefill_chunk,
+    }
+    if loaded.flat:
+        cache_bytes = int(settings.prompt_cache_mb * 2**20)
+        return FlatBatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, prompt_cache_bytes=cache_bytes, **limits)
+    return BatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, **limits)
 
 
 async def run(settings: WorkerSettings) -> None:
