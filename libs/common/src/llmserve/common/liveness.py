@@ -6,6 +6,7 @@ and the monitor each keep one; they agree because they read the same beats.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
@@ -32,6 +33,8 @@ class LivenessTable:
     def __init__(self, dead_after_s: float = DEAD_AFTER_BEATS) -> None:
         self.dead_after_s = dead_after_s
         self.instances: dict[str, InstanceState] = {}
+        # When the table started hearing beats (None: not yet); see `settled`.
+        self.listening_since: float | None = None
 
     def observe(self, beat: events_pb2.Heartbeat) -> bool:
         """Records a beat; returns True when the instance was not known as live before."""
@@ -77,6 +80,18 @@ class LivenessTable:
         """Versions of `model` that at least one ready worker takes new jobs for."""
         return {b.model_version for b in self.live_workers(model)}
 
+    def settled(self) -> bool:
+        """Whether the table has listened long enough to have heard every live instance: a process that
+        has just started knows no instance yet, and "no live worker" from it would be wrong."""
+        return self.listening_since is not None and time.monotonic() - self.listening_since >= self.dead_after_s
+
+    async def wait_settled(self) -> None:
+        """Until `settled` (at most dead_after_s after the subscription; at once when not subscribed)."""
+        if self.listening_since is not None:
+            remaining = self.listening_since + self.dead_after_s - time.monotonic()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+
     async def subscribe(self, nc: NATS, subjects: Subjects) -> None:
         async def _on_beat(msg: Msg) -> None:
             try:
@@ -85,3 +100,4 @@ class LivenessTable:
                 pass
 
         await nc.subscribe(subjects.heartbeat_all, cb=_on_beat)
+        self.listening_since = time.monotonic()

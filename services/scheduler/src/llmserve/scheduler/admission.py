@@ -30,6 +30,9 @@ async def admit(job: events_pb2.Job, catalog: ModelCatalog, liveness: LivenessTa
             raise ServiceError.not_found(f"version {version} of {job.model} is retired")
     else:
         version = await catalog.resolve(job.model, job.model_alias or "stable", route_key=job.request_id)
+    if not liveness.live_workers(job.model, version) and not liveness.settled():
+        # This scheduler started a moment ago and may not have heard the workers' beats yet.
+        await liveness.wait_settled()
     if liveness.live_workers(job.model, version):
         return version
     if not job.model_version and job.attempt == 0:
