@@ -51,14 +51,14 @@ def _measure(name: str, url: str, pid: int, concurrency: int, new_tokens: int) -
     return summarize(f"{name}, concurrency {concurrency}", timings, wall, rss.peak, concurrency=concurrency, server=name)
 
 
-def run(store: Path, work: Path, rounds: int, new_tokens: int, log) -> dict:
+def run(store: Path, work: Path, rounds: int, new_tokens: int, log, worker_env: dict[str, str] | None = None) -> dict:
     from llmserve.model_worker.convert import packaged_gguf
 
     binary = llama_server.ensure_binary(log)
     threads = os.cpu_count() or 2
     runs: dict[tuple[str, int], list[dict]] = {}
     log("starting the stack (NATS, Redis, scheduler, monitor, worker, router) ...")
-    with running_stack(store, work) as (cluster, worker_pid):
+    with running_stack(store, work, **(worker_env or {})) as (cluster, worker_pid):
         peer = None
         servers = [("llmserve", cluster.http_url, worker_pid)]
         if binary is None:
@@ -85,6 +85,7 @@ def run(store: Path, work: Path, rounds: int, new_tokens: int, log) -> dict:
         "model": "SmolLM2-135M-Instruct",
         "new_tokens": new_tokens,
         "rounds": rounds,
+        "worker_env": worker_env or {},
         "peer": None if binary is None else {"binary": "llama-server", "source": llama_server.SDIST, "threads": threads, "parallel": SLOTS, "ctx_per_slot": CTX_PER_SLOT},
         "machine": {
             "cpus": os.cpu_count(),

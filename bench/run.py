@@ -26,6 +26,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (peer suite)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="NAME=VALUE",
+        help="a worker setting for the run (peer suite), e.g. LLMSERVE_WORKER_PROMPT_CACHE_MB=48; repeatable",
+    )
     args, rest = parser.parse_known_args()
     if args.suite == "transformers":
         from bench import transformers_suite
@@ -38,9 +42,15 @@ def main() -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    worker_env = {}
+    for item in args.worker_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("LLMSERVE_WORKER_"):
+            parser.error(f"--worker-env takes LLMSERVE_WORKER_NAME=VALUE, got {item!r}")
+        worker_env[name] = value
     store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
     with tempfile.TemporaryDirectory() as tmp:
-        report = peer_suite.run(store, Path(tmp), args.rounds, args.new_tokens, log)
+        report = peer_suite.run(store, Path(tmp), args.rounds, args.new_tokens, log, worker_env)
     report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{dt.date.today().isoformat()}-peer"
