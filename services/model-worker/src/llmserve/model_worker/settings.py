@@ -50,8 +50,9 @@ class WorkerSettings:
     prefill_chunk: int = 512
     # LLMSERVE_WORKER_PROMPT_CACHE_MB: memory for whole prompts seen before, kept with their keys,
     # values and first logits, so that the same prompt again skips its prefill (flat decoder; 0: off).
-    # 8 MB holds six 45-token prompts of SmolLM2.
-    prompt_cache_mb: float = 8.0
+    # 48 MB holds about forty 45-token prompts of SmolLM2, or one 2,000-token one; 8 MB held six, and a
+    # burst of 32 distinct prompts evicted every earlier one.
+    prompt_cache_mb: float = 48.0
     # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
     # the worker hands them back to the routers, which resume them on another worker.
     drain_grace_s: float = 30.0
@@ -80,7 +81,7 @@ class WorkerSettings:
             max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
             max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
             prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 512),
-            prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", 8.0),
+            prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", 48.0),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", 30.0),
             metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", ""),
             priority_aging_s=env_float(env, "LLMSERVE_PRIORITY_AGING_S", 10.0),
