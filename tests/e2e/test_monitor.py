@@ -21,6 +21,9 @@ def test_status_lists_every_instance_and_the_model(real_cluster):
     assert {"router", "scheduler", "worker", "monitor"} <= kinds
     (model,) = view["models"]
     assert model["model"] == "SmolLM2-135M-Instruct" and model["workers"] == 1 and model["slots_total"] >= 1
+    # The numeric mode, from the worker's heartbeat: int8 on a CPU by default.
+    (worker,) = [i for i in view["instances"] if i["kind"] == "worker"]
+    assert worker["numerics"] == "int8" and model["numerics"] == ["int8"]
     page = httpx.get(f"{real_cluster.monitor_url}/", timeout=10).text
     assert "llmserve cluster" in page and "SmolLM2-135M-Instruct" in page
 
@@ -39,6 +42,7 @@ def test_cli_status_prints_the_tables(real_cluster):
     out = subprocess.run([str(cli), "status", "--monitor", real_cluster.monitor_url], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "SmolLM2-135M-Instruct" in out.stdout and "worker" in out.stdout and "ready" in out.stdout
+    assert "int8" in out.stdout
 
 
 def test_scheduler_and_worker_metrics(real_cluster):
@@ -55,6 +59,8 @@ def test_scheduler_and_worker_metrics(real_cluster):
     names_found = {f.name for f in text_string_to_metric_families(worker)}
     assert {"llmserve_worker_jobs", "llmserve_worker_queue_time_seconds", "llmserve_worker_generated_tokens",
             "llmserve_worker_slots", "llmserve_worker_slots_busy", "llmserve_worker_kv_reserved_tokens"} <= names_found
+    (mode,) = [s for f in text_string_to_metric_families(worker) if f.name == "llmserve_worker_numerics_info" for s in f.samples if s.value == 1]
+    assert mode.labels["numerics"] == "int8"
 
 
 def test_probe_of_the_real_model_passes(real_cluster):
