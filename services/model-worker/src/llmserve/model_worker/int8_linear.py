@@ -71,13 +71,22 @@ class Int8Linear:
 
 # TorchScript runs these small operations without the Python interpreter between them: half the time of
 # a call at one or two rows, where the int8 product itself takes 25 us (SmolLM2's shapes).
+# In the functions below, `inside` is the grid's edge (127/128) less a hair, so that rounding never
+# reaches past it (TorchScript takes no global floats, so each repeats the literal).
 @torch.jit.script
-def _int8_linear(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
-    # Each row scaled onto the grid of multiples of 1/128 in [-127/128, 127/128] (a hair inside the edge,
-    # so rounding never reaches past it), quantized at scale 1/128 around zero point 128, and scaled back.
+def _scaled_product(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 product of each row scaled onto the grid of multiples of 1/128 in [-127/128, 127/128]
+    (quantized at scale 1/128 around zero point 128), with each row's largest magnitude: the result
+    times largest / inside is x W^T."""
     inside = 0.9921875 * (1.0 - 2.0**-20)
     largest = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x * (inside / largest), 0.0078125, 128, packed)
+    return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x * (inside / largest), 0.0078125, 128, packed), largest
+
+
+@torch.jit.script
+def _int8_linear(x: torch.Tensor, packed: torch.classes.quantized.LinearPackedParamsBase) -> torch.Tensor:
+    inside = 0.9921875 * (1.0 - 2.0**-20)
+    y, largest = _scaled_product(x, packed)
     return y * (largest / inside)
 
 
@@ -86,8 +95,7 @@ def _int8_linear_normed(x: torch.Tensor, eps: float, packed: torch.classes.quant
     """The product of RMS-normed x (a norm without weight, as rotated weights have): a row's norm is one
     factor, which its own int8 scaling takes out anyway, so it multiplies the result instead of x."""
     inside = 0.9921875 * (1.0 - 2.0**-20)
-    largest = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
-    y = torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(x * (inside / largest), 0.0078125, 128, packed)
+    y, largest = _scaled_product(x, packed)
     inverse_rms = torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
     return y * (largest * inverse_rms / inside)
 

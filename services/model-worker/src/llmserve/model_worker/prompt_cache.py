@@ -29,7 +29,11 @@ class CachedPrompt:
 
     @property
     def nbytes(self) -> int:
-        return self.kv.numel() * self.kv.element_size() + self.logits.numel() * self.logits.element_size()
+        return _nbytes(self.kv, self.logits)
+
+
+def _nbytes(*tensors: torch.Tensor) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class PromptCache:
@@ -51,7 +55,7 @@ class PromptCache:
 
     def put(self, prompt: tuple[int, ...], kv: torch.Tensor, logits: torch.Tensor) -> None:
         """Keeps copies of kv and logits (the caller's tensors are views of buffers that change)."""
-        size = kv.numel() * kv.element_size() + logits.numel() * logits.element_size()
+        size = _nbytes(kv, logits)
         if prompt in self._entries or size > self.max_bytes:
             return
         while self.nbytes + size > self.max_bytes:
