@@ -110,7 +110,7 @@ def test_health_readiness_metrics_and_openapi(real_cluster, client):
     client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=4)
     base = real_cluster.http_url
     assert httpx.get(f"{base}/healthz").status_code == 200
-    assert httpx.get(f"{base}/readyz").json() == {"ready": True}
+    assert httpx.get(f"{base}/readyz").json() == {"ready": True, "reason": ""}
     names = {f.name for f in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)}
     assert {"llmserve_router_requests", "llmserve_router_time_to_first_token_seconds", "llmserve_router_generated_tokens"} <= names
     spec = httpx.get(f"{base}/openapi.json").json()

@@ -33,6 +33,14 @@ def env_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def redacted_url(url: str) -> str:
+    """The URL without its credentials, fit for logs and records."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
 def default_model_store() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache) / "llmserve" / "models"
@@ -59,6 +67,9 @@ class CommonSettings:
     default_model: str = DEFAULT_MODEL
     # LLMSERVE_HEARTBEAT_INTERVAL_S: seconds between heartbeats of every instance.
     heartbeat_interval_s: float = 1.0
+    # LLMSERVE_STARTUP_TIMEOUT_S: give up (exit 1) when NATS or Redis stays unreachable this long
+    # after start; 0 (the default): wait as long as it takes, not ready meanwhile.
+    startup_timeout_s: float = 0.0
     # LLMSERVE_LOG_FORMAT: "json", "console", or "auto" (console on a terminal, else JSON).
     log_format: str = "auto"
     # LLMSERVE_LOG_LEVEL: debug, info, warning or error.
@@ -75,6 +86,7 @@ class CommonSettings:
             model_store=Path(env_str(env, "LLMSERVE_MODEL_STORE", str(default_model_store()))),
             default_model=env_str(env, "LLMSERVE_DEFAULT_MODEL", DEFAULT_MODEL),
             heartbeat_interval_s=env_float(env, "LLMSERVE_HEARTBEAT_INTERVAL_S", 1.0),
+            startup_timeout_s=env_float(env, "LLMSERVE_STARTUP_TIMEOUT_S", 0.0),
             log_format=env_str(env, "LLMSERVE_LOG_FORMAT", "auto"),
             log_level=env_str(env, "LLMSERVE_LOG_LEVEL", "info"),
         )

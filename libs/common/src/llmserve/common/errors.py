@@ -83,3 +83,16 @@ class ServiceError(Exception):
 
     def __repr__(self) -> str:
         return f"ServiceError({events_pb2.ErrorCode.Name(self.code)}, {self.message!r})"
+
+
+def dependency_error(exc: BaseException) -> ServiceError | None:
+    """UNAVAILABLE for a call that failed because Redis or NATS cannot be reached now (the caller may
+    retry; the service says so on its readiness probe), None for anything else."""
+    import nats.errors
+    import redis.exceptions
+
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return ServiceError.unavailable(f"the registry's Redis is unreachable: {exc}")
+    if isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.NoServersError | nats.errors.ConnectionReconnectingError):
+        return ServiceError.unavailable("NATS is unreachable")
+    return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -10,12 +11,14 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from llmserve.common.errors import ServiceError
+from llmserve.common.errors import ServiceError, dependency_error
+from llmserve.common.startup import Readiness
 
 log = structlog.get_logger()
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    exc = dependency_error(exc) or exc
     if isinstance(exc, ServiceError):
         if exc.retry_after_s is not None:
             context.set_trailing_metadata((("retry-after", f"{exc.retry_after_s:.0f}"),))
@@ -93,3 +96,17 @@ async def set_serving(health_servicer: health.aio.HealthServicer, names: Iterabl
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *names]:
         await health_servicer.set(name, status)
+
+
+async def follow_readiness(health_servicer: health.aio.HealthServicer, names: Iterable[str], readiness: Readiness) -> None:
+    """Health reports the process's readiness from now on: NOT_SERVING until it is ready."""
+    names = list(names)
+    tasks: set[asyncio.Task] = set()
+
+    def _changed(ready: bool) -> None:
+        task = asyncio.ensure_future(set_serving(health_servicer, names, ready))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    readiness.listeners.append(_changed)
+    await set_serving(health_servicer, names, readiness.ready)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
@@ -17,44 +14,73 @@ from llmserve.common.subjects import Subjects
 log = structlog.get_logger()
 
 
-async def connect_nats(
-    url: str, name: str, wait_s: float = 30.0, on_reconnect: list[Callable[[], None]] | None = None
-) -> NATS:
-    """Connects, retrying for up to wait_s so services may start before the server; reconnects forever after.
+def server_urls(url: str) -> list[str]:
+    """`nats://a:4222,nats://b:4222`: the seed servers of a cluster; one URL for one server."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
-    `on_reconnect` is a list the caller may keep adding to; each function in it runs after every reconnect.
+
+class NatsEvents:
+    """The client's callbacks: one log line per change of connection state, then the reconnect hooks.
+
+    nats-py reports every failed reconnect attempt through the error callback (twice a second while
+    a server is away); only the first error after a state change is logged. Before the first connect
+    the caller's backoff loop speaks instead (`waiting_for_nats`), and a deliberate close is not news.
     """
 
-    async def _error(exc: Exception) -> None:
-        log.warning("nats_error", error=str(exc))
+    def __init__(self, on_reconnect: list[Callable[[], None]], on_state: Callable[[bool], None]) -> None:
+        self._on_reconnect = on_reconnect
+        self._on_state = on_state
+        self._quiet = True
+        self.closing = False
 
-    async def _disconnected() -> None:
+    async def error(self, exc: Exception) -> None:
+        if not self._quiet:
+            self._quiet = True
+            log.warning("nats_error", error=str(exc) or type(exc).__name__)
+
+    async def disconnected(self) -> None:
+        if self.closing:
+            return
         log.warning("nats_disconnected")
+        self._on_state(False)
 
-    async def _reconnected() -> None:
+    async def reconnected(self) -> None:
         log.info("nats_reconnected")
-        for hook in on_reconnect or ():
+        self._quiet = False
+        self._on_state(True)
+        for hook in self._on_reconnect:
             hook()
 
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return await nats.connect(
-                url,
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                error_cb=_error,
-                disconnected_cb=_disconnected,
-                reconnected_cb=_reconnected,
-            )
-        except Exception as exc:  # nats raises several unrelated types for "not reachable"
-            if time.monotonic() >= deadline:
-                raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
-            log.info("nats_waiting", url=url, error=str(exc))
-            await asyncio.sleep(0.5)
+    def connected(self) -> None:
+        self._quiet = False
+
+
+async def connect_once(nc: NATS, url: str, name: str, events: NatsEvents) -> None:
+    """One bounded attempt to connect `nc` (each server tried twice, 0.5 s apart); raises when none answers.
+
+    Once connected the client reconnects forever. nats-py applies `max_reconnect_attempts` to the first
+    connect too, where -1 would make connect() itself retry forever with no way to give up or to stop
+    on a signal; the caller's backoff loop (StartupGate) does the first connect, and the unlimited
+    reconnect policy is switched on once it succeeded (nats-py reads these options at every reconnect).
+    """
+    await nc.connect(
+        server_urls(url),
+        name=name,
+        connect_timeout=2,
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.5,
+        error_cb=events.error,
+        disconnected_cb=events.disconnected,
+        reconnected_cb=events.reconnected,
+    )
+    nc.options.update(allow_reconnect=True, max_reconnect_attempts=-1)
+    events.connected()
+
+
+def usable(nc: NATS) -> bool:
+    """Connected, or reconnecting after having been connected (publishes are buffered meanwhile)."""
+    return nc.is_connected or nc.is_reconnecting
 
 
 # Bytes one model's queue may hold, whatever the job count: a burst of huge prompts stays bounded too.

@@ -4,76 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import structlog
 import torch
+from redis.exceptions import RedisError
 
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
-from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.modelstore import ChecksumMismatch
-from llmserve.common.runtime import service_runtime
+from llmserve.common.runtime import ServiceRuntime
+from llmserve.common.startup import ShutdownRequested
 from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import Engine
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
 from llmserve.model_worker.loader import CPU_LINEARS, MODEL_IMPLS, NUMERICS, LoadedModel, load_model
+from llmserve.model_worker.own_thread import in_own_thread
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.model_worker.settings import WorkerSettings
 from llmserve.model_worker.version_server import VersionServer
 from llmserve.model_worker.worker import ModelWorker
-from llmserve.v1 import events_pb2, registry_pb2
+from llmserve.v1 import registry_pb2
 
 log = structlog.get_logger()
-T = TypeVar("T")
 
 
-async def wait_for_version(catalog: ModelCatalog, settings: WorkerSettings, stop: asyncio.Event) -> registry_pb2.ModelVersion | None:
-    """The version to serve; waits (logging why) while the model is not published yet."""
+async def wait_for_version(catalog: ModelCatalog, settings: WorkerSettings, stop: asyncio.Event) -> registry_pb2.ModelVersion:
+    """The version to serve; waits (logging why, once per reason) while the model is not published
+    yet or Redis is away. Raises ShutdownRequested when the stop signal comes first."""
+    said = ""
     while not stop.is_set():
         try:
             if settings.model_version:
                 return await catalog.get(settings.model, settings.model_version)
             return await catalog.get_by_alias(settings.model, settings.model_alias)
         except ServiceError as exc:
-            log.info("model_not_published_yet", model=settings.model, reason=exc.message)
+            reason = exc.message
+        except RedisError as exc:
+            reason = f"Redis unreachable: {exc}"
+        if reason != said:
+            said = reason
+            log.info("waiting_for_model_version", model=settings.model, reason=reason)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
-    return None
-
-
-async def in_own_thread(fn: Callable[..., T], *args: Any) -> T:
-    """fn(*args) on a thread that ends with it (asyncio.to_thread's threads live on).
-
-    torch's OpenMP runtime keeps a team of worker threads for every thread that ran a parallel
-    operation, for as long as that thread lives; with more such threads than cores it stops spinning at
-    its barriers and sleeps instead, which made every decode step of the engine thread about twice as
-    slow on a 2-core machine. Loading the model on a thread that exits leaves the engine thread's team
-    the only one."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def target() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, result, None)
-
-    threading.Thread(target=target, name="model-loader", daemon=True).start()
-    return await done
-
-
-def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+    raise ShutdownRequested
 
 
 def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
@@ -92,7 +65,8 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
     return BatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, **limits)
 
 
-async def run(settings: WorkerSettings) -> None:
+async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
+    """The worker's life after its imports: Redis, the version to serve, the model, NATS, jobs, drain."""
     if settings.cpu_linear not in CPU_LINEARS:
         raise SystemExit(f"LLMSERVE_WORKER_CPU_LINEAR must be one of {', '.join(CPU_LINEARS)}, got {settings.cpu_linear!r}")
     if settings.numerics not in NUMERICS:
@@ -102,43 +76,45 @@ async def run(settings: WorkerSettings) -> None:
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     common = settings.common
-    async with service_runtime(common, events_pb2.INSTANCE_KIND_WORKER) as rt:
-        catalog = rt.catalog(rt.connect_redis())
-        record = await wait_for_version(catalog, settings, rt.stop)
-        if record is None:
-            return
-        nc = await rt.connect_nats()
+    catalog = rt.catalog(await rt.connect_redis())
+    rt.readiness.block("model", "waiting for the registry to name a version")
+    record = await wait_for_version(catalog, settings, rt.stop)
+    # Jobs are pulled only after NATS is connected; the model loads meanwhile.
+    nc = rt.nats
 
-        async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
-            path = common.model_store / record.path
-            # The serial engine drives transformers' model (its generate-style forward).
-            impl = "transformers" if settings.engine == "serial" else settings.model_impl
-            loaded = await in_own_thread(
-                load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear, settings.numerics, impl
-            )
-            engine = build_engine(settings, loaded)
-            await engine.start()
-            return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)
-
-        try:
-            first = await open_version(record)
-        except ChecksumMismatch as exc:
-            log.error("model_checksum_mismatch", model=record.name, version=record.version, error=str(exc))
-            raise SystemExit(2) from exc
-        worker = ModelWorker(
-            nc,
-            rt.subjects,
-            first,
-            rt.instance_id,
-            common.heartbeat_interval_s,
-            catalog=catalog,
-            open_version=open_version,
-            # A worker started on an explicit version stays on it; otherwise it follows its alias.
-            alias="" if settings.model_version else settings.model_alias,
-            retire_grace_s=settings.drain_grace_s,
+    async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
+        path = common.model_store / record.path
+        # The serial engine drives transformers' model (its generate-style forward).
+        impl = "transformers" if settings.engine == "serial" else settings.model_impl
+        loaded = await in_own_thread(
+            load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear, settings.numerics, impl
         )
-        await worker.start()
-        serve_metrics(settings.metrics_addr)
-        await rt.stop.wait()
-        log.info("worker_stopping")
-        await worker.drain(settings.drain_grace_s)
+        engine = build_engine(settings, loaded)
+        await engine.start()
+        return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)
+
+    rt.readiness.block("model", f"loading {record.name} version {record.version}")
+    try:
+        first = await rt.unless_stopped(open_version(record))
+    except ChecksumMismatch as exc:
+        log.error("model_checksum_mismatch", model=record.name, version=record.version, error=str(exc))
+        raise SystemExit(2) from exc
+    rt.readiness.clear("model")
+    await rt.connect_nats()
+    worker = ModelWorker(
+        nc,
+        rt.subjects,
+        first,
+        rt.instance_id,
+        common.heartbeat_interval_s,
+        catalog=catalog,
+        open_version=open_version,
+        # A worker started on an explicit version stays on it; otherwise it follows its alias.
+        alias="" if settings.model_version else settings.model_alias,
+        retire_grace_s=settings.drain_grace_s,
+    )
+    await worker.start()
+    rt.started()
+    await rt.stop.wait()
+    log.info("worker_stopping")
+    await worker.drain(settings.drain_grace_s)

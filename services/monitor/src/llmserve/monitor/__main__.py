@@ -25,7 +25,7 @@ log = structlog.get_logger()
 async def run(settings: MonitorSettings) -> None:
     common = settings.common
     async with service_runtime(common, events_pb2.INSTANCE_KIND_MONITOR) as rt:
-        nc = await rt.connect_nats()
+        nc = rt.nats  # connected below, once the status page (and /readyz) answers
         metrics = ClusterMetrics()
         alerter = Alerter(settings.alert_webhook)
         background: set[asyncio.Task] = set()
@@ -49,13 +49,15 @@ async def run(settings: MonitorSettings) -> None:
         tracker = HeartbeatTracker(
             nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=on_dead, on_beat=on_beat
         )
-        await tracker.start()
-        rt.reconnect_hooks.append(tracker.table.forgive)
         prober = Prober(nc, rt.subjects, tracker.table, alerter, settings.probes)
-        http = HttpServer(create_app(tracker.table, metrics, prober, alerter), settings.http_addr, graceful_s=2)
+        http = HttpServer(create_app(tracker.table, metrics, prober, alerter, rt.readiness), settings.http_addr, graceful_s=2)
         await http.start()
         rt.stack.push_async_callback(http.stop)
+        await rt.connect_nats()
+        await tracker.start()
+        rt.reconnect_hooks.append(tracker.table.forgive)
         rt.start_heartbeat(nc)
+        rt.started()
         log.info("monitor_ready", http=settings.http_addr, probe_interval_s=settings.probes.interval_s)
         probing = asyncio.create_task(prober.run(rt.stop))
         await tracker.run(rt.stop)

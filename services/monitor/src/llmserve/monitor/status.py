@@ -6,11 +6,12 @@ import html
 import time
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from llmserve.common.heartbeat import KIND_NAMES
 from llmserve.common.liveness import LivenessTable
+from llmserve.common.startup import Readiness
 from llmserve.monitor.alerts import Alerter
 from llmserve.monitor.probes import Prober
 from llmserve.v1 import events_pb2
@@ -124,7 +125,7 @@ def page(view: dict) -> str:
     return _PAGE.format(models=models, rows="".join(rows))
 
 
-def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, alerter: Alerter) -> FastAPI:
+def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, alerter: Alerter, readiness: Readiness) -> FastAPI:
     app = FastAPI(title="llmserve monitor", docs_url=None, redoc_url=None)
 
     @app.get("/status")
@@ -148,5 +149,10 @@ def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, al
     @app.get("/healthz")
     async def healthz() -> dict:
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready = readiness.ready
+        return JSONResponse({"ready": ready, "reason": "" if ready else readiness.reason}, status_code=200 if ready else 503)
 
     return app

@@ -13,7 +13,7 @@ import structlog
 from llmserve.common.catalog import CatalogBackup
 from llmserve.common.config import CommonSettings, env_str
 from llmserve.common.errors import ServiceError
-from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
+from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, follow_readiness
 from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.registry.announcer import ChangeAnnouncer
@@ -27,43 +27,37 @@ REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_nam
 
 async def run(common: CommonSettings, grpc_addr: str, metrics_addr: str) -> None:
     async with service_runtime(common, events_pb2.INSTANCE_KIND_REGISTRY) as rt:
-        redis = rt.connect_redis()
-        nc = await rt.connect_nats()
-        catalog = rt.catalog(redis)
+        # Listeners first: health answers NOT_SERVING (and calls UNAVAILABLE) while Redis or NATS is away.
+        serve_metrics(metrics_addr, rt.readiness)
+        catalog = rt.catalog(rt.redis)
         guard = RegistryGuard(catalog, common.model_store, common.redis_url, common.key_prefix)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        servicer = RegistryServicer(catalog, CatalogBackup(redis, rt.keys, catalog), guard, common.model_store)
+        servicer = RegistryServicer(catalog, CatalogBackup(rt.redis, rt.keys, catalog), guard, common.model_store)
         registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
         health = add_health_and_reflection(server, [REGISTRY_SERVICE])
+        await follow_readiness(health, [REGISTRY_SERVICE], rt.readiness)
         if server.add_insecure_port(grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {grpc_addr}")
         await server.start()
-        heartbeat = rt.start_heartbeat(nc)
-        announcer = asyncio.create_task(ChangeAnnouncer(redis, rt.keys, nc, rt.subjects).run(), name="announcer")
-        serve_metrics(metrics_addr)
+        rt.stack.push_async_callback(server.stop, 5)
         log.info("registry_listening", grpc=grpc_addr)
-        ready = None
+        redis = await rt.connect_redis()
+        nc = await rt.connect_nats()
+        rt.start_heartbeat(nc)
+        announcer = asyncio.create_task(ChangeAnnouncer(redis, rt.keys, nc, rt.subjects).run(), name="announcer")
+        rt.started()
         while not rt.stop.is_set():
             # Ready while Redis holds the registry the model store knows of (see guard.py).
             try:
                 await guard.check()
-                now_ready, why = True, ""
+                rt.readiness.clear("registry")
             except ServiceError as exc:
-                now_ready, why = False, exc.message
+                rt.readiness.block("registry", exc.message)
             except Exception as exc:  # Redis unreachable
-                now_ready, why = False, f"Redis unreachable: {exc}"
-            if now_ready != ready:
-                ready = now_ready
-                await set_serving(health, [REGISTRY_SERVICE], ready)
-                heartbeat.ready = ready
-                if ready:
-                    log.info("registry_ready")
-                else:
-                    log.error("registry_not_ready", reason=why)
+                rt.readiness.block("registry", f"Redis unreachable: {exc}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(rt.stop.wait(), common.heartbeat_interval_s)
         announcer.cancel()
-        await server.stop(5)
 
 
 def main() -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 import structlog
 
 from llmserve.common.catalog import ModelCatalog
+from llmserve.common.config import redacted_url
 from llmserve.common.errors import ServiceError
 from llmserve.v1 import events_pb2
 
@@ -36,9 +37,9 @@ class RegistryGuard:
     def __init__(self, catalog: ModelCatalog, store: Path, redis_url: str, key_prefix: str) -> None:
         self._catalog = catalog
         self._store = Path(store)
-        digest = hashlib.sha256(f"{_without_password(redis_url)}|{key_prefix}".encode()).hexdigest()[:16]
+        digest = hashlib.sha256(f"{redacted_url(redis_url)}|{key_prefix}".encode()).hexdigest()[:16]
         self.record_path = self._store / ".registry" / f"{digest}.json"
-        self._origin = {"redis": _without_password(redis_url), "prefix": key_prefix}
+        self._origin = {"redis": redacted_url(redis_url), "prefix": key_prefix}
 
     def _read(self) -> dict:
         try:
@@ -92,10 +93,3 @@ class RegistryGuard:
         registry_id = await self._catalog.create_registry_id()
         self._write({**self._read(), "registry_id": registry_id})
         return registry_id
-
-
-def _without_password(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"

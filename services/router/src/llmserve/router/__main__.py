@@ -9,12 +9,13 @@ import sys
 import grpc
 import structlog
 
-from llmserve.common.catalog import CatalogBackup
-from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, set_serving
-from llmserve.common.heartbeat import HeartbeatPublisher
+from llmserve.common.catalog import CatalogBackup, ModelCatalog
+from llmserve.common.errors import ServiceError
+from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, follow_readiness
 from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.common.startup import Readiness
 from llmserve.router import metrics
 from llmserve.router.admin_api import admin_router
 from llmserve.router.generation import GenerationService, StreamTimeouts
@@ -31,16 +32,33 @@ INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_
 SHUTDOWN_GRACE_S = 30.0
 
 
-async def _track_readiness(health, liveness: LivenessTable, heartbeat: HeartbeatPublisher, stop: asyncio.Event) -> None:
-    """The router is ready (health SERVING) while at least one worker is live."""
-    ready: bool | None = None
+async def servable(catalog: ModelCatalog, liveness: LivenessTable, model: str) -> str:
+    """Why a request for `model` would not be admitted now ("" when it would).
+
+    A scheduler admits a request when it sees a live worker of the version the alias resolves to. A
+    scheduler that started a moment ago may not have heard that worker yet: it waits for the worker's
+    beat rather than refusing (admission.admit), so any connected scheduler will do."""
+    try:
+        version = await catalog.resolve(model)
+    except ServiceError as exc:
+        return exc.message
+    except Exception as exc:  # noqa: BLE001 - Redis away: the scheduler could not resolve it either
+        return f"Redis unreachable: {exc}"
+    if not any(beat.ready for beat in liveness.live(events_pb2.INSTANCE_KIND_SCHEDULER)):
+        return "no ready scheduler"
+    if not liveness.live_workers(model, version):
+        return f"no live worker serves {model} version {version}"
+    return ""
+
+
+async def _track_servable(readiness: Readiness, catalog: ModelCatalog, liveness: LivenessTable, model: str, stop: asyncio.Event) -> None:
+    """Blocks readiness under "cluster" while the default model could not be served."""
     while not stop.is_set():
-        now_ready = bool(liveness.live_workers())
-        if now_ready != ready:
-            ready = now_ready
-            heartbeat.ready = ready
-            await set_serving(health, [INFERENCE_SERVICE], ready)
-            log.info("router_readiness", ready=ready)
+        why = await servable(catalog, liveness, model)
+        if why:
+            readiness.block("cluster", why)
+        else:
+            readiness.clear("cluster")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.25)
 
@@ -53,17 +71,17 @@ def _fill_router_beat(beat: events_pb2.Heartbeat) -> None:
 
 async def run(settings: RouterSettings) -> None:
     async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_ROUTER) as rt:
-        redis = rt.connect_redis()
-        nc = await rt.connect_nats()
-        liveness = await rt.liveness(nc)
+        # Everything is built on the not yet connected clients, and both APIs listen before the
+        # router waits for NATS and Redis: health says NOT_SERVING and calls get UNAVAILABLE meanwhile.
+        nc = rt.nats
+        liveness = rt.liveness_table()
         generation = GenerationService(
             nc,
             rt.subjects,
             StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s),
             settings.max_migrations,
         )
-        await generation.watch_instances()
-        catalog = rt.catalog(redis)
+        catalog = rt.catalog(rt.redis)
         make_job = JobFactory(
             settings.common.default_model, settings.default_max_tokens, settings.max_tokens_limit, rt.subjects.tokens
         )
@@ -72,27 +90,47 @@ async def run(settings: RouterSettings) -> None:
             InferenceServicer(make_job, generation, catalog, liveness), server
         )
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
+        await follow_readiness(health, [INFERENCE_SERVICE], rt.readiness)
         if server.add_insecure_port(settings.grpc_addr) == 0:
             raise SystemExit(f"cannot listen on {settings.grpc_addr}")
         await server.start()
         http = HttpServer(
             create_app(
                 RestBridge(make_job, generation, catalog, liveness),
-                admin_router(catalog, CatalogBackup(redis, rt.keys, catalog).export, settings.admin_token),
+                rt.readiness,
+                admin_router(catalog, CatalogBackup(rt.redis, rt.keys, catalog).export, settings.admin_token),
             ),
             settings.http_addr,
             SHUTDOWN_GRACE_S,
         )
         await http.start()
-        heartbeat = rt.start_heartbeat(nc, _fill_router_beat)
-        readiness = asyncio.create_task(_track_readiness(health, liveness, heartbeat, rt.stop))
+
+        stopped = False
+
+        async def stop_listeners() -> None:
+            # New calls are refused from here; open streams get the grace period to finish.
+            nonlocal stopped
+            if not stopped:
+                stopped = True
+                rt.readiness.block("stopping", "shutting down")
+                await asyncio.gather(server.stop(SHUTDOWN_GRACE_S), http.stop())
+
+        # Also when a signal ends one of the waits below.
+        rt.stack.push_async_callback(stop_listeners)
         log.info("router_listening", grpc=settings.grpc_addr, http=settings.http_addr)
+        await rt.connect_redis()
+        await rt.connect_nats()
+        await rt.listen_liveness(liveness)
+        await generation.watch_instances()
+        rt.start_heartbeat(nc, _fill_router_beat)
+        model = settings.common.default_model
+        tracking = asyncio.create_task(_track_servable(rt.readiness, catalog, liveness, model, rt.stop))
+        rt.started()
         await rt.stop.wait()
         log.info("router_stopping")
-        await set_serving(health, [INFERENCE_SERVICE], False)
-        # New calls are refused from here; open streams get the grace period to finish.
-        await asyncio.gather(server.stop(SHUTDOWN_GRACE_S), http.stop())
-        await readiness
+        # Before the NATS connection drains (when the runtime's block ends): open streams need it.
+        await stop_listeners()
+        await tracking
 
 
 def main() -> int:

@@ -18,6 +18,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.natsio import usable
 from llmserve.common.subjects import Subjects
 from llmserve.router import metrics
 from llmserve.router.token_stream import StreamStalled, TokenStream, WorkerLost
@@ -75,6 +76,8 @@ class GenerationService:
         back, the request is resubmitted as a continuation (prompt + tokens so far, same request id and
         settings, raised priority) and the client's stream goes on without a gap or a repeat.
         """
+        if not usable(self._nc):
+            raise ServiceError.unavailable("the router is not connected to NATS (yet); its /readyz says why")
         data = self.check_size(job)
         tokens = await TokenStream(self._nc, job.reply_subject).open()
         self._streams.add(tokens)

@@ -22,8 +22,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from swagger_ui_bundle import swagger_ui_path
 
 from llmserve.common.catalog import ModelCatalog
-from llmserve.common.errors import ServiceError
+from llmserve.common.errors import ServiceError, dependency_error
 from llmserve.common.liveness import LivenessTable
+from llmserve.common.startup import Readiness
 from llmserve.router.generation import GenerationService
 from llmserve.router.openai_protocol import (
     FINISH_REASONS,
@@ -178,11 +179,8 @@ class RestBridge:
             data.append({"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"})
         return {"object": "list", "data": data}
 
-    def ready(self) -> bool:
-        return bool(self._liveness.live_workers())
 
-
-def create_app(bridge: RestBridge, admin: APIRouter | None = None) -> FastAPI:
+def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="llmserve",
         version="0.1.0",
@@ -218,6 +216,9 @@ def create_app(bridge: RestBridge, admin: APIRouter | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        unavailable = dependency_error(exc)
+        if unavailable is not None:
+            return error_response(unavailable)
         log.exception("rest_request_failed")
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", None, "internal"), status_code=500)
 
@@ -242,10 +243,10 @@ def create_app(bridge: RestBridge, admin: APIRouter | None = None) -> FastAPI:
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], summary="A worker for at least one model is live")
+    @app.get("/readyz", tags=["operations"], summary="A request for the default model would be served now")
     async def readyz() -> JSONResponse:
-        ready = bridge.ready()
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        ready = readiness.ready
+        return JSONResponse({"ready": ready, "reason": "" if ready else readiness.reason}, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -21,17 +21,18 @@ log = structlog.get_logger()
 
 async def run(settings: SchedulerSettings) -> None:
     async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_SCHEDULER) as rt:
-        redis = rt.connect_redis()
+        serve_metrics(settings.metrics_addr, rt.readiness)
+        redis = await rt.connect_redis()
         nc = await rt.connect_nats()
         queues = JobQueues(nc, rt.subjects, settings.max_queued)
         rt.reconnect_hooks.append(queues.forget_streams)
         tenants = TenantPolicy(
             redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s
         )
-        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(nc), queues, tenants)
+        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(), queues, tenants)
         await scheduler.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
-        serve_metrics(settings.metrics_addr)
+        rt.started()
         log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active)
         while not rt.stop.is_set():
             await scheduler.refresh_queue_depth()
