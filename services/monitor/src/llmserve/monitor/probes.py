@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
+from llmserve.common.errors import ServiceError
+from llmserve.common.job_client import JobClient, StreamStalled, WorkerLost
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.subjects import Subjects
 from llmserve.monitor.alerts import Alerter
@@ -50,7 +51,7 @@ class ProbeResult:
 
 class Prober:
     def __init__(self, nc: NATS, subjects: Subjects, table: LivenessTable, alerter: Alerter, settings: ProbeSettings) -> None:
-        self._nc = nc
+        self._jobs = JobClient(nc, subjects, submit_timeout_s=5.0)
         self._subjects = subjects
         self._table = table
         self._alerter = alerter
@@ -94,25 +95,21 @@ class Prober:
             deadline=time.time() + s.timeout_s,
             tenant="llmserve-probe",
         )
-        chunks: asyncio.Queue[events_pb2.TokenChunk] = asyncio.Queue()
-
-        async def on_chunk(msg: Msg) -> None:
-            chunks.put_nowait(events_pb2.TokenChunk.FromString(msg.data))
-
         started = time.monotonic()
-        sub = await self._nc.subscribe(job.reply_subject, cb=on_chunk)
+        tokens = await self._jobs.stream(job)
+        finished = False
         try:
-            reply = events_pb2.SubmitReply.FromString(
-                (await self._nc.request(self._subjects.submit, job.SerializeToString(), timeout=5)).data
-            )
-            if reply.error_code:
-                return self._result(model, version, False, started, f"not queued: {reply.error_message}")
+            try:
+                await self._jobs.submit(job.SerializeToString())
+            except ServiceError as exc:
+                return self._result(model, version, False, started, f"not queued: {exc.message}")
             text = ""
             while True:
                 remaining = s.timeout_s - (time.monotonic() - started)
-                chunk = await asyncio.wait_for(chunks.get(), max(0.01, remaining))
+                chunk = await tokens.next(max(0.01, remaining))
                 text += chunk.text
                 if chunk.final:
+                    finished = True
                     break
             if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
                 return self._result(model, version, False, started, f"error: {chunk.error_message}")
@@ -121,12 +118,18 @@ class Prober:
             if s.expect and s.expect.lower() not in text.lower():
                 return self._result(model, version, False, started, f"answer lacks {s.expect!r}: {text[:80]!r}")
             return self._result(model, version, True, started, text[:80])
-        except TimeoutError:
+        except StreamStalled:
             return self._result(model, version, False, started, f"no answer within {s.timeout_s:.0f} s")
+        except WorkerLost as exc:
+            # A probe is not migrated: a worker lost mid-answer is what it exists to notice.
+            return self._result(model, version, False, started, str(exc))
         except Exception as exc:
             return self._result(model, version, False, started, f"{type(exc).__name__}: {exc}")
         finally:
-            await sub.unsubscribe()
+            await tokens.close()
+            if not finished:
+                await self._jobs.cancel(request_id, "probe_abandoned", job.attempt)
+            await self._jobs.done(job)
 
     def _result(self, model: str, version: int, ok: bool, started: float, detail: str) -> ProbeResult:
         return ProbeResult(model, version, ok, time.monotonic() - started, detail, time.time())

@@ -14,14 +14,12 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.job_client import JobClient, StreamStalled, TokenStream, WorkerLost
 from llmserve.common.natsio import usable
 from llmserve.common.subjects import Subjects
 from llmserve.router import metrics
-from llmserve.router.token_stream import StreamStalled, TokenStream, WorkerLost
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
@@ -44,6 +42,7 @@ class GenerationService:
     def __init__(self, nc: NATS, subjects: Subjects, timeouts: StreamTimeouts, max_migrations: int = 3) -> None:
         self._nc = nc
         self._subjects = subjects
+        self._jobs = JobClient(nc, subjects, timeouts.submit_s)
         self._timeouts = timeouts
         self._max_migrations = max_migrations
         self._streams: set[TokenStream] = set()
@@ -79,17 +78,20 @@ class GenerationService:
         if not usable(self._nc):
             raise ServiceError.unavailable("the router is not connected to NATS (yet); its /readyz says why")
         data = self.check_size(job)
-        tokens = await TokenStream(self._nc, job.reply_subject).open()
+        tokens = await self._jobs.stream(job)
         self._streams.add(tokens)
-        finished = False
+        finished = submitted = False
         outcome = "cancelled"
+        # Why the worker is told to stop when the stream ends unfinished.
+        stop_reason = "client_gone"
         delivered_ids: list[int] = []
         delivered_chars = 0
         migrations = 0
         started = last = time.monotonic()
         metrics.IN_FLIGHT.inc()
         try:
-            job.model, job.model_version = await self._submit(data)
+            job.model, job.model_version = await self._jobs.submit(data)
+            submitted = True
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
                 try:
@@ -102,7 +104,7 @@ class GenerationService:
                         raise ServiceError.unavailable(f"the request failed on {migrations + 1} workers") from None
                     migrations += 1
                     metrics.MIGRATIONS.inc()
-                    await self._cancel(job.request_id, "migrated", job.attempt)
+                    await self._jobs.cancel(job.request_id, "migrated", job.attempt)
                     job = continuation(job, delivered_ids, delivered_chars)
                     log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(exc),
                              resumed_tokens=len(delivered_ids))
@@ -137,6 +139,7 @@ class GenerationService:
             outcome = exc.code_name
             if exc.code == events_pb2.ERROR_CODE_UNSPECIFIED:
                 outcome = "error"
+            stop_reason = f"failed_{outcome}"
             raise
         finally:
             self._streams.discard(tokens)
@@ -144,10 +147,12 @@ class GenerationService:
             metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
             metrics.RECENT.finished(outcome)
             await tokens.close()
-            if not finished:
+            if submitted and not finished:
                 # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
-                await asyncio.shield(self._cancel(job.request_id, "client_gone", job.attempt))
-            await asyncio.shield(self._done(job))
+                await asyncio.shield(self._jobs.cancel(job.request_id, stop_reason, job.attempt))
+            elif not submitted:
+                log.info("request_not_queued", request_id=job.request_id, outcome=outcome)
+            await asyncio.shield(self._jobs.done(job))
 
     def _wait_limit(self, job: events_pb2.Job, limit_s: float) -> float:
         """How long to wait for the next chunk: the limit, or less when the request's deadline is closer."""
@@ -168,44 +173,13 @@ class GenerationService:
         give_up = time.monotonic() + self._timeouts.stall_s
         while True:
             try:
-                await self._submit(job.SerializeToString())
+                await self._jobs.submit(job.SerializeToString())
                 return
             except ServiceError as exc:
                 if exc.code != events_pb2.ERROR_CODE_UNAVAILABLE or time.monotonic() >= give_up:
                     raise
             self._check_deadline(job)
             await asyncio.sleep(0.25)
-
-    async def _submit(self, data: bytes) -> tuple[str, int]:
-        """Hands the job to a scheduler; returns the model (a fallback, maybe) and version it was queued for."""
-        try:
-            msg = await self._nc.request(self._subjects.submit, data, timeout=self._timeouts.submit_s)
-        except NoRespondersError:
-            raise ServiceError.unavailable("no scheduler is running") from None
-        except (TimeoutError, NatsTimeoutError):
-            raise ServiceError.unavailable("the scheduler did not answer in time") from None
-        reply = events_pb2.SubmitReply.FromString(msg.data)
-        if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
-            raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
-        return reply.model, reply.model_version
-
-    async def _done(self, job: events_pb2.Job) -> None:
-        """Tells the schedulers the request ended, so its tenant's share is free again."""
-        try:
-            done = events_pb2.JobDone(request_id=job.request_id, tenant=job.tenant)
-            await self._nc.publish(self._subjects.done, done.SerializeToString())
-        except Exception as exc:  # the share's lease expires on its own
-            log.warning("done_not_announced", request_id=job.request_id, error=str(exc))
-
-    async def _cancel(self, request_id: str, reason: str, attempt: int) -> None:
-        try:
-            await self._nc.publish(
-                self._subjects.cancel(request_id),
-                events_pb2.Cancel(request_id=request_id, reason=reason, max_attempt=attempt).SerializeToString(),
-            )
-            log.info("request_cancelled", request_id=request_id, reason=reason)
-        except Exception as exc:
-            log.warning("cancel_failed", request_id=request_id, error=str(exc))
 
 
 def continuation(job: events_pb2.Job, delivered_ids: list[int], delivered_chars: int) -> events_pb2.Job:

@@ -1,14 +1,27 @@
-"""The router's end of one request's token subject: chunks in order, each exactly once, one attempt at a time."""
+"""The client side of a job: submit it to a scheduler, read its chunks, cancel it, say it is done.
+
+The router (for every client request) and the monitor (for its probes) talk to the cluster through
+this one client, so both get the same guarantees: the token subject is subscribed before the job is
+submitted, chunks come out in order and once each, and chunks of an attempt the caller gave up on
+never reach it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 
+from llmserve.common.errors import ServiceError
+from llmserve.common.subjects import Subjects
 from llmserve.v1 import events_pb2
+
+log = structlog.get_logger()
 
 
 class StreamStalled(Exception):
@@ -24,10 +37,10 @@ class WorkerLost(Exception):
 
 
 class TokenStream:
-    """Subscribed before the job is submitted, so no chunk can arrive unheard.
+    """One request's token subject, subscribed before the job is submitted so no chunk arrives unheard.
 
     Chunks are re-ordered by sequence number within the current attempt; repeats are dropped, and so
-    are chunks of earlier attempts (a worker the router gave up on may still be talking).
+    are chunks of earlier attempts (a worker the caller gave up on may still be talking).
     """
 
     def __init__(self, nc: NATS, subject: str) -> None:
@@ -91,3 +104,49 @@ class TokenStream:
         chunk = self._early.pop(self.next_seq)
         self.next_seq += 1
         return chunk
+
+
+class JobClient:
+    """Submitting jobs and following them, over one NATS connection."""
+
+    def __init__(self, nc: NATS, subjects: Subjects, submit_timeout_s: float) -> None:
+        self.nc = nc
+        self._subjects = subjects
+        self._submit_timeout_s = submit_timeout_s
+
+    async def stream(self, job: events_pb2.Job) -> TokenStream:
+        """The job's token subject, subscribed: open it before submitting."""
+        return await TokenStream(self.nc, job.reply_subject).open()
+
+    async def submit(self, data: bytes) -> tuple[str, int]:
+        """Hands a serialized Job to a scheduler; returns the model (a fallback, maybe) and version it was
+        queued for, or raises the scheduler's refusal as a ServiceError."""
+        try:
+            msg = await self.nc.request(self._subjects.submit, data, timeout=self._submit_timeout_s)
+        except NoRespondersError:
+            raise ServiceError.unavailable("no scheduler is running") from None
+        except (TimeoutError, NatsTimeoutError):
+            raise ServiceError.unavailable("the scheduler did not answer in time") from None
+        reply = events_pb2.SubmitReply.FromString(msg.data)
+        if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
+            raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
+        return reply.model, reply.model_version
+
+    async def done(self, job: events_pb2.Job) -> None:
+        """Tells the schedulers the request ended, so its tenant's share is free again."""
+        try:
+            done = events_pb2.JobDone(request_id=job.request_id, tenant=job.tenant)
+            await self.nc.publish(self._subjects.done, done.SerializeToString())
+        except Exception as exc:  # the share's lease expires on its own
+            log.warning("done_not_announced", request_id=job.request_id, error=str(exc))
+
+    async def cancel(self, request_id: str, reason: str, attempt: int) -> None:
+        """Asks the worker running any attempt up to `attempt` of the request to stop."""
+        try:
+            await self.nc.publish(
+                self._subjects.cancel(request_id),
+                events_pb2.Cancel(request_id=request_id, reason=reason, max_attempt=attempt).SerializeToString(),
+            )
+            log.info("request_cancelled", request_id=request_id, reason=reason)
+        except Exception as exc:
+            log.warning("cancel_failed", request_id=request_id, error=str(exc))
