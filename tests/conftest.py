@@ -18,6 +18,7 @@ from llmserve.common.config import default_model_store
 from llmserve.common.keys import RedisKeys
 from llmserve.common.subjects import Subjects
 from llmserve.v1 import registry_pb2
+from tests.helpers.registry import with_catalog
 from tests.helpers.servers import ServerProcess, nats_server, redis_server
 
 SMOLLM = "SmolLM2-135M-Instruct"
@@ -79,21 +80,13 @@ def model_store() -> Path:
     return Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
 
 
-async def _with_catalog(redis_url: str, prefix: str, fn):
-    client = aioredis.from_url(redis_url)
-    try:
-        return await fn(ModelCatalog(client, RedisKeys(prefix)))
-    finally:
-        await client.aclose()
-
-
 @pytest.fixture(scope="session")
 def smollm(redis_srv: ServerProcess, model_store: Path) -> registry_pb2.ModelVersion:
     """The real SmolLM2-135M-Instruct in the store (converted on the first run, about 30 s)."""
     from llmserve.registry.publish import ensure_default_model
 
     return asyncio.run(
-        _with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: ensure_default_model(c, model_store, show_progress=False))
+        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: ensure_default_model(c, model_store, show_progress=False))
     )
 
 
@@ -105,14 +98,7 @@ def tiny(redis_srv: ServerProcess, model_store: Path, smollm, tmp_path_factory) 
 
     source = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", model_store / smollm.path)
     return asyncio.run(
-        _with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, TINY, source, show_progress=False))
-    )
-
-
-def register(redis_url: str, prefix: str, record: registry_pb2.ModelVersion, name: str | None = None) -> registry_pb2.ModelVersion:
-    """Records an artifact already in the store as a version in the registry under `prefix`."""
-    return asyncio.run(
-        _with_catalog(redis_url, f"{prefix}:", lambda c: c.publish(name or record.name, record.path, record.sha256, "test"))
+        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, TINY, source, show_progress=False))
     )
 
 
@@ -148,9 +134,3 @@ def served_smollm(loaded_smollm):
     from llmserve.model_worker.cpu_linear import pack_linears
 
     return dataclasses.replace(loaded_smollm, model=pack_linears(loaded_smollm.model))
-
-
-def chat_ids(loaded, question: str) -> tuple[int, ...]:
-    tok = loaded.tokenizer
-    text = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False)
-    return tuple(tok(text, add_special_tokens=False)["input_ids"])

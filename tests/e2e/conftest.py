@@ -2,8 +2,8 @@ import uuid
 
 import pytest
 
-from tests.conftest import register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register
 
 
 @pytest.fixture(scope="session")

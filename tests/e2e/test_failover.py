@@ -10,8 +10,8 @@ import nats
 import pytest
 
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
-from tests.conftest import register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register
 
 pytestmark = pytest.mark.e2e
 
@@ -153,7 +153,9 @@ async def test_sigstop_is_declared_dead_within_3s_and_late_tokens_never_reach_cl
     loop = asyncio.get_running_loop()
 
     async def on_dead(msg):
-        dead[events_pb2.InstanceEvent.FromString(msg.data).instance_id] = loop.time()
+        event = events_pb2.InstanceEvent.FromString(msg.data)
+        assert event.instance_state == events_pb2.INSTANCE_STATE_DEAD
+        dead[event.instance_id] = loop.time()
 
     await nc.subscribe(f"{cluster.prefix}.events.instance.dead", cb=on_dead)
     await nc.flush()

@@ -9,8 +9,8 @@ import pytest
 
 from llmserve.cli import infra
 from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from tests.conftest import register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register
 from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e

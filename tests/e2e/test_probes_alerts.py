@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 import pytest
 
-from tests.conftest import register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register
 
 pytestmark = pytest.mark.e2e
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.v1 import common_pb2, events_pb2
-from tests.conftest import register
+from tests.helpers.registry import register
 
 pytestmark = pytest.mark.e2e
 

@@ -19,8 +19,8 @@ import pytest
 
 from llmserve.cli import infra
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc
-from tests.conftest import _with_catalog, register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register, with_catalog
 
 pytestmark = pytest.mark.e2e
 
@@ -35,7 +35,7 @@ def tiny2(redis_srv, model_store, smollm, tmp_path_factory):
 
     source = build_tiny_llama(tmp_path_factory.mktemp("tiny2") / "model", model_store / smollm.path, seed=1)
     return asyncio.run(
-        _with_catalog(redis_srv.url, "t2-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, "tiny-two", source, show_progress=False))
+        with_catalog(redis_srv.url, "t2-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, "tiny-two", source, show_progress=False))
     )
 
 
@@ -53,7 +53,7 @@ def cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
 
 async def publish_as(cluster: Cluster, record, name: str | None = None):
     """Records an artifact already in the store as the next version of `name` in the cluster's registry."""
-    return await _with_catalog(cluster.redis_url, f"{cluster.prefix}:", lambda c: c.publish(name or record.name, record.path, record.sha256, "test"))
+    return await with_catalog(cluster.redis_url, f"{cluster.prefix}:", lambda c: c.publish(name or record.name, record.path, record.sha256, "test"))
 
 
 def start_worker(cluster: Cluster, model: str, **env: str):
@@ -251,7 +251,7 @@ async def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_serving
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    await _with_catalog(cluster.redis_url, f"{cluster.prefix}:", lambda c: c.publish(model, bad, tiny.sha256, "tampered"))
+    await with_catalog(cluster.redis_url, f"{cluster.prefix}:", lambda c: c.publish(model, bad, tiny.sha256, "tampered"))
     worker = start_worker(cluster, model)
     try:
         async with Beats(cluster) as beats, grpc.aio.insecure_channel(cluster.grpc_addr) as channel:

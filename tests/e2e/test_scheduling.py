@@ -28,8 +28,8 @@ from llmserve.common.keys import RedisKeys
 from llmserve.common.subjects import Subjects
 from llmserve.common.tenants import set_tenant_limits
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
-from tests.conftest import register
 from tests.helpers.cluster import Cluster
+from tests.helpers.registry import register
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ def cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
         LLMSERVE_SCHEDULER_MAX_QUEUED=str(QUEUE_CAPACITY),
         LLMSERVE_SCHEDULER_TENANT_MAX_ACTIVE="0",
         # Long enough that no job ages a level within a test: the order asserted is the strict one.
-        LLMSERVE_PRIORITY_AGING_S="60",
+        LLMSERVE_WORKER_PRIORITY_AGING_S="60",
     )
     try:
         c.start(workers=1, LLMSERVE_WORKER_MAX_RUNNING="1")

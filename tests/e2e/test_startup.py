@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmserve.cli import infra
 from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
-from tests.conftest import register
 from tests.helpers.cluster import Cluster, ServiceProcess
+from tests.helpers.registry import register
 from tests.helpers.servers import ServerProcess
 
 pytestmark = pytest.mark.e2e

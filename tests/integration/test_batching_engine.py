@@ -10,7 +10,7 @@ from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2
-from tests.conftest import chat_ids
+from tests.helpers.engines import chat_ids
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2
-from tests.conftest import chat_ids
+from tests.helpers.engines import chat_ids
 from tests.integration.test_batching_engine import QUESTIONS, collect, reference
 
 pytestmark = pytest.mark.integration

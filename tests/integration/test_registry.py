@@ -216,10 +216,12 @@ async def test_every_change_is_announced_on_nats(catalog, redis_client, keys, nc
         await catalog.publish("m", "m/b", "b" * 64, "cli")
         change = await asyncio.wait_for(got.get(), 10)
         # Only changes after the announcer started: the first publish was not announced.
-        assert (change.model, change.action, change.version) == ("m", "publish", 2)
+        assert (change.model, change.kind, change.version) == ("m", events_pb2.REGISTRY_ACTION_PUBLISH, 2)
         audit_id = await catalog.promote("m", 2, actor="someone")
         change = await asyncio.wait_for(got.get(), 10)
-        assert (change.action, change.version, change.audit_id) == ("promote", 2, audit_id)
+        assert (change.kind, change.version, change.audit_id) == (events_pb2.REGISTRY_ACTION_PROMOTE, 2, audit_id)
+        # Readers built before `kind` existed still get the text.
+        assert change.action == "promote"
     finally:
         task.cancel()
 
@@ -231,7 +233,7 @@ def test_llmserve_up_finds_the_published_default_model_without_importing_torch(r
     import sys
     import uuid
 
-    from tests.conftest import register
+    from tests.helpers.registry import register
 
     prefix = "t" + uuid.uuid4().hex[:10]
     record = register(redis_srv.url, prefix, smollm)

@@ -9,7 +9,7 @@ from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.model_worker.serial_engine import SerialEngine
 from llmserve.v1 import common_pb2
-from tests.conftest import chat_ids
+from tests.helpers.engines import chat_ids
 
 pytestmark = pytest.mark.integration
 

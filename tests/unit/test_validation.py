@@ -1,3 +1,5 @@
+"""A client's request checked and made into a Job: defaults, ids, and every bad field named."""
+
 import pytest
 
 from llmserve.common.errors import ServiceError
@@ -59,27 +61,3 @@ def test_bad_input_is_rejected_naming_the_field(fields, needle):
 def test_messages_are_carried_over():
     j = job(messages=chat(("system", "be brief"), ("user", "hi")))
     assert [(m.role, m.content) for m in j.messages.messages] == [("system", "be brief"), ("user", "hi")]
-
-
-def test_drain_rate_turns_into_retry_after():
-    from llmserve.scheduler.queues import QueueState
-
-    state = QueueState()
-    state.observe(depth=10, last_seq=10, by_subject={}, now=0.0)
-    assert state.retry_after_s() == 5.0  # no rate known yet
-    state.observe(depth=10, last_seq=12, by_subject={}, now=4.0)  # 2 jobs left the queue in 4 s
-    assert state.retry_after_s() == 2.0
-    state.observe(depth=10, last_seq=12, by_subject={}, now=8.0)  # nothing drained since
-    assert 2.0 <= state.retry_after_s() <= 60.0
-
-
-def test_aged_order_lifts_old_low_priority_jobs():
-    from llmserve.model_worker.job_puller import aged_order
-
-    low, normal, high, critical = 1, 2, 3, 4
-    assert aged_order({}, 10.0) == [critical, high, normal, low]
-    # Waited 2 steps: low counts as high, and a tie goes to the level that is higher by itself.
-    assert aged_order({low: 25.0, high: 0.0}, 10.0)[:2] == [critical, high]
-    order = aged_order({low: 35.0, high: 0.0}, 10.0)
-    assert order.index(low) < order.index(high)
-    assert aged_order({low: 1000.0}, 0.0) == [critical, high, normal, low]  # aging off

@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return chat(args.addr, args.prompt, args.model, args.max_tokens, args.temperature, args.system)
     if args.command == "status":
-        from llmserve.cli.chat import cluster_status
+        from llmserve.cli.status import cluster_status
 
         return cluster_status(args.monitor)
     if args.command == "models":
         if args.action in (None, "list"):
-            from llmserve.cli.chat import list_models
+            from llmserve.cli.status import list_models
 
             return list_models(args.addr)
         from llmserve.cli.models import run

@@ -47,18 +47,21 @@ class Child:
         self.started_at = time.monotonic()
 
 
-def _wait_router_ready(addr: str, children: list[Child], timeout_s: float) -> None:
+def _wait_router_ready(addr: str, children: list[Child], timeout_s: float, should_stop) -> bool:
+    """True once the router reports SERVING; False when asked to stop first."""
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(addr) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
+            if should_stop():
+                return False
             for child in children:
                 if child.proc is not None and child.proc.poll() is not None:
                     raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; see {child.log_path}")
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status
                 if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                    return True
             except grpc.RpcError:
                 pass
             time.sleep(0.25)
@@ -70,7 +73,6 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
     logs.mkdir(exist_ok=True)
-    servers: list[subprocess.Popen] = []
     stop = False
 
     def _on_signal(signum: int, _frame: object) -> None:
@@ -79,44 +81,20 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
-
-    nats_host, nats_port = infra.host_port(settings.nats_url, 4222)
-    if infra.reachable(nats_host, nats_port):
-        print(f"NATS      {settings.nats_url} (already running)")
-    else:
-        servers.append(infra.start_nats(nats_host, nats_port, state_dir / "nats", logs / "nats-server.log"))
-        print(f"NATS      {settings.nats_url} (started, JetStream store in {state_dir / 'nats'})")
-    redis_host, redis_port = infra.host_port(settings.redis_url, 6379)
-    if infra.reachable(redis_host, redis_port):
-        print(f"Redis     {settings.redis_url} (already running)")
-    else:
-        servers.append(infra.start_redis(redis_host, redis_port, state_dir / "redis", log_file=logs / "redis-server.log"))
-        print(f"Redis     {settings.redis_url} (started, AOF in {state_dir / 'redis'})")
-
+    servers = _start_missing_servers(settings, state_dir, logs)
     children: list[Child] = []
     try:
         record = asyncio.run(_publish_default(settings))
         print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
-
         env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr,
                "LLMSERVE_ROUTER_HTTP_ADDR": http_addr}
-        for service in SERVICES:
-            count = workers if service == "model_worker" else 1
-            for i in range(count):
-                name = service.replace("_", "-") + (f"-{i}" if count > 1 else "")
-                children.append(Child(name, f"llmserve.{service}", env, logs / f"{name}.log"))
+        children = _service_children(env, workers, logs)
         for child in children:
             child.start()
         print("Starting services (logs in " + str(logs) + ") ...", flush=True)
-        _wait_router_ready(grpc_addr, children, ready_timeout_s)
-        print("\nllmserve is ready.")
-        print(f"  gRPC        {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
-        print(f"  REST        http://{http_addr}/v1  (OpenAI API)")
-        print(f"  playground  http://{http_addr}/   docs: http://{http_addr}/docs   metrics: http://{http_addr}/metrics")
-        monitor = os.environ.get("LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001")
-        print(f"  status      http://{monitor}/   (or: llmserve status)")
-        print("Press Ctrl-C to stop.", flush=True)
-        _supervise(children, lambda: stop)
+        if _wait_router_ready(grpc_addr, children, ready_timeout_s, lambda: stop):
+            _print_ready(grpc_addr, http_addr)
+            _supervise(children, lambda: stop)
         print("\nStopping ...", flush=True)
         _stop_children(children)
     except KeyboardInterrupt:
@@ -129,6 +107,44 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
         for server in reversed(servers):
             infra.stop_process(server)
     return 0
+
+
+def _start_missing_servers(settings: CommonSettings, state_dir: Path, logs: Path) -> list[subprocess.Popen]:
+    """NATS and Redis: reused when they answer at the configured URLs, else started as children."""
+    servers: list[subprocess.Popen] = []
+    nats_host, nats_port = infra.host_port(settings.nats_url, 4222)
+    if infra.reachable(nats_host, nats_port):
+        print(f"NATS      {settings.nats_url} (already running)")
+    else:
+        servers.append(infra.start_nats(nats_host, nats_port, state_dir / "nats", logs / "nats-server.log"))
+        print(f"NATS      {settings.nats_url} (started, JetStream store in {state_dir / 'nats'})")
+    redis_host, redis_port = infra.host_port(settings.redis_url, 6379)
+    if infra.reachable(redis_host, redis_port):
+        print(f"Redis     {settings.redis_url} (already running)")
+    else:
+        servers.append(infra.start_redis(redis_host, redis_port, state_dir / "redis", log_file=logs / "redis-server.log"))
+        print(f"Redis     {settings.redis_url} (started, AOF in {state_dir / 'redis'})")
+    return servers
+
+
+def _service_children(env: dict[str, str], workers: int, logs: Path) -> list[Child]:
+    children = []
+    for service in SERVICES:
+        count = workers if service == "model_worker" else 1
+        for i in range(count):
+            name = service.replace("_", "-") + (f"-{i}" if count > 1 else "")
+            children.append(Child(name, f"llmserve.{service}", env, logs / f"{name}.log"))
+    return children
+
+
+def _print_ready(grpc_addr: str, http_addr: str) -> None:
+    print("\nllmserve is ready.")
+    print(f"  gRPC        {grpc_addr}  (llmserve.v1.Inference; try: llmserve chat \"What is the capital of France?\")")
+    print(f"  REST        http://{http_addr}/v1  (OpenAI API)")
+    print(f"  playground  http://{http_addr}/   docs: http://{http_addr}/docs   metrics: http://{http_addr}/metrics")
+    monitor = os.environ.get("LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001")
+    print(f"  status      http://{monitor}/   (or: llmserve status)")
+    print("Press Ctrl-C to stop.", flush=True)
 
 
 async def _publish_default(settings: CommonSettings):

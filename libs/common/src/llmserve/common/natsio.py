@@ -83,6 +83,10 @@ def usable(nc: NATS) -> bool:
     return nc.is_connected or nc.is_reconnecting
 
 
+# Seconds JetStream remembers a job's message id: a resubmission inside it is dropped. The
+# scheduler remembers ended requests at least this long (tenants.DONE_MEMORY_S).
+JOBS_DUPLICATE_WINDOW_S = 120.0
+
 # Bytes one model's queue may hold, whatever the job count: a burst of huge prompts stays bounded too.
 DEFAULT_QUEUE_MAX_BYTES = 1 << 30
 
@@ -102,7 +106,7 @@ def jobs_stream_config(subjects: Subjects, model: str, max_queued: int, msg_ttl:
         discard=DiscardPolicy.NEW,
         max_msgs=max_queued,
         max_bytes=DEFAULT_QUEUE_MAX_BYTES,
-        duplicate_window=120.0,
+        duplicate_window=JOBS_DUPLICATE_WINDOW_S,
         allow_msg_ttl=msg_ttl or None,
     )
 

@@ -5,7 +5,7 @@ Layout (prefix "llm" by default):
   llm.sched.done                        router -> scheduler, JobDone: a request ended (frees its tenant's share)
   llm.jobs.<model>.<version>.p<N>       scheduler -> workers, JetStream work queue (one stream per model,
                                         LLM_JOBS_<model>, so each model's queue has its own bound)
-  llm.work.<model>.<version>            scheduler -> workers, "a job is waiting" doorbell (core NATS)
+  llm.doorbell.<model>.<version>        scheduler -> workers, "a job is waiting" doorbell (core NATS)
   llm.tokens.<request_id>               worker -> router, TokenChunk messages
   llm.cancel.<request_id>               router -> workers, Cancel
   llm.hb.<kind>.<instance_id>           every instance -> monitor, schedulers, routers: Heartbeat
@@ -85,7 +85,7 @@ class Subjects:
         return f"{model}_v{version}_p{priority}"
 
     def doorbell(self, model: str, version: int) -> str:
-        return f"{self.prefix}.work.{model}.{version}"
+        return f"{self.prefix}.doorbell.{model}.{version}"
 
     # -- token path ---------------------------------------------------------------------------
     def tokens(self, request_id: str) -> str:

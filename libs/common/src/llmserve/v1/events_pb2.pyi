@@ -28,6 +28,23 @@ class InstanceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INSTANCE_KIND_WORKER: _ClassVar[InstanceKind]
     INSTANCE_KIND_REGISTRY: _ClassVar[InstanceKind]
     INSTANCE_KIND_MONITOR: _ClassVar[InstanceKind]
+
+class RegistryAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REGISTRY_ACTION_UNSPECIFIED: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_PUBLISH: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_PROMOTE: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_ROLLBACK: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_CANARY: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_RETIRE: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_FALLBACK: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_IMPORT: _ClassVar[RegistryAction]
+
+class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INSTANCE_STATE_UNSPECIFIED: _ClassVar[InstanceState]
+    INSTANCE_STATE_UP: _ClassVar[InstanceState]
+    INSTANCE_STATE_DEAD: _ClassVar[InstanceState]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_INVALID_ARGUMENT: ErrorCode
 ERROR_CODE_NOT_FOUND: ErrorCode
@@ -43,6 +60,17 @@ INSTANCE_KIND_SCHEDULER: InstanceKind
 INSTANCE_KIND_WORKER: InstanceKind
 INSTANCE_KIND_REGISTRY: InstanceKind
 INSTANCE_KIND_MONITOR: InstanceKind
+REGISTRY_ACTION_UNSPECIFIED: RegistryAction
+REGISTRY_ACTION_PUBLISH: RegistryAction
+REGISTRY_ACTION_PROMOTE: RegistryAction
+REGISTRY_ACTION_ROLLBACK: RegistryAction
+REGISTRY_ACTION_CANARY: RegistryAction
+REGISTRY_ACTION_RETIRE: RegistryAction
+REGISTRY_ACTION_FALLBACK: RegistryAction
+REGISTRY_ACTION_IMPORT: RegistryAction
+INSTANCE_STATE_UNSPECIFIED: InstanceState
+INSTANCE_STATE_UP: InstanceState
+INSTANCE_STATE_DEAD: InstanceState
 
 class Job(_message.Message):
     __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars")
@@ -193,16 +221,18 @@ class Heartbeat(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ..., numerics: _Optional[str] = ...) -> None: ...
 
 class RegistryChange(_message.Message):
-    __slots__ = ("model", "action", "version", "audit_id")
+    __slots__ = ("model", "action", "version", "audit_id", "kind")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
     model: str
     action: str
     version: int
     audit_id: str
-    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[int] = ..., audit_id: _Optional[str] = ...) -> None: ...
+    kind: RegistryAction
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[int] = ..., audit_id: _Optional[str] = ..., kind: _Optional[_Union[RegistryAction, str]] = ...) -> None: ...
 
 class ModelRefused(_message.Message):
     __slots__ = ("instance_id", "model", "version", "reason", "serving_version")
@@ -219,17 +249,19 @@ class ModelRefused(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., reason: _Optional[str] = ..., serving_version: _Optional[int] = ...) -> None: ...
 
 class InstanceEvent(_message.Message):
-    __slots__ = ("instance_id", "kind", "state", "at", "model", "model_version")
+    __slots__ = ("instance_id", "kind", "state", "at", "model", "model_version", "instance_state")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_STATE_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     kind: InstanceKind
     state: str
     at: float
     model: str
     model_version: int
-    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., state: _Optional[str] = ..., at: _Optional[float] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    instance_state: InstanceState
+    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., state: _Optional[str] = ..., at: _Optional[float] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., instance_state: _Optional[_Union[InstanceState, str]] = ...) -> None: ...

@@ -5,7 +5,7 @@ One engine thread loops over iterations. Each iteration
   2. prefills waiting prompts, at most `prefill_chunk` prompt tokens per iteration, so a long prompt is
      prefilled over several iterations while the running batch keeps decoding,
   3. runs one decode step for every running sequence in a single forward pass, samples each row with
-     its own settings, and retires the sequences that finished.
+     its own settings, and releases the rows of the sequences that finished.
 
 Admission is bounded by `max_running` sequences and by `max_kv_tokens`, the KV positions reserved for
 prompt + max_tokens of every admitted sequence, so memory use is known before a request starts.
@@ -76,15 +76,11 @@ class BatchingEngine(ThreadedEngine):
         self._prefilling: deque[_Pending] = deque()
         self._batch = _Batch()
         self._reserved_kv = 0
-        self.steps = 0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
         self._pad_id = int(pad)
 
     def stats(self) -> EngineStats:
-        return EngineStats(slots_total=self.max_running, slots_busy=len(self._sequences))
-
-    def kv_reserved(self) -> int:
-        return self._reserved_kv
+        return EngineStats(slots_total=self.max_running, slots_busy=len(self._sequences), kv_reserved=self._reserved_kv)
 
     def _check(self, request: EngineRequest) -> None:
         need = len(request.prompt_ids) + request.sampling.max_tokens
@@ -128,7 +124,6 @@ class BatchingEngine(ThreadedEngine):
         self._flush_outbox()
         if self._batch.rows:
             self._decode()
-        self.steps += 1
 
     def _drop_cancelled(self) -> None:
         for pending_queue in (self._waiting, self._prefilling):
@@ -145,7 +140,7 @@ class BatchingEngine(ThreadedEngine):
             self._emit(row.outputs, row.seq.cancel_output())
             self._finish(row.seq)
         if cancelled:
-            self._retire(set(cancelled))
+            self._release_rows(set(cancelled))
 
     def _admit(self) -> None:
         while self._waiting:
@@ -253,9 +248,9 @@ class BatchingEngine(ThreadedEngine):
                 self._finish(row.seq)
                 finished.add(i)
         if finished:
-            self._retire(finished)
+            self._release_rows(finished)
 
-    def _retire(self, indices: set[int]) -> None:
+    def _release_rows(self, indices: set[int]) -> None:
         """Removes rows from the batch and the padding no remaining row needs."""
         keep = [i for i in range(len(self._batch.rows)) if i not in indices]
         self._batch.rows = [self._batch.rows[i] for i in keep]

@@ -1,7 +1,7 @@
 """The engine interface: what the worker asks of whatever runs the model.
 
 submit() returns an async stream of outputs for one request; cancel() ends a request at the next
-decode step; stats() reports load for heartbeats. Engines run torch on their own thread, so the
+decode step; stats() reports load for heartbeats; max_kv_tokens bounds one request's length. Engines run torch on their own thread, so the
 event loop (heartbeats, cancels, NATS) never waits on a forward pass.
 """
 
@@ -62,6 +62,8 @@ class EngineStats:
     slots_total: int
     # Sequences running or admitted.
     slots_busy: int
+    # KV-cache positions reserved by admitted sequences (0 for an engine without a KV budget).
+    kv_reserved: int = 0
 
     @property
     def slots_free(self) -> int:
@@ -69,6 +71,10 @@ class EngineStats:
 
 
 class Engine(Protocol):
+    # The most KV positions (prompt + generated tokens) one request may need: the worker refuses a
+    # longer prompt and caps max_tokens to what is left.
+    max_kv_tokens: int
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...

@@ -81,7 +81,6 @@ class FlatBatchingEngine(BatchingEngine):
                 self._cache.write_prefix(cache_row, cached.kv)
         logits = self._model.forward(segments, self._cache) if segments else None
         self._advance(logits, joining)
-        self.steps += 1
 
     def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[_Joining]:
         """Appends prompt segments within the budget; returns the prompts that complete this iteration
@@ -183,7 +182,7 @@ class FlatBatchingEngine(BatchingEngine):
         self._batch.rows = [survivors[r] for r in range(n)]
         self._cache.release(n if self._staged is None else self._staging + 1)
 
-    def _retire(self, indices: set[int]) -> None:
+    def _release_rows(self, indices: set[int]) -> None:
         self._compact({i: row for i, row in enumerate(self._batch.rows) if i not in indices})
 
     def _drop_cancelled(self) -> None:

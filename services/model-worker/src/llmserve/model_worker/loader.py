@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,10 @@ def load_model(
         cpu_linear=cpu_linear, max_context=max_context,
     )
     return LoadedModel(model, tokenizer, eos_token_ids(config, tokenizer, path), dev, max_context, reported)
+
+
+def free_model_memory(device: torch.device) -> None:
+    """After the last reference to a model went: collect it now, and give CUDA's cached blocks back."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -7,6 +7,7 @@ transformers' generate), and it stops a cancelled request at the next decode ste
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import structlog
 import torch
@@ -20,6 +21,9 @@ log = structlog.get_logger()
 
 
 class SerialEngine(ThreadedEngine):
+    # No KV budget of its own (one request at a time): the model's context is the only bound.
+    max_kv_tokens = sys.maxsize
+
     def stats(self) -> EngineStats:
         return EngineStats(slots_total=1, slots_busy=len(self._sequences))
 

@@ -75,6 +75,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         raise SystemExit(f"LLMSERVE_WORKER_MODEL_IMPL must be one of {', '.join(MODEL_IMPLS)}, got {settings.model_impl!r}")
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
+    for notice in settings.deprecations:
+        log.warning("deprecated_setting", notice=notice)
     common = settings.common
     catalog = rt.catalog(await rt.connect_redis())
     rt.readiness.block("model", "waiting for the registry to name a version")
@@ -111,7 +113,7 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         open_version=open_version,
         # A worker started on an explicit version stays on it; otherwise it follows its alias.
         alias="" if settings.model_version else settings.model_alias,
-        retire_grace_s=settings.drain_grace_s,
+        wind_down_grace_s=settings.drain_grace_s,
     )
     await worker.start()
     rt.started()

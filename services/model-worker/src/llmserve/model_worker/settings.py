@@ -58,9 +58,12 @@ class WorkerSettings:
     drain_grace_s: float = 30.0
     # LLMSERVE_WORKER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
     metrics_addr: str = ""
-    # LLMSERVE_PRIORITY_AGING_S: a queued job counts one priority level higher for every this many
-    # seconds it has waited, so low priorities are never starved (0: strict priority, no aging).
+    # LLMSERVE_WORKER_PRIORITY_AGING_S: a queued job counts one priority level higher for every this
+    # many seconds it has waited, so low priorities are never starved (0: strict priority, no aging).
+    # The older name LLMSERVE_PRIORITY_AGING_S is still read (and logged as deprecated).
     priority_aging_s: float = 10.0
+    # Deprecated settings found in the environment, logged once logging is set up.
+    deprecations: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -69,20 +72,24 @@ class WorkerSettings:
         return cls(
             common=common,
             model=env_str(env, "LLMSERVE_WORKER_MODEL", common.default_model),
-            model_alias=env_str(env, "LLMSERVE_WORKER_MODEL_ALIAS", "stable"),
-            model_version=env_int(env, "LLMSERVE_WORKER_MODEL_VERSION", 0),
-            device=env_str(env, "LLMSERVE_WORKER_DEVICE", "auto"),
-            dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", "auto"),
-            torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", 0),
-            cpu_linear=env_str(env, "LLMSERVE_WORKER_CPU_LINEAR", "onednn"),
-            numerics=env_str(env, "LLMSERVE_WORKER_NUMERICS", "auto"),
-            model_impl=env_str(env, "LLMSERVE_WORKER_MODEL_IMPL", "auto"),
-            engine=env_str(env, "LLMSERVE_WORKER_ENGINE", "batching"),
-            max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", 32),
-            max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", 65536),
-            prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", 512),
-            prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", 48.0),
-            drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", 30.0),
-            metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", ""),
-            priority_aging_s=env_float(env, "LLMSERVE_PRIORITY_AGING_S", 10.0),
+            model_alias=env_str(env, "LLMSERVE_WORKER_MODEL_ALIAS", cls.model_alias),
+            model_version=env_int(env, "LLMSERVE_WORKER_MODEL_VERSION", cls.model_version),
+            device=env_str(env, "LLMSERVE_WORKER_DEVICE", cls.device),
+            dtype=env_str(env, "LLMSERVE_WORKER_DTYPE", cls.dtype),
+            torch_threads=env_int(env, "LLMSERVE_WORKER_TORCH_THREADS", cls.torch_threads),
+            cpu_linear=env_str(env, "LLMSERVE_WORKER_CPU_LINEAR", cls.cpu_linear),
+            numerics=env_str(env, "LLMSERVE_WORKER_NUMERICS", cls.numerics),
+            model_impl=env_str(env, "LLMSERVE_WORKER_MODEL_IMPL", cls.model_impl),
+            engine=env_str(env, "LLMSERVE_WORKER_ENGINE", cls.engine),
+            max_running=env_int(env, "LLMSERVE_WORKER_MAX_RUNNING", cls.max_running),
+            max_kv_tokens=env_int(env, "LLMSERVE_WORKER_MAX_KV_TOKENS", cls.max_kv_tokens),
+            prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", cls.prefill_chunk),
+            prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", cls.prompt_cache_mb),
+            drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", cls.drain_grace_s),
+            metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", cls.metrics_addr),
+            priority_aging_s=env_float(env, "LLMSERVE_WORKER_PRIORITY_AGING_S", env_float(env, _OLD_AGING, cls.priority_aging_s)),
+            deprecations=(f"{_OLD_AGING} is deprecated: use LLMSERVE_WORKER_PRIORITY_AGING_S",) if env.get(_OLD_AGING) else (),
         )
+
+
+_OLD_AGING = "LLMSERVE_PRIORITY_AGING_S"

@@ -1,33 +1,32 @@
-"""Serving one model version: take its jobs when there are free slots, run them, stream their tokens."""
+"""Serving one model version: the lifecycle of its jobs, from the pull to the final chunk.
+
+The pull loop takes jobs when the engine has free slots; each job runs as a task that prepares the
+engine's request (job_request.py), relays the engine's outputs as chunks (chunk_publisher.py) and
+counts the outcome in the metrics. Drain stops the loop and hands back what does not finish in time;
+`wind_down` is how a version the worker moved away from finishes its queue first.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 
 import structlog
-import torch
 from nats.aio.client import Client as NATS
 
 from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.model_worker import metrics
-from llmserve.model_worker.engine import Engine, EngineOutput, EngineRequest
+from llmserve.model_worker.chunk_publisher import ChunkPublisher
+from llmserve.model_worker.engine import Engine, EngineOutput
 from llmserve.model_worker.job_puller import JobPuller
-from llmserve.model_worker.loader import LoadedModel
-from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.model_worker.job_request import JobRejected, engine_request
+from llmserve.model_worker.loader import LoadedModel, free_model_memory
 from llmserve.v1 import common_pb2, events_pb2, registry_pb2
 
 log = structlog.get_logger()
 
 # How long the pull loop sleeps when every queue is empty and no doorbell rings.
 _IDLE_WAIT_S = 0.5
-
-
-class JobRejected(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class VersionServer:
@@ -55,6 +54,7 @@ class VersionServer:
         self.record = record
         self.instance_id = instance_id
         self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
+        self._chunks = ChunkPublisher(nc, instance_id, record.version)
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -72,16 +72,14 @@ class VersionServer:
         return self._loaded.device
 
     async def close(self) -> None:
-        """Stops the engine and lets go of the weights (a retired version's memory comes back)."""
+        """Stops the engine and lets go of the weights (a wound-down version's memory comes back)."""
         if self.engine is None:
             return
         await self.engine.stop()
         device = self._loaded.device
         self._loaded = None
         self.engine = None
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_model_memory(device)
 
     async def start(self) -> None:
         await self.puller.start(on_ring=self._doorbell.set)
@@ -111,7 +109,7 @@ class VersionServer:
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.puller.stop()
 
-    async def retire(self, grace_s: float, settle_s: float) -> None:
+    async def wind_down(self, grace_s: float, settle_s: float) -> None:
         """Finishes this version's work after the worker moved on: keeps taking its queued jobs until
         the queue is empty and nothing runs (for at least settle_s, so jobs admitted just before the
         schedulers saw the move are taken too), or until grace_s; then drains."""
@@ -158,7 +156,7 @@ class VersionServer:
         log.info("job_expired", request_id=job.request_id, late_s=round(time.time() - job.deadline, 3))
         metrics.JOBS.labels(outcome="expired").inc()
         metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, time.time() - job.submitted_at))
-        await self._publish(job, self._error_chunk(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued"))
+        await self._chunks.error(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
 
     def _starting(self) -> int:
         """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
@@ -173,22 +171,23 @@ class VersionServer:
     async def _run_job(self, job: events_pb2.Job) -> None:
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
         # seq 0 says "taken by this worker": the router knows whom to watch before any token exists.
-        await self._publish(job, self._started_chunk(job))
+        await self._chunks.started(job)
         seq = 1
         taken = time.perf_counter()
         out = None
         try:
-            request = self._engine_request(job)
+            context = min(self._loaded.max_context, self.engine.max_kv_tokens)
+            request = engine_request(job, self._loaded.tokenizer, context)
             prepared = time.perf_counter()
             first = 0.0
             if len(request.resume_ids) >= request.sampling.max_tokens:
                 # Migrated after its last token but before its final chunk: nothing left to generate.
                 done = EngineOutput(finish_reason=common_pb2.FINISH_REASON_LENGTH, prompt_tokens=len(request.prompt_ids),
                                     completion_tokens=len(request.resume_ids))
-                await self._publish(job, self._chunk(job, seq, done))
+                await self._chunks.output(job, seq, done)
                 return
             async for out in self.engine.submit(request):
-                await self._publish(job, self._chunk(job, seq, out))
+                await self._chunks.output(job, seq, out)
                 if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
                 seq += 1
@@ -208,114 +207,25 @@ class VersionServer:
                 total_s=round(time.perf_counter() - taken, 4),
             )
         except JobRejected as exc:
+            log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(exc.code), error=str(exc))
             metrics.JOBS.labels(outcome="rejected").inc()
-            await self._publish(job, self._error_chunk(job, seq, exc.code, str(exc)))
+            await self._chunks.error(job, seq, exc.code, str(exc))
         except asyncio.CancelledError:
             self.engine.cancel(attempt_key(job.request_id, job.attempt))
             if self._draining:
                 # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
-                await self._publish(job, self._handed_back_chunk(job, seq))
+                log.info("job_handed_back", attempt=job.attempt, tokens_sent=seq - 1)
+                await self._chunks.handed_back(job, seq)
             raise
         except Exception as exc:
             log.exception("job_failed")
-            await self._publish(job, self._error_chunk(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}"))
-
-    def _engine_request(self, job: events_pb2.Job) -> EngineRequest:
-        tokenizer = self._loaded.tokenizer
-        if job.WhichOneof("input") == "messages":
-            messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
-            try:
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            except Exception as exc:
-                raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
-            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            prompt_ids = tokenizer(job.prompt)["input_ids"]
-        if not prompt_ids:
-            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
-        context = min(self._loaded.max_context, getattr(self.engine, "max_kv_tokens", self._loaded.max_context))
-        room = context - len(prompt_ids)
-        # A migrated request's resumed tokens count against max_tokens; they need room too.
-        if room <= 0:
-            raise JobRejected(
-                events_pb2.ERROR_CODE_INVALID_ARGUMENT,
-                f"the prompt has {len(prompt_ids)} tokens; this model serves at most {context}",
-            )
-        s = job.sampling
-        sampling = SamplingConfig(
-            temperature=s.temperature,
-            top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
-            top_k=s.top_k,
-            seed=s.seed if s.HasField("seed") else None,
-            repetition_penalty=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
-            # Never past the model's context: the answer ends with finish_reason "length" instead.
-            max_tokens=min(s.max_tokens, room),
-            stop=tuple(s.stop),
-        )
-        return EngineRequest(
-            request_id=attempt_key(job.request_id, job.attempt),
-            prompt_ids=tuple(prompt_ids),
-            sampling=sampling,
-            ignore_eos=s.ignore_eos,
-            resume_ids=tuple(job.resume_token_ids),
-            resume_text_chars=job.resume_text_chars,
-        )
-
-    def _chunk(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> events_pb2.TokenChunk:
-        chunk = events_pb2.TokenChunk(
-            request_id=job.request_id,
-            seq=seq,
-            text=out.text,
-            token_ids=out.token_ids,
-            final=out.finished,
-            finish_reason=out.finish_reason,
-            worker_id=self.instance_id,
-            model_version=self.record.version,
-            attempt=job.attempt,
-        )
-        if out.finished:
-            chunk.usage.CopyFrom(_usage(out.prompt_tokens, out.completion_tokens))
-            if out.finish_reason == common_pb2.FINISH_REASON_ERROR:
-                chunk.error_code = events_pb2.ERROR_CODE_INTERNAL
-                chunk.error_message = out.error
-        return chunk
-
-    def _started_chunk(self, job: events_pb2.Job) -> events_pb2.TokenChunk:
-        return events_pb2.TokenChunk(
-            request_id=job.request_id, seq=0, worker_id=self.instance_id, model_version=self.record.version, attempt=job.attempt
-        )
-
-    def _handed_back_chunk(self, job: events_pb2.Job, seq: int) -> events_pb2.TokenChunk:
-        chunk = self._started_chunk(job)
-        chunk.seq = seq
-        chunk.handed_back = True
-        return chunk
-
-    def _error_chunk(self, job: events_pb2.Job, seq: int, code: int, message: str) -> events_pb2.TokenChunk:
-        log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(code), error=message)
-        return events_pb2.TokenChunk(
-            request_id=job.request_id,
-            seq=seq,
-            final=True,
-            finish_reason=common_pb2.FINISH_REASON_ERROR,
-            error_code=code,
-            error_message=message,
-            worker_id=self.instance_id,
-            model_version=self.record.version,
-            attempt=job.attempt,
-        )
-
-    async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
-        await self._nc.publish(job.reply_subject, chunk.SerializeToString())
+            metrics.JOBS.labels(outcome="failed").inc()
+            await self._chunks.error(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
 def job_started_wall(perf_at: float) -> float:
     """Wall-clock time of a perf_counter reading (queue time is measured against the router's wall clock)."""
     return time.time() - (time.perf_counter() - perf_at)
-
-
-def _usage(prompt: int, completion: int) -> common_pb2.Usage:
-    return common_pb2.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> None:

@@ -2,7 +2,7 @@
 
 A worker serves the version its alias (`stable` by default) names. When the registry changes the
 alias (announced on NATS, and re-read every few seconds in case an announcement was missed), the
-worker verifies and loads the new version, starts taking its jobs, and then retires the old one:
+worker verifies and loads the new version, starts taking its jobs, and then winds the old one down:
 the old version keeps taking its already-queued jobs and finishing its running ones, and is unloaded
 once it has none. No request is dropped. An artifact that fails verification or loading is refused
 (logged, announced as ModelRefused) and the current version keeps serving.
@@ -45,19 +45,19 @@ class ModelWorker:
         catalog: ModelCatalog | None = None,
         open_version: VersionOpener | None = None,
         alias: str = "",
-        retire_grace_s: float = 30.0,
+        wind_down_grace_s: float = 30.0,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
         self.current = first
-        self._retiring: dict[int, VersionServer] = {}
+        self._winding_down: dict[int, VersionServer] = {}
         self.instance_id = instance_id
         self._heartbeat_interval_s = heartbeat_interval_s
         self._catalog = catalog
         self._open_version = open_version
         # Empty: pinned to one version, never follows the registry.
         self._alias = alias
-        self._retire_grace_s = retire_grace_s
+        self._wind_down_grace_s = wind_down_grace_s
         self._refused: set[tuple[int, str]] = set()
         self._changed = asyncio.Event()
         self._subs: list = []
@@ -74,23 +74,23 @@ class ModelWorker:
         return self.current.record.name
 
     def _servers(self) -> list[VersionServer]:
-        return [self.current, *self._retiring.values()]
+        return [self.current, *self._winding_down.values()]
 
     def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
-        total = busy = 0
+        total = busy = kv_reserved = 0
         for server in self._servers():
             stats = server.engine.stats()
             total += stats.slots_total
             busy += stats.slots_busy
+            kv_reserved += stats.kv_reserved
         metrics.SLOTS_TOTAL.set(total)
         metrics.SLOTS_BUSY.set(busy)
-        if hasattr(self.current.engine, "kv_reserved"):
-            metrics.KV_RESERVED.set(sum(s.engine.kv_reserved() for s in self._servers() if hasattr(s.engine, "kv_reserved")))
+        metrics.KV_RESERVED.set(kv_reserved)
         beat.model = self.model
         beat.model_version = self.current.version
         beat.numerics = self.current.numerics
         metrics.set_numerics(self.current.numerics)
-        beat.draining_versions.extend(sorted(self._retiring))
+        beat.draining_versions.extend(sorted(self._winding_down))
         beat.slots_total = total
         beat.slots_busy = busy
         beat.ready = not self._draining
@@ -152,7 +152,7 @@ class ModelWorker:
                 await self.swap_to(record)
 
     async def swap_to(self, record: registry_pb2.ModelVersion) -> bool:
-        """Loads `record`, serves it, and retires the version served so far; False when it was refused."""
+        """Loads `record`, serves it, and winds down the version served so far; False when it was refused."""
         async with self._swap_lock:
             if self._draining or record.version == self.current.version:
                 return False
@@ -171,19 +171,19 @@ class ModelWorker:
                 return False
             old = self.current
             self.current = server
-            self._retiring[old.version] = old
+            self._winding_down[old.version] = old
             await self.heartbeat.beat_once()  # schedulers see the new version now
-            log.info("version_swapped", model=record.name, version=record.version, retiring=old.version)
-            # Earlier swaps' retire tasks that ended are dropped, so a long-lived worker keeps no list of them.
+            log.info("version_swapped", model=record.name, version=record.version, winding_down=old.version)
+            # Earlier swaps' wind-down tasks that ended are dropped, so a long-lived worker keeps no list of them.
             self._tasks = [t for t in self._tasks if not t.done()]
-            self._tasks.append(asyncio.create_task(self._retire(old), name=f"retire-v{old.version}"))
+            self._tasks.append(asyncio.create_task(self._wind_down(old), name=f"wind-down-v{old.version}"))
             return True
 
-    async def _retire(self, old: VersionServer) -> None:
+    async def _wind_down(self, old: VersionServer) -> None:
         # Jobs admitted for the old version before the schedulers saw the move still arrive for a
         # heartbeat or two: keep taking them for two intervals at least.
-        await old.retire(self._retire_grace_s, settle_s=2 * self._heartbeat_interval_s)
-        if self._retiring.pop(old.version, None) is not None:
+        await old.wind_down(self._wind_down_grace_s, settle_s=2 * self._heartbeat_interval_s)
+        if self._winding_down.pop(old.version, None) is not None:
             await old.close()
         log.info("version_unloaded", model=self.model, serving=self.current.version)
         await self.heartbeat.beat_once()

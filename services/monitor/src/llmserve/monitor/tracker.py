@@ -18,6 +18,8 @@ from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
 
+_STATES = {"up": events_pb2.INSTANCE_STATE_UP, "dead": events_pb2.INSTANCE_STATE_DEAD}
+
 
 class HeartbeatTracker:
     """Declares an instance dead once its beats stop for dead_after_s, checking every check_s."""
@@ -56,7 +58,13 @@ class HeartbeatTracker:
         kind = KIND_NAMES.get(beat.kind, "unknown")
         log.info(f"instance_{state}", instance_id=beat.instance_id, kind=kind, model=beat.model or None)
         event = events_pb2.InstanceEvent(
-            instance_id=beat.instance_id, kind=beat.kind, state=state, at=time.time(), model=beat.model, model_version=beat.model_version
+            instance_id=beat.instance_id,
+            kind=beat.kind,
+            instance_state=_STATES[state],
+            state=state,
+            at=time.time(),
+            model=beat.model,
+            model_version=beat.model_version,
         )
         await self._nc.publish(self._subjects.event(f"instance.{state}"), event.SerializeToString())
 

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 
 import grpc
 import structlog
 
 from llmserve.common.catalog import CatalogBackup
-from llmserve.common.config import CommonSettings, env_str
 from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, follow_readiness
 from llmserve.common.metrics_server import serve_metrics
@@ -19,16 +17,18 @@ from llmserve.common.runtime import run_main, service_runtime
 from llmserve.registry.announcer import ChangeAnnouncer
 from llmserve.registry.grpc_api import RegistryServicer
 from llmserve.registry.guard import RegistryGuard
+from llmserve.registry.settings import RegistrySettings
 from llmserve.v1 import events_pb2, registry_pb2, registry_pb2_grpc
 
 log = structlog.get_logger()
 REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
 
 
-async def run(common: CommonSettings, grpc_addr: str, metrics_addr: str) -> None:
+async def run(settings: RegistrySettings) -> None:
+    common, grpc_addr = settings.common, settings.grpc_addr
     async with service_runtime(common, events_pb2.INSTANCE_KIND_REGISTRY) as rt:
         # Listeners first: health answers NOT_SERVING (and calls UNAVAILABLE) while Redis or NATS is away.
-        serve_metrics(metrics_addr, rt.readiness)
+        serve_metrics(settings.metrics_addr, rt.readiness)
         catalog = rt.catalog(rt.redis)
         guard = RegistryGuard(catalog, common.model_store, common.redis_url, common.key_prefix)
         server = grpc.aio.server(interceptors=[ErrorInterceptor()])
@@ -61,12 +61,8 @@ async def run(common: CommonSettings, grpc_addr: str, metrics_addr: str) -> None
 
 
 def main() -> int:
-    common = CommonSettings.from_env()
-    # LLMSERVE_REGISTRY_GRPC_ADDR: where the Registry gRPC service listens.
-    addr = env_str(os.environ, "LLMSERVE_REGISTRY_GRPC_ADDR", "127.0.0.1:50052")
-    # LLMSERVE_REGISTRY_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
-    metrics_addr = env_str(os.environ, "LLMSERVE_REGISTRY_METRICS_ADDR", "")
-    return run_main("registry", common, lambda: run(common, addr, metrics_addr))
+    settings = RegistrySettings.from_env()
+    return run_main("registry", settings.common, lambda: run(settings))
 
 
 if __name__ == "__main__":

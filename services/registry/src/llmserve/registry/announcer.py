@@ -53,10 +53,20 @@ class ChangeAnnouncer:
                 for entry_id, fields in entries:
                     last = entry_id.decode()
                     entry = audit_entry(entry_id, fields)
-                    change = events_pb2.RegistryChange(model=entry.model, action=entry.action, version=entry.version, audit_id=entry.id)
+                    change = events_pb2.RegistryChange(
+                        model=entry.model, kind=registry_action(entry.action), action=entry.action, version=entry.version, audit_id=entry.id
+                    )
                     try:
                         await self._nc.publish(self._subjects.registry_changes, change.SerializeToString())
                         self.announced += 1
                         log.info("registry_change_announced", model=entry.model, action=entry.action, version=entry.version)
                     except Exception as exc:
                         log.warning("announce_failed", error=str(exc))
+
+
+def registry_action(action: str) -> int:
+    """The RegistryAction of an audit entry's action text; UNSPECIFIED for one this build does not know."""
+    try:
+        return events_pb2.RegistryAction.Value(f"REGISTRY_ACTION_{action.upper()}")
+    except ValueError:
+        return events_pb2.REGISTRY_ACTION_UNSPECIFIED

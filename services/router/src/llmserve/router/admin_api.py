@@ -35,8 +35,8 @@ def as_dict(message) -> dict:
     return json_format.MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
 
 
-def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
-    """`export` returns a RegistrySnapshot (CatalogBackup.export)."""
+def authorizer(admin_token: str):
+    """A dependency that admits a request bearing the admin token and returns who made it (for the audit)."""
 
     def authorize(request: Request) -> str:
         if not admin_token:
@@ -47,21 +47,32 @@ def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
         who = request.headers.get("x-actor") or (request.client.host if request.client else "unknown")
         return f"rest:{who}"[:64]
 
+    return authorize
+
+
+async def model_view(catalog: ModelCatalog, name: str) -> dict:
+    """One model as the admin routes show it: versions, stable, canary and its weight, fallback."""
+    versions = await catalog.list_versions(name)
+    if not versions:
+        raise ServiceError.not_found(f"model {name!r} is not published")
+    canary = await catalog.canary(name)
+    return {
+        "name": name,
+        "stable": next((v.version for v in versions if "stable" in v.aliases), None),
+        "canary": canary[0] if canary else None,
+        "canary_weight": canary[1] if canary else 0,
+        "fallback": await catalog.fallback(name),
+        "versions": [as_dict(v) for v in versions],
+    }
+
+
+def admin_router(catalog: ModelCatalog, export, admin_token: str) -> APIRouter:
+    """`export` returns a RegistrySnapshot (CatalogBackup.export)."""
+    authorize = authorizer(admin_token)
     router = APIRouter(prefix="/admin/v1", tags=["admin"])
 
     async def _model(name: str) -> dict:
-        versions = await catalog.list_versions(name)
-        if not versions:
-            raise ServiceError.not_found(f"model {name!r} is not published")
-        canary = await catalog.canary(name)
-        return {
-            "name": name,
-            "stable": next((v.version for v in versions if "stable" in v.aliases), None),
-            "canary": canary[0] if canary else None,
-            "canary_weight": canary[1] if canary else 0,
-            "fallback": await catalog.fallback(name),
-            "versions": [as_dict(v) for v in versions],
-        }
+        return await model_view(catalog, name)
 
     async def _change(audit_id: str) -> dict:
         return as_dict(await catalog.audit_entry(audit_id))

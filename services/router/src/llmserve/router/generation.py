@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -36,6 +36,34 @@ class StreamTimeouts:
     first_chunk_s: float
     # Longest silence between chunks.
     stall_s: float
+
+
+@dataclass
+class _Progress:
+    """What one request's client has received so far (a continuation resumes after it)."""
+
+    ids: list[int] = field(default_factory=list)
+    chars: int = 0
+    migrations: int = 0
+    submitted: bool = False
+    finished: bool = False
+    started: float = field(default_factory=time.monotonic)
+    # When the previous chunk was delivered (the start, before the first).
+    last: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.last = self.started
+
+    def deliver(self, chunk: events_pb2.TokenChunk, now: float) -> None:
+        if not self.ids and self.migrations == 0:
+            metrics.TIME_TO_FIRST_TOKEN.observe(now - self.started)
+            metrics.RECENT.first_token(now - self.started)
+            log.info("first_token", ttft_s=round(now - self.started, 4), worker=chunk.worker_id)
+        else:
+            metrics.INTER_TOKEN_LATENCY.observe(now - self.last)
+        self.last = now
+        self.ids.extend(chunk.token_ids)
+        self.chars += len(chunk.text)
 
 
 class GenerationService:
@@ -80,58 +108,33 @@ class GenerationService:
         data = self.check_size(job)
         tokens = await self._jobs.stream(job)
         self._streams.add(tokens)
-        finished = submitted = False
+        progress = _Progress()
         outcome = "cancelled"
         # Why the worker is told to stop when the stream ends unfinished.
         stop_reason = "client_gone"
-        delivered_ids: list[int] = []
-        delivered_chars = 0
-        migrations = 0
-        started = last = time.monotonic()
         metrics.IN_FLIGHT.inc()
         try:
             job.model, job.model_version = await self._jobs.submit(data)
-            submitted = True
+            progress.submitted = True
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
                 try:
                     chunk = await tokens.next(timeout)
                 except (WorkerLost, StreamStalled) as exc:
-                    self._check_deadline(job)
-                    if isinstance(exc, StreamStalled) and not tokens.worker_id:
-                        raise ServiceError.unavailable("no worker started the request in time") from None
-                    if migrations >= self._max_migrations:
-                        raise ServiceError.unavailable(f"the request failed on {migrations + 1} workers") from None
-                    migrations += 1
-                    metrics.MIGRATIONS.inc()
-                    await self._jobs.cancel(job.request_id, "migrated", job.attempt)
-                    job = continuation(job, delivered_ids, delivered_chars)
-                    log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(exc),
-                             resumed_tokens=len(delivered_ids))
-                    tokens.new_attempt(job.attempt)
-                    await self._resubmit(job)
+                    job = await self._migrate(job, tokens, progress, exc)
                     timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
                     continue
-                now = time.monotonic()
                 timeout = self._wait_limit(job, self._timeouts.stall_s)
                 if not chunk.token_ids and not chunk.final:
                     continue  # "taken by worker X" marker, or tokens still held back
-                if not delivered_ids and migrations == 0:
-                    metrics.TIME_TO_FIRST_TOKEN.observe(now - started)
-                    metrics.RECENT.first_token(now - started)
-                    log.info("first_token", ttft_s=round(now - started, 4), worker=chunk.worker_id)
-                else:
-                    metrics.INTER_TOKEN_LATENCY.observe(now - last)
-                last = now
-                delivered_ids.extend(chunk.token_ids)
-                delivered_chars += len(chunk.text)
+                progress.deliver(chunk, time.monotonic())
                 if chunk.final:
-                    finished = True
+                    progress.finished = True
                     if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
                         raise ServiceError(chunk.error_code or events_pb2.ERROR_CODE_INTERNAL, chunk.error_message)
                     outcome = "ok"
                     metrics.GENERATED_TOKENS.inc(chunk.usage.completion_tokens)
-                    metrics.REQUEST_DURATION.observe(now - started)
+                    metrics.REQUEST_DURATION.observe(time.monotonic() - progress.started)
                     yield chunk
                     return
                 yield chunk
@@ -147,12 +150,32 @@ class GenerationService:
             metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
             metrics.RECENT.finished(outcome)
             await tokens.close()
-            if submitted and not finished:
-                # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
-                await asyncio.shield(self._jobs.cancel(job.request_id, stop_reason, job.attempt))
-            elif not submitted:
-                log.info("request_not_queued", request_id=job.request_id, outcome=outcome)
-            await asyncio.shield(self._jobs.done(job))
+            await asyncio.shield(self._settle(job, progress, outcome, stop_reason))
+
+    async def _migrate(self, job: events_pb2.Job, tokens: TokenStream, progress: _Progress, lost: Exception) -> events_pb2.Job:
+        """Resubmits the request as a continuation after what the client has; returns the new attempt's job."""
+        self._check_deadline(job)
+        if isinstance(lost, StreamStalled) and not tokens.worker_id:
+            raise ServiceError.unavailable("no worker started the request in time") from None
+        if progress.migrations >= self._max_migrations:
+            raise ServiceError.unavailable(f"the request failed on {progress.migrations + 1} workers") from None
+        progress.migrations += 1
+        metrics.MIGRATIONS.inc()
+        await self._jobs.cancel(job.request_id, "migrated", job.attempt)
+        job = continuation(job, progress.ids, progress.chars)
+        log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(lost), resumed_tokens=len(progress.ids))
+        tokens.new_attempt(job.attempt)
+        await self._resubmit(job)
+        return job
+
+    async def _settle(self, job: events_pb2.Job, progress: _Progress, outcome: str, stop_reason: str) -> None:
+        """After the stream ended, however: stop the worker if it still runs the job, free the tenant's share."""
+        if progress.submitted and not progress.finished:
+            # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
+            await self._jobs.cancel(job.request_id, stop_reason, job.attempt)
+        elif not progress.submitted:
+            log.info("request_not_queued", request_id=job.request_id, outcome=outcome)
+        await self._jobs.done(job)
 
     def _wait_limit(self, job: events_pb2.Job, limit_s: float) -> float:
         """How long to wait for the next chunk: the limit, or less when the request's deadline is closer."""

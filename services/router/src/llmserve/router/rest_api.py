@@ -188,6 +188,21 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
         docs_url=None,
         redoc_url=None,
     )
+    _add_docs(app)
+    _add_error_handlers(app)
+    _add_openai_routes(app, bridge)
+    _add_operations_routes(app, readiness)
+    if admin is not None:
+        app.include_router(admin)
+
+    @app.get("/", include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        return HTMLResponse(resources.files("llmserve.router").joinpath("static/playground.html").read_text())
+
+    return app
+
+
+def _add_docs(app: FastAPI) -> None:
     # The interactive docs' script and styles are served from the swagger-ui-bundle package, so /docs
     # works on machines that cannot reach a CDN.
     app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_path)), name="swagger")
@@ -201,6 +216,11 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="data:,",
         )
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error in OpenAI's shape: ServiceError by its code, a bad body as 400 naming the field,
+    Redis or NATS away as 503, anything else as 500 (logged)."""
 
     @app.exception_handler(ServiceError)
     async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -227,6 +247,8 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
         structlog.contextvars.unbind_contextvars("request_id", "model")
         return await call_next(request)
 
+
+def _add_openai_routes(app: FastAPI, bridge: RestBridge) -> None:
     @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streamed with stream=true)")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await bridge.complete("chat", body, request)
@@ -239,6 +261,8 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
     async def models() -> dict:
         return await bridge.models()
 
+
+def _add_operations_routes(app: FastAPI, readiness: Readiness) -> None:
     @app.get("/healthz", tags=["operations"], summary="The router process is alive")
     async def healthz() -> dict:
         return {"status": "ok"}
@@ -251,12 +275,3 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    if admin is not None:
-        app.include_router(admin)
-
-    @app.get("/", include_in_schema=False)
-    async def playground() -> HTMLResponse:
-        return HTMLResponse(resources.files("llmserve.router").joinpath("static/playground.html").read_text())
-
-    return app

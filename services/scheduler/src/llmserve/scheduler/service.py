@@ -97,7 +97,10 @@ class Scheduler:
         return events_pb2.SubmitReply(model_version=job.model_version, model=job.model)
 
     async def _admit_and_queue(self, job: events_pb2.Job) -> str:
-        job.model_version = await admit(job, self._catalog, self._liveness)
+        admission = await admit(job, self._catalog, self._liveness)
+        if admission.via == "fallback":
+            log.info("job_sent_to_fallback", requested=job.model, fallback=admission.model)
+        job.model, job.model_version = admission.model, admission.version
         if job.attempt > 0:
             # A migrated request already holds its tenant's share, and its priority was raised on purpose.
             job.priority = effective_priority(job.priority)

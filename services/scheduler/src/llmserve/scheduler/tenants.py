@@ -20,6 +20,7 @@ import structlog
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.keys import RedisKeys
+from llmserve.common.natsio import JOBS_DUPLICATE_WINDOW_S
 from llmserve.common.tenants import ANONYMOUS
 
 log = structlog.get_logger()
@@ -60,8 +61,8 @@ def tenant_of(tenant: str) -> str:
     return tenant or ANONYMOUS
 
 
-# How long an ended request's id is remembered: JetStream's duplicate window (120 s) and a margin.
-DONE_MEMORY_S = 150
+# How long an ended request's id is remembered: JetStream's duplicate window and a margin.
+DONE_MEMORY_S = int(JOBS_DUPLICATE_WINDOW_S) + 30
 
 
 class TenantPolicy:

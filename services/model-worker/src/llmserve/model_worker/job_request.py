@@ -1,0 +1,69 @@
+"""Preparing a job for the engine: chat template, tokenization, and the limits of the model's context.
+
+Whatever is wrong with a job's input is found here and refused with a reason (`JobRejected`, answered
+to the client as INVALID_ARGUMENT) before the engine sees it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmserve.common.subjects import attempt_key
+from llmserve.model_worker.engine import EngineRequest
+from llmserve.model_worker.sampling import SamplingConfig
+from llmserve.v1 import events_pb2
+
+
+class JobRejected(Exception):
+    """The job cannot run on this model: `code` is the ErrorCode the client gets."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def prompt_ids(job: events_pb2.Job, tokenizer: Any) -> list[int]:
+    """The job's prompt as token ids: chat messages through the model's chat template, or raw text."""
+    if job.WhichOneof("input") == "messages":
+        messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:
+            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    else:
+        ids = tokenizer(job.prompt)["input_ids"]
+    if not ids:
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
+    return ids
+
+
+def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineRequest:
+    """The engine's request for a job, on a model (and engine) that holds `context` positions at most."""
+    ids = prompt_ids(job, tokenizer)
+    room = context - len(ids)
+    # A migrated request's resumed tokens count against max_tokens; they need room too.
+    if room <= 0:
+        raise JobRejected(
+            events_pb2.ERROR_CODE_INVALID_ARGUMENT,
+            f"the prompt has {len(ids)} tokens; this model serves at most {context}",
+        )
+    s = job.sampling
+    sampling = SamplingConfig(
+        temperature=s.temperature,
+        top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
+        top_k=s.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        repetition_penalty=s.repetition_penalty if s.repetition_penalty > 0 else 1.0,
+        # Never past the model's context: the answer ends with finish_reason "length" instead.
+        max_tokens=min(s.max_tokens, room),
+        stop=tuple(s.stop),
+    )
+    return EngineRequest(
+        request_id=attempt_key(job.request_id, job.attempt),
+        prompt_ids=tuple(ids),
+        sampling=sampling,
+        ignore_eos=s.ignore_eos,
+        resume_ids=tuple(job.resume_token_ids),
+        resume_text_chars=job.resume_text_chars,
+    )
