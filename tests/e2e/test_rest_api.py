@@ -150,6 +150,30 @@ async def test_disconnect_mid_stream_cancels_the_job(real_cluster):
     assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
 
 
+
+async def test_a_client_that_gives_up_on_a_whole_answer_frees_the_worker(real_cluster):
+    """Not streamed: the client's timeout closes the connection, and the job stops within a second."""
+    nc = await nats.connect(real_cluster.nats_url)
+    rid = "rest-gave-up-1"
+    final = asyncio.get_running_loop().create_future()
+
+    async def on_chunk(msg):
+        chunk = events_pb2.TokenChunk.FromString(msg.data)
+        if chunk.final and not final.done():
+            final.set_result(chunk)
+
+    await nc.subscribe(f"{real_cluster.prefix}.tokens.{rid}", cb=on_chunk)
+    await nc.flush()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay about rivers."}], "max_tokens": 2000,
+            "ignore_eos": True}
+    async with httpx.AsyncClient(timeout=1.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid})
+    chunk = await asyncio.wait_for(final, 1.5)
+    await nc.close()
+    assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
+    assert chunk.usage.completion_tokens < 2000
+
 def test_playground_streams_an_answer(real_cluster):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -319,3 +319,22 @@ async def test_rolling_restart_of_workers_fails_no_request(tmp_path, model_store
         cluster.forget_stopped()
     finally:
         cluster.stop()
+
+
+async def test_a_new_request_waits_out_a_scheduler_restart(tmp_path, model_store, nats_srv, redis_srv, smollm):
+    """No scheduler answers for a moment (the only one restarts): the request is retried, not refused."""
+    prefix = "s" + uuid.uuid4().hex[:10]
+    await asyncio.to_thread(register, redis_srv.url, prefix, smollm)
+    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path / "logs")
+    try:
+        await asyncio.to_thread(cluster.start, 1)
+        scheduler = next(s for s in cluster.services if s.name == "scheduler")
+        await asyncio.to_thread(scheduler.stop)
+        cluster.forget_stopped()
+        router = next(s for s in cluster.services if s.name == "router")
+        asking = asyncio.create_task(asyncio.to_thread(_ask, cluster))
+        await asyncio.to_thread(_until, lambda: "submit_retrying" in router.log_path.read_text(), 10, "the router retrying", {})
+        cluster.start_service("scheduler", "scheduler-2")
+        assert "Paris" in await asyncio.wait_for(asking, 60)
+    finally:
+        cluster.stop()

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
         help="REST address of the router (default %(default)s)",
     )
     up.add_argument("--workers", type=int, default=1, help="model workers to start (default %(default)s)")
+    up.add_argument("--schedulers", type=int, default=2,
+                    help="schedulers to start (default %(default)s: requests keep being admitted while one restarts)")
     up.add_argument("--state-dir", default=".llmserve", help="where servers keep data and logs (default %(default)s)")
     up.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for readiness")
 
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         from llmserve.cli.up import up
 
-        return up(Path(args.state_dir), args.grpc, args.http, args.workers, args.ready_timeout)
+        return up(Path(args.state_dir), args.grpc, args.http, args.workers, args.ready_timeout, args.schedulers)
     if args.command == "chat":
         from llmserve.cli.chat import chat
 

@@ -68,7 +68,7 @@ def _wait_router_ready(addr: str, children: list[Child], timeout_s: float, shoul
     raise TimeoutError(f"the cluster was not ready within {timeout_s:.0f} s; logs are in {children[0].log_path.parent}")
 
 
-def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_timeout_s: float) -> int:
+def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_timeout_s: float, schedulers: int = 2) -> int:
     settings = CommonSettings.from_env()
     state_dir.mkdir(parents=True, exist_ok=True)
     logs = state_dir / "logs"
@@ -88,7 +88,7 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
         print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
         env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr,
                "LLMSERVE_ROUTER_HTTP_ADDR": http_addr}
-        children = _service_children(env, workers, logs)
+        children = _service_children(env, {"model_worker": workers, "scheduler": schedulers}, logs)
         for child in children:
             child.start()
         print("Starting services (logs in " + str(logs) + ") ...", flush=True)
@@ -127,10 +127,11 @@ def _start_missing_servers(settings: CommonSettings, state_dir: Path, logs: Path
     return servers
 
 
-def _service_children(env: dict[str, str], workers: int, logs: Path) -> list[Child]:
+def _service_children(env: dict[str, str], counts: dict[str, int], logs: Path) -> list[Child]:
+    """One child per instance, in start order; `counts` says how many of a service (default one)."""
     children = []
     for service in SERVICES:
-        count = workers if service == "model_worker" else 1
+        count = counts.get(service, 1)
         for i in range(count):
             name = service.replace("_", "-") + (f"-{i}" if count > 1 else "")
             children.append(Child(name, f"llmserve.{service}", env, logs / f"{name}.log"))
@@ -157,7 +158,7 @@ async def _publish_default(settings: CommonSettings):
 
 
 def _supervise(children: list[Child], should_stop) -> None:
-    """Restarts crashed services with exponential backoff until asked to stop."""
+    """Restarts services that exit (a crashed one with exponential backoff) until asked to stop."""
     while not should_stop():
         now = time.monotonic()
         for child in children:
@@ -172,7 +173,10 @@ def _supervise(children: list[Child], should_stop) -> None:
             # A service that ran a while before crashing starts again from the shortest backoff.
             if now - child.started_at > 60:
                 child.restarts = 0
-            delay = min(MAX_BACKOFF_S, 2.0 ** child.restarts)
+            # Exit code 0 after a while is a service stopped on purpose (a worker drained by a SIGTERM
+            # from outside): replace it at once. A crash, or a quick exit, backs off so no loop spins.
+            stopped_cleanly = code == 0 and now - child.started_at > 10
+            delay = 0.0 if stopped_cleanly else min(MAX_BACKOFF_S, 2.0 ** child.restarts)
             child.restarts += 1
             child.next_start = now + delay
             child.proc = None

@@ -9,6 +9,8 @@ never reach it.
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -22,6 +24,9 @@ from llmserve.common.subjects import Subjects
 from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
+
+# ServiceError.reason of a submission no scheduler answered (worth retrying; the job may not be queued).
+NO_SCHEDULER = "no_scheduler"
 
 
 class StreamStalled(Exception):
@@ -124,13 +129,32 @@ class JobClient:
         try:
             msg = await self.nc.request(self._subjects.submit, data, timeout=self._submit_timeout_s)
         except NoRespondersError:
-            raise ServiceError.unavailable("no scheduler is running") from None
+            raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "no scheduler is running", reason=NO_SCHEDULER) from None
         except (TimeoutError, NatsTimeoutError):
-            raise ServiceError.unavailable("the scheduler did not answer in time") from None
+            raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "the scheduler did not answer in time", reason=NO_SCHEDULER) from None
         reply = events_pb2.SubmitReply.FromString(msg.data)
         if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
             raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
         return reply.model, reply.model_version
+
+    async def submit_patiently(self, data: bytes, give_up_at: float) -> tuple[str, int]:
+        """submit(), retried while no scheduler answers (one restarting, or all busy for a moment) until
+        the monotonic time give_up_at; jittered waits of 0.1 s doubling to 1 s. JetStream's duplicate
+        window makes a retry of a job that did reach the queue harmless. Any other refusal is final."""
+        attempt = 0
+        while True:
+            try:
+                return await self.submit(data)
+            except ServiceError as exc:
+                if exc.reason != NO_SCHEDULER:
+                    raise
+                delay = min(1.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+                if time.monotonic() + delay >= give_up_at:
+                    raise
+                if attempt == 0:
+                    log.info("submit_retrying", reason=exc.message)
+            attempt += 1
+            await asyncio.sleep(delay)
 
     async def done(self, job: events_pb2.Job) -> None:
         """Tells the schedulers the request ended, so its tenant's share is free again."""

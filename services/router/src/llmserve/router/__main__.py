@@ -78,7 +78,7 @@ async def run(settings: RouterSettings) -> None:
         generation = GenerationService(
             nc,
             rt.subjects,
-            StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s),
+            StreamTimeouts(settings.submit_timeout_s, settings.queue_timeout_s, settings.stall_timeout_s, settings.submit_retry_s),
             settings.max_migrations,
         )
         catalog = rt.catalog(rt.redis)

@@ -36,6 +36,8 @@ class StreamTimeouts:
     first_chunk_s: float
     # Longest silence between chunks.
     stall_s: float
+    # How long a first submission is retried while no scheduler answers (bounded by the deadline too).
+    submit_retry_s: float = 10.0
 
 
 @dataclass
@@ -114,7 +116,8 @@ class GenerationService:
         stop_reason = "client_gone"
         metrics.IN_FLIGHT.inc()
         try:
-            job.model, job.model_version = await self._jobs.submit(data)
+            give_up = time.monotonic() + self._wait_limit(job, self._timeouts.submit_retry_s)
+            job.model, job.model_version = await self._jobs.submit_patiently(data, give_up)
             progress.submitted = True
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:

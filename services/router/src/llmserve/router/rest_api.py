@@ -7,6 +7,8 @@ any output (unknown model, full queue, no worker) still gets its real status cod
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -100,12 +102,12 @@ class RestBridge:
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache"},
             )
-        text, final = [], None
-        async for chunk in chunks:
-            text.append(chunk.text)
-            final = chunk
-        assert final is not None and final.final
-        return JSONResponse(self._whole(kind, job, "".join(text), final), headers=headers)
+        answer = await collect_unless_gone(chunks, request)
+        if answer is None:
+            # The client left; the request was stopped and logged as cancelled. Nobody reads this.
+            return Response(status_code=499)
+        text, final = answer
+        return JSONResponse(self._whole(kind, job, text, final), headers=headers)
 
     def _whole(self, kind: Kind, job: events_pb2.Job, text: str, final: events_pb2.TokenChunk) -> dict:
         finish = FINISH_REASONS.get(final.finish_reason, "stop")
@@ -180,6 +182,39 @@ class RestBridge:
         return {"object": "list", "data": data}
 
 
+async def collect_unless_gone(
+    chunks: AsyncIterator[events_pb2.TokenChunk], request: Request, poll_s: float = 0.25
+) -> tuple[str, events_pb2.TokenChunk] | None:
+    """A non-streamed answer: its whole text and final chunk, or None when the client disconnected first.
+
+    Starlette cancels a streamed response's generator when its client goes, but not a handler that is
+    still collecting: without this a client that gave up kept a worker slot busy to its last token.
+    Stopping the collection closes the stream, which cancels the job on its worker.
+    """
+
+    async def collect() -> tuple[str, events_pb2.TokenChunk]:
+        text, final = [], None
+        async for chunk in chunks:
+            text.append(chunk.text)
+            final = chunk
+        assert final is not None and final.final
+        return "".join(text), final
+
+    task = asyncio.ensure_future(collect())
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="llmserve",
@@ -242,10 +277,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.exception("rest_request_failed")
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error", None, "internal"), status_code=500)
 
-    @app.middleware("http")
-    async def _clean_log_context(request: Request, call_next):
-        structlog.contextvars.unbind_contextvars("request_id", "model")
-        return await call_next(request)
+    app.add_middleware(_CleanLogContext)
+
+
+class _CleanLogContext:
+    """Each HTTP request starts with a clean logging context. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware (`@app.middleware`) hides the client's disconnect from the handlers below it,
+    which collect_unless_gone relies on."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            structlog.contextvars.unbind_contextvars("request_id", "model")
+        await self.app(scope, receive, send)
 
 
 def _add_openai_routes(app: FastAPI, bridge: RestBridge) -> None:

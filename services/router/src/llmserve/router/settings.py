@@ -22,6 +22,9 @@ class RouterSettings:
     max_tokens_limit: int = 4096
     # LLMSERVE_ROUTER_SUBMIT_TIMEOUT_S: how long the scheduler may take to accept or refuse a job.
     submit_timeout_s: float = 5.0
+    # LLMSERVE_ROUTER_SUBMIT_RETRY_S: how long a new request is retried while no scheduler answers
+    # (one restarting, say) before it fails with UNAVAILABLE; the request's deadline bounds it too.
+    submit_retry_s: float = 10.0
     # LLMSERVE_ROUTER_QUEUE_TIMEOUT_S: longest wait for the first token (queueing included) when the
     # client set no deadline.
     queue_timeout_s: float = 300.0
@@ -42,6 +45,7 @@ class RouterSettings:
             default_max_tokens=env_int(env, "LLMSERVE_ROUTER_DEFAULT_MAX_TOKENS", cls.default_max_tokens),
             max_tokens_limit=env_int(env, "LLMSERVE_ROUTER_MAX_TOKENS_LIMIT", cls.max_tokens_limit),
             submit_timeout_s=env_float(env, "LLMSERVE_ROUTER_SUBMIT_TIMEOUT_S", cls.submit_timeout_s),
+            submit_retry_s=env_float(env, "LLMSERVE_ROUTER_SUBMIT_RETRY_S", cls.submit_retry_s),
             queue_timeout_s=env_float(env, "LLMSERVE_ROUTER_QUEUE_TIMEOUT_S", cls.queue_timeout_s),
             stall_timeout_s=env_float(env, "LLMSERVE_ROUTER_STALL_TIMEOUT_S", cls.stall_timeout_s),
             max_migrations=env_int(env, "LLMSERVE_ROUTER_MAX_MIGRATIONS", cls.max_migrations),
