@@ -1,6 +1,7 @@
 """The REST bridge with real clients: the official openai package, raw HTTP, and a headless browser."""
 
 import asyncio
+import contextlib
 import json
 
 import httpx
@@ -121,9 +122,10 @@ def test_health_readiness_metrics_and_openapi(real_cluster, client):
     assert httpx.get(f"{base}/static/swagger/swagger-ui-bundle.js").status_code == 200
 
 
-async def test_disconnect_mid_stream_cancels_the_job(real_cluster):
-    nc = await nats.connect(real_cluster.nats_url)
-    rid = "rest-disconnect-1"
+@contextlib.asynccontextmanager
+async def final_chunk_of(cluster, rid: str):
+    """A future of the final chunk the worker publishes for request `rid`, heard on NATS directly."""
+    nc = await nats.connect(cluster.nats_url)
     final = asyncio.get_running_loop().create_future()
 
     async def on_chunk(msg):
@@ -131,46 +133,43 @@ async def test_disconnect_mid_stream_cancels_the_job(real_cluster):
         if chunk.final and not final.done():
             final.set_result(chunk)
 
-    await nc.subscribe(f"{real_cluster.prefix}.tokens.{rid}", cb=on_chunk)
+    await nc.subscribe(f"{cluster.prefix}.tokens.{rid}", cb=on_chunk)
     await nc.flush()
+    try:
+        yield final
+    finally:
+        await nc.close()
+
+
+async def test_disconnect_mid_stream_cancels_the_job(real_cluster):
+    rid = "rest-disconnect-1"
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay about rivers."}], "max_tokens": 2000, "stream": True}
-    async with httpx.AsyncClient(timeout=60) as http:
-        async with http.stream("POST", f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid}) as r:
-            assert r.status_code == 200
-            seen = 0
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    json.loads(line[6:])
-                    seen += 1
-                if seen == 4:
-                    break
-    # Closing the response closed the connection; the worker must end the job within a second.
-    chunk = await asyncio.wait_for(final, 1.0)
-    await nc.close()
+    async with final_chunk_of(real_cluster, rid) as final:
+        async with httpx.AsyncClient(timeout=60) as http:
+            async with http.stream("POST", f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid}) as r:
+                assert r.status_code == 200
+                seen = 0
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        json.loads(line[6:])
+                        seen += 1
+                    if seen == 4:
+                        break
+        # Closing the response closed the connection; the worker must end the job within a second.
+        chunk = await asyncio.wait_for(final, 1.0)
     assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
 
 
-
 async def test_a_client_that_gives_up_on_a_whole_answer_frees_the_worker(real_cluster):
-    """Not streamed: the client's timeout closes the connection, and the job stops within a second."""
-    nc = await nats.connect(real_cluster.nats_url)
+    """Not streamed: the client's timeout closes the connection, and the job stops at once."""
     rid = "rest-gave-up-1"
-    final = asyncio.get_running_loop().create_future()
-
-    async def on_chunk(msg):
-        chunk = events_pb2.TokenChunk.FromString(msg.data)
-        if chunk.final and not final.done():
-            final.set_result(chunk)
-
-    await nc.subscribe(f"{real_cluster.prefix}.tokens.{rid}", cb=on_chunk)
-    await nc.flush()
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay about rivers."}], "max_tokens": 2000,
             "ignore_eos": True}
-    async with httpx.AsyncClient(timeout=1.5) as http:
-        with pytest.raises(httpx.ReadTimeout):
-            await http.post(f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid})
-    chunk = await asyncio.wait_for(final, 1.5)
-    await nc.close()
+    async with final_chunk_of(real_cluster, rid) as final:
+        async with httpx.AsyncClient(timeout=1.5) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.post(f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid})
+        chunk = await asyncio.wait_for(final, 1.5)
     assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
     assert chunk.usage.completion_tokens < 2000
 

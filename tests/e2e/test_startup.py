@@ -8,6 +8,7 @@ the dependency comes up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -134,6 +135,19 @@ def _ask(cluster: Cluster) -> str:
         return "".join(r.text for r in inference_pb2_grpc.InferenceStub(channel).GenerateStream(request, timeout=60))
 
 
+@contextlib.asynccontextmanager
+async def _running_cluster(tmp_path, model_store, nats_srv, redis_srv, smollm, workers: int, **worker_env: str):
+    """A whole cluster of its own prefix, started (in a thread: starting blocks) and stopped around the block."""
+    prefix = "s" + uuid.uuid4().hex[:10]
+    await asyncio.to_thread(register, redis_srv.url, prefix, smollm)
+    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path / "logs")
+    try:
+        await asyncio.to_thread(cluster.start, workers, **worker_env)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def test_every_service_waits_visibly_and_stops_on_the_first_signal(tmp_path, model_store):
     """Neither NATS nor Redis answers: all five stay up and not ready, log one line each, stop in 2 s."""
     prefix = "s" + uuid.uuid4().hex[:10]
@@ -255,11 +269,7 @@ def test_worker_stops_within_2_s_while_loading_its_model(tmp_path, model_store, 
 
 async def test_rolling_restart_of_workers_fails_no_request(tmp_path, model_store, nats_srv, redis_srv, smollm):
     """Two workers serve a steady load; a third starts, the first gets SIGTERM: every request succeeds."""
-    prefix = "s" + uuid.uuid4().hex[:10]
-    await asyncio.to_thread(register, redis_srv.url, prefix, smollm)
-    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path / "logs")
-    try:
-        await asyncio.to_thread(cluster.start, 2, LLMSERVE_WORKER_DRAIN_GRACE_S="5")
+    async with _running_cluster(tmp_path, model_store, nats_srv, redis_srv, smollm, 2, LLMSERVE_WORKER_DRAIN_GRACE_S="5") as cluster:
         await asyncio.to_thread(cluster.wait_workers, 2)
         answered: list[str] = []
         failed: list[str] = []
@@ -317,17 +327,12 @@ async def test_rolling_restart_of_workers_fails_no_request(tmp_path, model_store
             assert code == 128 + signal.SIGTERM and time.monotonic() - sent <= STOP_WITHIN_S
             call.cancel()
         cluster.forget_stopped()
-    finally:
-        cluster.stop()
+
 
 
 async def test_a_new_request_waits_out_a_scheduler_restart(tmp_path, model_store, nats_srv, redis_srv, smollm):
     """No scheduler answers for a moment (the only one restarts): the request is retried, not refused."""
-    prefix = "s" + uuid.uuid4().hex[:10]
-    await asyncio.to_thread(register, redis_srv.url, prefix, smollm)
-    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path / "logs")
-    try:
-        await asyncio.to_thread(cluster.start, 1)
+    async with _running_cluster(tmp_path, model_store, nats_srv, redis_srv, smollm, 1) as cluster:
         scheduler = next(s for s in cluster.services if s.name == "scheduler")
         await asyncio.to_thread(scheduler.stop)
         cluster.forget_stopped()
@@ -336,5 +341,4 @@ async def test_a_new_request_waits_out_a_scheduler_restart(tmp_path, model_store
         await asyncio.to_thread(_until, lambda: "submit_retrying" in router.log_path.read_text(), 10, "the router retrying", {})
         cluster.start_service("scheduler", "scheduler-2")
         assert "Paris" in await asyncio.wait_for(asking, 60)
-    finally:
-        cluster.stop()
+
