@@ -112,8 +112,12 @@ def test_health_readiness_metrics_and_openapi(real_cluster, client):
     base = real_cluster.http_url
     assert httpx.get(f"{base}/healthz").status_code == 200
     assert httpx.get(f"{base}/readyz").json() == {"ready": True, "reason": ""}
-    names = {f.name for f in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)}
-    assert {"llmserve_router_requests", "llmserve_router_time_to_first_token_seconds", "llmserve_router_generated_tokens"} <= names
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{base}/metrics").text)}
+    assert {"llmserve_router_requests", "llmserve_router_time_to_first_token_seconds", "llmserve_router_generated_tokens"} <= families.keys()
+    # Per-model series, as dashboards built for other servers expect them.
+    prompt_tokens = {s.labels["model"]: s.value for s in families["llmserve_router_prompt_tokens"].samples if s.name.endswith("_total")}
+    assert prompt_tokens.get(MODEL, 0) > 0
+    assert any(s.labels.get("model") == MODEL for s in families["llmserve_router_time_to_first_token_seconds"].samples)
     spec = httpx.get(f"{base}/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= spec["paths"].keys()
     docs = httpx.get(f"{base}/docs")

@@ -36,9 +36,11 @@ class StreamStalled(Exception):
 class WorkerLost(Exception):
     """The worker running this attempt was declared dead or handed the request back."""
 
-    def __init__(self, worker_id: str, reason: str) -> None:
+    def __init__(self, worker_id: str, reason: str, cause: str = "worker_dead") -> None:
         super().__init__(f"worker {worker_id}: {reason}")
         self.worker_id = worker_id
+        # For metrics: "worker_dead" or "handed_back".
+        self.cause = cause
 
 
 class TokenStream:
@@ -103,7 +105,7 @@ class TokenStream:
             if item.attempt != self.attempt or item.seq < self.next_seq:
                 continue
             if item.handed_back:
-                raise WorkerLost(item.worker_id, "handed the request back")
+                raise WorkerLost(item.worker_id, "handed the request back", cause="handed_back")
             self.worker_id = self.worker_id or item.worker_id
             self._early[item.seq] = item
         chunk = self._early.pop(self.next_seq)

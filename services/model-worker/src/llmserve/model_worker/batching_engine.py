@@ -80,7 +80,9 @@ class BatchingEngine(ThreadedEngine):
         self._pad_id = int(pad)
 
     def stats(self) -> EngineStats:
-        return EngineStats(slots_total=self.max_running, slots_busy=len(self._sequences), kv_reserved=self._reserved_kv)
+        return EngineStats(
+            slots_total=self.max_running, slots_busy=len(self._sequences), kv_reserved=self._reserved_kv, kv_capacity=self.max_kv_tokens
+        )
 
     def _check(self, request: EngineRequest) -> None:
         need = len(request.prompt_ids) + request.sampling.max_tokens

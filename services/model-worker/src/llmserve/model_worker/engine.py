@@ -62,8 +62,10 @@ class EngineStats:
     slots_total: int
     # Sequences running or admitted.
     slots_busy: int
-    # KV-cache positions reserved by admitted sequences (0 for an engine without a KV budget).
+    # KV-cache positions reserved by admitted sequences, and the most it may reserve (both 0 for an
+    # engine without a KV budget).
     kv_reserved: int = 0
+    kv_capacity: int = 0
 
     @property
     def slots_free(self) -> int:

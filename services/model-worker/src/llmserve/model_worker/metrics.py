@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 JOBS = Counter(
-    "llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected, expired).", ["outcome"]
+    "llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected, failed, expired).", ["outcome"]
 )
 QUEUE_TIME = Histogram(
     "llmserve_worker_queue_time_seconds",
@@ -17,6 +17,9 @@ GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens gen
 SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
 SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
 KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")
+KV_USAGE = Gauge(
+    "llmserve_worker_kv_cache_usage_ratio", "KV-cache positions reserved as a share of the engine's capacity (0 to 1)."
+)
 NUMERICS = Gauge(
     "llmserve_worker_numerics_info", "1 for the numeric mode the served version's weights run in (int8, float32, bfloat16, float16).", ["numerics"]
 )

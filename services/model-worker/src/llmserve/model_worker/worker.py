@@ -77,15 +77,17 @@ class ModelWorker:
         return [self.current, *self._winding_down.values()]
 
     def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
-        total = busy = kv_reserved = 0
+        total = busy = kv_reserved = kv_capacity = 0
         for server in self._servers():
             stats = server.engine.stats()
             total += stats.slots_total
             busy += stats.slots_busy
             kv_reserved += stats.kv_reserved
+            kv_capacity += stats.kv_capacity
         metrics.SLOTS_TOTAL.set(total)
         metrics.SLOTS_BUSY.set(busy)
         metrics.KV_RESERVED.set(kv_reserved)
+        metrics.KV_USAGE.set(kv_reserved / kv_capacity if kv_capacity else 0.0)
         beat.model = self.model
         beat.model_version = self.current.version
         beat.numerics = self.current.numerics

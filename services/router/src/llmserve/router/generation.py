@@ -56,13 +56,13 @@ class _Progress:
     def __post_init__(self) -> None:
         self.last = self.started
 
-    def deliver(self, chunk: events_pb2.TokenChunk, now: float) -> None:
+    def deliver(self, chunk: events_pb2.TokenChunk, now: float, model: str) -> None:
         if not self.ids and self.migrations == 0:
-            metrics.TIME_TO_FIRST_TOKEN.observe(now - self.started)
+            metrics.TIME_TO_FIRST_TOKEN.labels(model=model).observe(now - self.started)
             metrics.RECENT.first_token(now - self.started)
             log.info("first_token", ttft_s=round(now - self.started, 4), worker=chunk.worker_id)
         else:
-            metrics.INTER_TOKEN_LATENCY.observe(now - self.last)
+            metrics.INTER_TOKEN_LATENCY.labels(model=model).observe(now - self.last)
         self.last = now
         self.ids.extend(chunk.token_ids)
         self.chars += len(chunk.text)
@@ -112,6 +112,7 @@ class GenerationService:
         self._streams.add(tokens)
         progress = _Progress()
         outcome = "cancelled"
+        usage = None
         # Why the worker is told to stop when the stream ends unfinished.
         stop_reason = "client_gone"
         metrics.IN_FLIGHT.inc()
@@ -130,14 +131,14 @@ class GenerationService:
                 timeout = self._wait_limit(job, self._timeouts.stall_s)
                 if not chunk.token_ids and not chunk.final:
                     continue  # "taken by worker X" marker, or tokens still held back
-                progress.deliver(chunk, time.monotonic())
+                progress.deliver(chunk, time.monotonic(), job.model)
                 if chunk.final:
                     progress.finished = True
                     if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
                         raise ServiceError(chunk.error_code or events_pb2.ERROR_CODE_INTERNAL, chunk.error_message)
-                    outcome = "ok"
-                    metrics.GENERATED_TOKENS.inc(chunk.usage.completion_tokens)
-                    metrics.REQUEST_DURATION.observe(time.monotonic() - progress.started)
+                    outcome, usage = "ok", chunk.usage
+                    metrics.GENERATED_TOKENS.labels(model=job.model).inc(chunk.usage.completion_tokens)
+                    metrics.REQUEST_DURATION.labels(model=job.model).observe(time.monotonic() - progress.started)
                     yield chunk
                     return
                 yield chunk
@@ -150,7 +151,7 @@ class GenerationService:
         finally:
             self._streams.discard(tokens)
             metrics.IN_FLIGHT.dec()
-            metrics.REQUESTS.labels(api=api, outcome=outcome).inc()
+            metrics.request_finished(job.model, api, job.tenant, outcome, usage)
             metrics.RECENT.finished(outcome)
             await tokens.close()
             await asyncio.shield(self._settle(job, progress, outcome, stop_reason))
@@ -163,7 +164,7 @@ class GenerationService:
         if progress.migrations >= self._max_migrations:
             raise ServiceError.unavailable(f"the request failed on {progress.migrations + 1} workers") from None
         progress.migrations += 1
-        metrics.MIGRATIONS.inc()
+        metrics.MIGRATIONS.labels(model=job.model, cause=lost.cause if isinstance(lost, WorkerLost) else "stalled").inc()
         await self._jobs.cancel(job.request_id, "migrated", job.attempt)
         job = continuation(job, progress.ids, progress.chars)
         log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(lost), resumed_tokens=len(progress.ids))

@@ -7,29 +7,82 @@ from collections import deque
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from llmserve.common.tenants import ANONYMOUS
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+_TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 
 REQUESTS = Counter(
     "llmserve_router_requests_total",
-    "Requests finished, by API (grpc, rest) and outcome (ok, cancelled, or the error code).",
-    ["api", "outcome"],
+    "Requests finished, by model, API (grpc, rest) and outcome (ok, cancelled, or the error code).",
+    ["model", "api", "outcome"],
 )
 IN_FLIGHT = Gauge("llmserve_router_requests_in_flight", "Requests between submission and their last chunk.")
 TIME_TO_FIRST_TOKEN = Histogram(
-    "llmserve_router_time_to_first_token_seconds", "From submission to the first chunk, queueing included.", buckets=_LATENCY_BUCKETS
+    "llmserve_router_time_to_first_token_seconds",
+    "From submission to the first chunk, queueing included, by model.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS,
 )
 INTER_TOKEN_LATENCY = Histogram(
     "llmserve_router_inter_token_latency_seconds",
-    "Time between two chunks of one stream.",
+    "Time between two chunks of one stream, by model.",
+    ["model"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 REQUEST_DURATION = Histogram(
-    "llmserve_router_request_duration_seconds", "From submission to the last chunk.", buckets=_LATENCY_BUCKETS
+    "llmserve_router_request_duration_seconds", "From submission to the last chunk, by model.", ["model"], buckets=_LATENCY_BUCKETS
 )
-GENERATED_TOKENS = Counter("llmserve_router_generated_tokens_total", "Completion tokens delivered to clients.")
+PROMPT_TOKENS = Counter("llmserve_router_prompt_tokens_total", "Prompt tokens of finished requests, by model.", ["model"])
+GENERATED_TOKENS = Counter("llmserve_router_generated_tokens_total", "Completion tokens delivered to clients, by model.", ["model"])
+PROMPT_LENGTH = Histogram(
+    "llmserve_router_prompt_length_tokens", "Prompt tokens per finished request, by model.", ["model"], buckets=_TOKEN_BUCKETS
+)
+GENERATION_LENGTH = Histogram(
+    "llmserve_router_generation_length_tokens", "Completion tokens per finished request, by model.", ["model"], buckets=_TOKEN_BUCKETS
+)
 MIGRATIONS = Counter(
-    "llmserve_router_migrations_total", "Requests resumed on another worker (worker dead, stalled or draining)."
+    "llmserve_router_migrations_total",
+    "Requests resumed on another worker, by model and cause (worker_dead, stalled, handed_back).",
+    ["model", "cause"],
 )
+TENANT_REQUESTS = Counter(
+    "llmserve_router_tenant_requests_total",
+    "Requests finished per tenant (the first 100 tenants a router sees by name, later ones as _other).",
+    ["tenant"],
+)
+TENANT_TOKENS = Counter(
+    "llmserve_router_tenant_tokens_total", "Prompt and completion tokens per tenant (same naming as the requests).", ["tenant"]
+)
+
+# Tenants get their own label value up to this many per router process; later ones share OTHER_TENANTS,
+# so a client inventing tenant names cannot grow the series without bound.
+TENANT_LABEL_CAP = 100
+OTHER_TENANTS = "_other"
+_named_tenants: set[str] = set()
+
+
+def tenant_label(tenant: str) -> str:
+    tenant = tenant or ANONYMOUS
+    if tenant in _named_tenants:
+        return tenant
+    if len(_named_tenants) < TENANT_LABEL_CAP:
+        _named_tenants.add(tenant)
+        return tenant
+    return OTHER_TENANTS
+
+
+def request_finished(model: str, api: str, tenant: str, outcome: str, usage) -> None:
+    """Counts one finished request (usage: the final chunk's, or None when it had none)."""
+    REQUESTS.labels(model=model, api=api, outcome=outcome).inc()
+    label = tenant_label(tenant)
+    TENANT_REQUESTS.labels(tenant=label).inc()
+    if usage is not None:
+        PROMPT_TOKENS.labels(model=model).inc(usage.prompt_tokens)
+        PROMPT_LENGTH.labels(model=model).observe(usage.prompt_tokens)
+        GENERATION_LENGTH.labels(model=model).observe(usage.completion_tokens)
+        TENANT_TOKENS.labels(tenant=label).inc(usage.prompt_tokens + usage.completion_tokens)
 
 
 class RecentStats:

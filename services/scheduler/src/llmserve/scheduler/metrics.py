@@ -1,6 +1,6 @@
 """Prometheus metrics of the scheduler (served when LLMSERVE_SCHEDULER_METRICS_ADDR is set).
 
-Time in queue is measured where a job leaves the queue: the workers' llmserve_worker_queue_seconds.
+Time in queue is measured where a job leaves the queue: the workers' llmserve_worker_queue_time_seconds.
 """
 
 from __future__ import annotations
