@@ -32,6 +32,8 @@ SERVICES = ("registry", "scheduler", "monitor", "model_worker", "router")
 # How soon a service must be ready once its dependency answers: the backoff's cap (4 s) plus an attempt.
 READY_AFTER_DEPENDENCY_S = 6.0
 STOP_WITHIN_S = 2.0
+# Polling interval of the waits that measure how soon something happened.
+POLL_S = 0.05
 
 
 def _http_status(url: str) -> int | None:
@@ -91,19 +93,6 @@ def _start_all(cluster: Cluster) -> dict[str, ServiceProcess]:
     return {name: cluster.start_service(name, **env[name]) for name in SERVICES}
 
 
-def _until(check, timeout_s: float, what: str, services: dict[str, ServiceProcess]) -> float:
-    """Polls check() until true; returns the seconds it took. Fails at once when a service died."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        for service in services.values():
-            service.check_alive()
-        if check():
-            return time.monotonic() - started
-        time.sleep(0.05)
-    tails = "\n".join(f"--- {s.name}\n{s.log_tail(10)}" for s in services.values())
-    raise AssertionError(f"{what} within {timeout_s} s\n{tails}")
-
-
 def _log_events(service: ServiceProcess) -> list[dict]:
     events = []
     for line in service.log_path.read_text(errors="replace").splitlines():
@@ -158,7 +147,7 @@ def test_every_service_waits_visibly_and_stops_on_the_first_signal(tmp_path, mod
     try:
         probes = _probe_urls(cluster)
         # Every probe answers "not ready" (the process is up, its dependency is not).
-        _until(lambda: all(_http_status(url) == 503 for url in probes.values()), 60, "every /readyz says 503", services)
+        cluster.until(lambda: all(_http_status(url) == 503 for url in probes.values()), 60, "every /readyz says 503", POLL_S)
         assert _grpc_serving(cluster.grpc_addr) is False
         assert _grpc_serving(f"127.0.0.1:{cluster.registry_port}") is False
         for name, url in probes.items():
@@ -207,9 +196,9 @@ def test_cluster_started_before_nats_serves_once_it_comes_up(tmp_path, model_sto
             reason = _readyz_reason(probes[name])
             return said and "nats:" in reason and "redis:" not in reason and "model:" not in reason
 
-        _until(lambda: all(waiting_for_nats_only(name) for name in services), 120, "every service waiting for NATS only", services)
+        cluster.until(lambda: all(waiting_for_nats_only(name) for name in services), 120, "every service waiting for NATS only", POLL_S)
         nats.start()
-        took = _until(lambda: all(_http_status(url) == 200 for url in probes.values()), 30, "every service ready", services)
+        took = cluster.until(lambda: all(_http_status(url) == 200 for url in probes.values()), 30, "every service ready", POLL_S)
         assert took <= READY_AFTER_DEPENDENCY_S, f"ready {took:.1f} s after NATS came up"
         assert _grpc_serving(cluster.grpc_addr) is True
         assert "Paris" in _ask(cluster)
@@ -230,19 +219,19 @@ def test_cluster_started_before_redis_serves_once_it_comes_up(tmp_path, model_st
     services = _start_all(cluster)
     try:
         probes = _probe_urls(cluster)
-        _until(
+        cluster.until(
             lambda: all(any(e["event"] == "waiting_for_redis" for e in _log_events(services[name])) for name in services if name != "monitor"),
-            60, "every service but the monitor waiting for Redis", services,
+            60, "every service but the monitor waiting for Redis", POLL_S,
         )
         assert all("redis:" in _readyz_reason(url) for name, url in probes.items() if name != "monitor")
         redis.start()
         register(redis.url, prefix, smollm)
-        took = _until(
-            lambda: all("redis:" not in _readyz_reason(url) for url in probes.values()), 30, "every service connected to Redis", services
+        took = cluster.until(
+            lambda: all("redis:" not in _readyz_reason(url) for url in probes.values()), 30, "every service connected to Redis", POLL_S
         )
         assert took <= READY_AFTER_DEPENDENCY_S, f"connected {took:.1f} s after Redis came up"
         # The worker learns the version only now, and loads the model before it is ready.
-        _until(lambda: all(_http_status(url) == 200 for url in probes.values()), 120, "every service ready", services)
+        cluster.until(lambda: all(_http_status(url) == 200 for url in probes.values()), 120, "every service ready", POLL_S)
         assert "Paris" in _ask(cluster)
         for name in ("registry", "scheduler", "model_worker", "router"):
             events = [e["event"] for e in _log_events(services[name])]
@@ -261,7 +250,7 @@ def test_worker_stops_within_2_s_while_loading_its_model(tmp_path, model_store, 
     port = infra.free_port()
     worker = cluster.start_service("model_worker", LLMSERVE_WORKER_METRICS_ADDR=f"127.0.0.1:{port}")
     try:
-        _until(lambda: "loading" in _readyz_reason(f"http://127.0.0.1:{port}/readyz"), 60, "the worker loading", {"w": worker})
+        cluster.until(lambda: "loading" in _readyz_reason(f"http://127.0.0.1:{port}/readyz"), 60, "the worker loading", POLL_S)
         _stop_all_within({"model_worker": worker}, STOP_WITHIN_S)
     finally:
         cluster.stop()
@@ -320,7 +309,7 @@ async def test_rolling_restart_of_workers_fails_no_request(tmp_path, model_store
             call = inference_pb2_grpc.InferenceStub(channel).GenerateStream(long, timeout=120)
             await anext(call.__aiter__())
             router.signal(signal.SIGTERM)
-            await asyncio.to_thread(_until, lambda: "shutdown_requested" in router.log_path.read_text(), 5, "SIGTERM heard", {})
+            await asyncio.to_thread(cluster.until, lambda: "shutdown_requested" in router.log_path.read_text(), 5, "SIGTERM heard")
             router.signal(signal.SIGTERM)
             sent = time.monotonic()
             code = await asyncio.to_thread(router.proc.wait, 10)
@@ -338,7 +327,7 @@ async def test_a_new_request_waits_out_a_scheduler_restart(tmp_path, model_store
         cluster.forget_stopped()
         router = next(s for s in cluster.services if s.name == "router")
         asking = asyncio.create_task(asyncio.to_thread(_ask, cluster))
-        await asyncio.to_thread(_until, lambda: "submit_retrying" in router.log_path.read_text(), 10, "the router retrying", {})
+        await asyncio.to_thread(cluster.until, lambda: "submit_retrying" in router.log_path.read_text(), 10, "the router retrying")
         cluster.start_service("scheduler", "scheduler-2")
         assert "Paris" in await asyncio.wait_for(asking, 60)
 

@@ -135,15 +135,16 @@ class Cluster:
         self.wait_ready()
         return self
 
-    def _until(self, check, timeout_s: float, what: str) -> None:
-        """Polls check() until it is true, failing fast (with the log's tail) if any service dies."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def until(self, check, timeout_s: float, what: str, poll_s: float = 0.2) -> float:
+        """Polls check() until it is true and returns the seconds that took, failing fast (with the log's
+        tail) if any service dies."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
             for service in self.services:
                 service.check_alive()
             if check():
-                return
-            time.sleep(0.2)
+                return time.monotonic() - started
+            time.sleep(poll_s)
         tails = "\n".join(f"--- {s.name}\n{s.log_tail(15)}" for s in self.services)
         raise TimeoutError(f"{what} within {timeout_s:.0f} s\n{tails}")
 
@@ -158,7 +159,7 @@ class Cluster:
                 except grpc.RpcError:
                     return False
 
-            self._until(serving, timeout_s, "cluster not ready")
+            self.until(serving, timeout_s, "cluster not ready")
 
     def forget_stopped(self) -> None:
         """Drops services a test stopped on purpose, so readiness checks do not count them as crashed."""
@@ -175,7 +176,7 @@ class Cluster:
                 models = stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5).models
                 return sum(m.live_workers for m in models) >= count
 
-            self._until(enough, timeout_s, f"fewer than {count} live workers")
+            self.until(enough, timeout_s, f"fewer than {count} live workers")
 
     def stop(self) -> None:
         for service in reversed(self.services):

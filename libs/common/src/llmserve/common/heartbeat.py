@@ -26,7 +26,8 @@ KIND_NAMES = {
 
 
 class HeartbeatPublisher:
-    """Publishes a Heartbeat every interval until stopped. `fill` adds the service's own load fields."""
+    """Publishes a Heartbeat every interval until stopped. `fill` adds the service's own load fields
+    and says whether it is ready (a beat is ready unless `fill` says otherwise)."""
 
     def __init__(
         self,
@@ -46,7 +47,6 @@ class HeartbeatPublisher:
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first call only sets the baseline
         self._task: asyncio.Task[None] | None = None
-        self.ready = True
 
     def build(self) -> events_pb2.Heartbeat:
         beat = events_pb2.Heartbeat(
@@ -54,7 +54,7 @@ class HeartbeatPublisher:
             kind=self._kind,
             sent_at=time.time(),
             interval_s=self._interval_s,
-            ready=self.ready,
+            ready=True,
             rss_bytes=self._process.memory_info().rss,
             cpu_percent=self._process.cpu_percent(None),
             host=socket.gethostname(),

@@ -9,8 +9,8 @@ never reach it.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
+from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -20,6 +20,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.startup import Backoff
 from llmserve.common.subjects import Subjects
 from llmserve.v1 import events_pb2
 
@@ -27,6 +28,14 @@ log = structlog.get_logger()
 
 # ServiceError.reason of a submission no scheduler answered (worth retrying; the job may not be queued).
 NO_SCHEDULER = "no_scheduler"
+
+
+def no_scheduler(exc: ServiceError) -> bool:
+    return exc.reason == NO_SCHEDULER
+
+
+# Waits between the submissions of a new request while no scheduler answers.
+SUBMIT_BACKOFF = Backoff(first_s=0.1, max_s=1.0)
 
 
 class StreamStalled(Exception):
@@ -139,18 +148,25 @@ class JobClient:
             raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
         return reply.model, reply.model_version
 
-    async def submit_patiently(self, data: bytes, give_up_at: float) -> tuple[str, int]:
-        """submit(), retried while no scheduler answers (one restarting, or all busy for a moment) until
-        the monotonic time give_up_at; jittered waits of 0.1 s doubling to 1 s. JetStream's duplicate
-        window makes a retry of a job that did reach the queue harmless. Any other refusal is final."""
+    async def submit_patiently(
+        self,
+        data: bytes,
+        give_up_at: float,
+        retry_if: Callable[[ServiceError], bool] = no_scheduler,
+        backoff: Backoff = SUBMIT_BACKOFF,
+    ) -> tuple[str, int]:
+        """submit(), retried while the refusal is one `retry_if` accepts (by default: no scheduler
+        answered, one restarting or all busy for a moment) until the monotonic time give_up_at, with
+        `backoff`'s waits. JetStream's duplicate window makes a retry of a job that did reach the queue
+        harmless. Any other refusal is final."""
         attempt = 0
         while True:
             try:
                 return await self.submit(data)
             except ServiceError as exc:
-                if exc.reason != NO_SCHEDULER:
+                if not retry_if(exc):
                     raise
-                delay = min(1.0, 0.1 * 2**attempt) * random.uniform(0.5, 1.0)
+                delay = backoff.delay(attempt)
                 if time.monotonic() + delay >= give_up_at:
                     raise
                 if attempt == 0:

@@ -35,9 +35,8 @@ def _probes_app(readiness: Readiness):
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/readyz"):
-            ok = path == "/healthz" or readiness.ready
-            body = {"status": "ok"} if path == "/healthz" else {"ready": ok, "reason": "" if ok else readiness.reason}
-            start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "application/json")])
+            status, body = (200, {"status": "ok"}) if path == "/healthz" else readiness.probe()
+            start_response("200 OK" if status == 200 else "503 Service Unavailable", [("Content-Type", "application/json")])
             return [json.dumps(body).encode()]
         return metrics(environ, start_response)
 

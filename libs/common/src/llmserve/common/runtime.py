@@ -109,9 +109,13 @@ class ServiceRuntime:
         self, nc: NATS, fill: Callable[[events_pb2.Heartbeat], None] | None = None
     ) -> HeartbeatPublisher:
         """Beats carry the process's readiness (a `fill` may narrow it further)."""
-        heartbeat = HeartbeatPublisher(nc, self.subjects, self.instance_id, self.kind, self.common.heartbeat_interval_s, fill)
-        heartbeat.ready = self.readiness.ready
-        self.readiness.listeners.append(lambda ready: setattr(heartbeat, "ready", ready))
+
+        def fill_beat(beat: events_pb2.Heartbeat) -> None:
+            beat.ready = self.readiness.ready
+            if fill is not None:
+                fill(beat)
+
+        heartbeat = HeartbeatPublisher(nc, self.subjects, self.instance_id, self.kind, self.common.heartbeat_interval_s, fill_beat)
         heartbeat.start()
         self.stack.push_async_callback(heartbeat.stop)
         return heartbeat

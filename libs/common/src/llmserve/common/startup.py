@@ -66,7 +66,12 @@ class Readiness:
 
     @property
     def reason(self) -> str:
+        """What blocks readiness ("" when ready)."""
         return "; ".join(f"{name}: {why}" for name, why in self._blocked.items())
+
+    def probe(self) -> tuple[int, dict]:
+        """The answer of a /readyz endpoint: 200 when ready, else 503 with the reason."""
+        return (200 if self._ready else 503), {"ready": self._ready, "reason": self.reason}
 
     def block(self, name: str, why: str) -> None:
         self._blocked[name] = why

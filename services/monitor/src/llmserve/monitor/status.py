@@ -152,7 +152,7 @@ def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, al
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        ready = readiness.ready
-        return JSONResponse({"ready": ready, "reason": "" if ready else readiness.reason}, status_code=200 if ready else 503)
+        status, body = readiness.probe()
+        return JSONResponse(body, status_code=status)
 
     return app

@@ -18,11 +18,20 @@ from nats.aio.msg import Msg
 from llmserve.common.errors import ServiceError
 from llmserve.common.job_client import JobClient, StreamStalled, TokenStream, WorkerLost
 from llmserve.common.natsio import usable
+from llmserve.common.startup import Backoff
 from llmserve.common.subjects import Subjects
 from llmserve.router import metrics
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
+
+# Waits between the submissions of a continuation while no worker looks live.
+_RESUBMIT_BACKOFF = Backoff(first_s=0.25, max_s=0.25)
+
+
+def _unavailable(exc: ServiceError) -> bool:
+    return exc.code == events_pb2.ERROR_CODE_UNAVAILABLE
+
 
 # Room left in a NATS message for the Job's other fields and headers.
 _PAYLOAD_HEADROOM = 4096
@@ -195,18 +204,16 @@ class GenerationService:
             raise ServiceError.deadline("the request's deadline passed")
 
     async def _resubmit(self, job: events_pb2.Job) -> None:
-        """Submits a continuation, retrying while no worker is live for up to the stall timeout: right
-        after a worker dies or NATS comes back, the others' next heartbeat may be a second away."""
-        give_up = time.monotonic() + self._timeouts.stall_s
-        while True:
-            try:
-                await self._jobs.submit(job.SerializeToString())
-                return
-            except ServiceError as exc:
-                if exc.code != events_pb2.ERROR_CODE_UNAVAILABLE or time.monotonic() >= give_up:
-                    raise
-            self._check_deadline(job)
-            await asyncio.sleep(0.25)
+        """Submits a continuation, retrying about every 0.25 s while no worker is live (or no scheduler
+        answers) for up to the stall timeout: right after a worker dies or NATS comes back, the others'
+        next heartbeat may be a second away. Past the request's deadline it fails with DEADLINE_EXCEEDED."""
+        give_up = time.monotonic() + self._wait_limit(job, self._timeouts.stall_s)
+        try:
+            await self._jobs.submit_patiently(job.SerializeToString(), give_up, _unavailable, _RESUBMIT_BACKOFF)
+        except ServiceError as exc:
+            if exc.code == events_pb2.ERROR_CODE_UNAVAILABLE:
+                self._check_deadline(job)
+            raise
 
 
 def continuation(job: events_pb2.Job, delivered_ids: list[int], delivered_chars: int) -> events_pb2.Job:

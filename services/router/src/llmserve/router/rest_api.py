@@ -315,8 +315,8 @@ def _add_operations_routes(app: FastAPI, readiness: Readiness) -> None:
 
     @app.get("/readyz", tags=["operations"], summary="A request for the default model would be served now")
     async def readyz() -> JSONResponse:
-        ready = readiness.ready
-        return JSONResponse({"ready": ready, "reason": "" if ready else readiness.reason}, status_code=200 if ready else 503)
+        status, body = readiness.probe()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
