@@ -52,7 +52,7 @@ def _measure(name: str, url: str, pid: int, concurrency: int, new_tokens: int) -
 
 
 def run(store: Path, work: Path, rounds: int, new_tokens: int, log, worker_env: dict[str, str] | None = None) -> dict:
-    from llmserve.registry.publish import packaged_gguf
+    from llmserve.common.modelstore import packaged_gguf
 
     binary = llama_server.ensure_binary(log)
     threads = os.cpu_count() or 2

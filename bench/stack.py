@@ -19,7 +19,7 @@ from tests.helpers.servers import nats_server, redis_server
 async def publish_default_model(redis_url: str, prefix: str, store: Path):
     client = aioredis.from_url(redis_url)
     try:
-        return await ensure_default_model(ModelCatalog(client, RedisKeys(prefix)), store, show_progress=False)
+        return await ensure_default_model(ModelCatalog(client, RedisKeys(prefix)), store)
     finally:
         await client.aclose()
 

@@ -86,7 +86,7 @@ def smollm(redis_srv: ServerProcess, model_store: Path) -> registry_pb2.ModelVer
     from llmserve.registry.publish import ensure_default_model
 
     return asyncio.run(
-        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: ensure_default_model(c, model_store, show_progress=False))
+        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: ensure_default_model(c, model_store))
     )
 
 
@@ -98,7 +98,7 @@ def tiny(redis_srv: ServerProcess, model_store: Path, smollm, tmp_path_factory) 
 
     source = build_tiny_llama(tmp_path_factory.mktemp("tiny") / "model", model_store / smollm.path)
     return asyncio.run(
-        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, TINY, source, show_progress=False))
+        with_catalog(redis_srv.url, "session-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, TINY, source))
     )
 
 

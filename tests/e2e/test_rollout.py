@@ -35,7 +35,7 @@ def tiny2(redis_srv, model_store, smollm, tmp_path_factory):
 
     source = build_tiny_llama(tmp_path_factory.mktemp("tiny2") / "model", model_store / smollm.path, seed=1)
     return asyncio.run(
-        with_catalog(redis_srv.url, "t2-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, "tiny-two", source, show_progress=False))
+        with_catalog(redis_srv.url, "t2-" + uuid.uuid4().hex[:6] + ":", lambda c: publish_directory(c, model_store, "tiny-two", source))
     )
 
 

@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 
 from llmserve.cli import infra
 from llmserve.common.keys import RedisKeys
+from llmserve.common.registry_client import RegistryClient
 from llmserve.common.subjects import Subjects
-from llmserve.common.tenants import set_tenant_limits
-from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
+from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc, registry_pb2
 from tests.helpers.cluster import Cluster
 from tests.helpers.registry import register
 
@@ -249,11 +249,11 @@ async def test_the_same_request_id_submitted_twice_runs_once(cluster):
 
 async def test_a_flooding_tenant_cannot_starve_another(cluster):
     limit = 4
-    redis = aioredis.from_url(cluster.redis_url)
-    keys = RedisKeys(f"{cluster.prefix}:")
-    await set_tenant_limits(redis, keys, "flood", max_active=limit)
-    await set_tenant_limits(redis, keys, "steady", max_active=limit)
-    await redis.aclose()
+    registry = RegistryClient(cluster.registry_addr)
+    for tenant in ("flood", "steady"):
+        request = registry_pb2.SetTenantLimitsRequest(limits=registry_pb2.TenantLimits(tenant=tenant, max_active=limit))
+        await registry.call("SetTenantLimits", request)
+    await registry.close()
     done = asyncio.Event()
     flood_ok = flood_rejected = 0
     steady_times: list[float] = []

@@ -88,6 +88,10 @@ class Cluster:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def registry_addr(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
     def monitor_url(self) -> str:
         return f"http://127.0.0.1:{self.monitor_port}"
 
@@ -105,6 +109,7 @@ class Cluster:
             LLMSERVE_ROUTER_GRPC_ADDR=self.grpc_addr,
             LLMSERVE_ROUTER_HTTP_ADDR=f"127.0.0.1:{self.http_port}",
             LLMSERVE_MONITOR_HTTP_ADDR=f"127.0.0.1:{self.monitor_port}",
+            LLMSERVE_REGISTRY_ADDR=self.registry_addr,
             LLMSERVE_WORKER_TORCH_THREADS="1",
             PYTHONUNBUFFERED="1",
         )
@@ -122,7 +127,7 @@ class Cluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.start_service(
             "registry",
-            LLMSERVE_REGISTRY_GRPC_ADDR=f"127.0.0.1:{self.registry_port}",
+            LLMSERVE_REGISTRY_GRPC_ADDR=self.registry_addr,
             LLMSERVE_REGISTRY_METRICS_ADDR=f"127.0.0.1:{self.registry_metrics_port}",
         )
         self.start_service("scheduler", LLMSERVE_SCHEDULER_METRICS_ADDR=f"127.0.0.1:{self.scheduler_metrics_port}")

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from llmserve.cli import infra
+from llmserve.common.auth import Authenticator
 from llmserve.common.catalog import CatalogBackup, ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import ErrorInterceptor
@@ -26,18 +27,25 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def registry_stub(catalog, redis_client, keys, tmp_path, redis_srv):
-    """The Registry gRPC service in this process, on a free port."""
-    guard = RegistryGuard(catalog, tmp_path / "store", redis_srv.url, keys.prefix)
+async def registry_addr(catalog, redis_client, keys, tmp_path, redis_srv):
+    """The Registry gRPC service in this process (auth off), on a free port."""
+    store = tmp_path / "store"
+    guard = RegistryGuard(catalog, store, redis_srv.url, keys.prefix)
     server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    servicer = RegistryServicer(catalog, CatalogBackup(redis_client, keys, catalog), guard, tmp_path / "store")
+    authenticator = Authenticator(redis_client, keys, required=False)
+    servicer = RegistryServicer(catalog, CatalogBackup(redis_client, keys, catalog), guard, store, redis_client, keys, authenticator)
     registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    yield f"127.0.0.1:{port}"
+    await server.stop(0)
+
+
+@pytest.fixture
+async def registry_stub(registry_addr):
+    channel = grpc.aio.insecure_channel(registry_addr)
     yield registry_pb2_grpc.RegistryStub(channel)
     await channel.close()
-    await server.stop(0)
 
 
 async def test_fifty_concurrent_promotes_and_rollbacks_leave_a_consistent_record(registry_stub, catalog):
@@ -226,25 +234,24 @@ async def test_every_change_is_announced_on_nats(catalog, redis_client, keys, nc
         task.cancel()
 
 
-def test_llmserve_up_finds_the_published_default_model_without_importing_torch(redis_srv, model_store, smollm, tmp_path):
-    """`llmserve up`'s own publish step, on a registry that has the model: no torch, no transformers."""
+async def test_llmserve_up_finds_the_published_default_model_without_importing_torch(registry_addr, redis_srv, keys, model_store, smollm):
+    """`llmserve up`'s own publish step, against a registry that has the model: no torch, no transformers
+    on the CLI's side (it asks the registry, which finds the version)."""
     import os
-    import subprocess
     import sys
-    import uuid
 
-    from tests.helpers.registry import register
+    from tests.helpers.registry import with_catalog
 
-    prefix = "t" + uuid.uuid4().hex[:10]
-    record = register(redis_srv.url, prefix, smollm)
+    record = await with_catalog(redis_srv.url, keys.prefix, lambda c: c.publish(smollm.name, smollm.path, smollm.sha256, "test"))
     code = (
         "import asyncio, sys\n"
-        "from llmserve.cli.up import _publish_default\n"
-        "from llmserve.common.config import CommonSettings\n"
-        "record = asyncio.run(_publish_default(CommonSettings.from_env()))\n"
+        "from pathlib import Path\n"
+        "from llmserve.cli.models import ensure_default\n"
+        "from llmserve.common.registry_client import RegistryClient\n"
+        f"record = asyncio.run(ensure_default(RegistryClient({registry_addr!r}), Path('.')))\n"
         "print(record.version, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLMSERVE_")}
-    env.update(LLMSERVE_REDIS_URL=redis_srv.url, LLMSERVE_KEY_PREFIX=f"{prefix}:", LLMSERVE_MODEL_STORE=str(model_store))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env, check=True)
-    assert out.stdout.split() == [str(record.version), "False", "False"], out.stderr
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert out.decode().split() == [str(record.version), "False", "False"], err.decode()[-2000:]

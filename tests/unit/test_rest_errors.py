@@ -18,6 +18,8 @@ pytestmark = pytest.mark.unit
         (events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, 429),
         (events_pb2.ERROR_CODE_UNAVAILABLE, 503),
         (events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, 504),
+        (events_pb2.ERROR_CODE_PERMISSION_DENIED, 403),
+        (events_pb2.ERROR_CODE_UNAUTHENTICATED, 401),
     ],
 )
 def test_each_code_has_its_status_and_openai_shape(code, status):
@@ -28,9 +30,17 @@ def test_each_code_has_its_status_and_openai_shape(code, status):
     assert set(body["error"]) == {"message", "type", "param", "code"}
 
 
-def test_overload_carries_retry_after():
+def test_overload_carries_retry_after_rounded_up():
+    # Rounded up: a client that waits the whole seconds it is told is not refused again for the same reason.
     response = error_response(ServiceError(events_pb2.ERROR_CODE_RESOURCE_EXHAUSTED, "full", retry_after_s=2.4))
-    assert response.status_code == 429 and response.headers["retry-after"] == "2"
+    assert response.status_code == 429 and response.headers["retry-after"] == "3"
+
+
+def test_a_key_problem_is_401_with_openais_invalid_api_key_code():
+    response = error_response(ServiceError.unauthenticated("invalid API key"))
+    body = json.loads(response.body)
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert body["error"]["code"] == "invalid_api_key" and body["error"]["type"] == "invalid_request_error"
 
 
 def test_content_parts_and_max_completion_tokens_are_understood():

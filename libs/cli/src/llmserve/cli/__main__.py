@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -43,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     models = sub.add_parser("models", help="the model registry: list, show, publish, promote, canary, rollback, retire, ...")
+    # With LLMSERVE_AUTH=required: the admin commands need LLMSERVE_API_KEY (an admin key).
     models.add_argument("--addr", default=grpc_addr, help="router gRPC address, for list (default %(default)s)")
     msub = models.add_subparsers(dest="action")
     msub.add_parser("list", help="models the cluster serves, with live workers (the default action)")
@@ -51,55 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     add_parsers(msub)
 
     tenants = sub.add_parser("tenants", help="per-tenant limits (requests queued or running, highest priority)")
-    tsub = tenants.add_subparsers(dest="action")
-    tsub.add_parser("list", help="tenants with their own limits (the default action)")
-    tset = tsub.add_parser("set", help="override the scheduler's defaults for one tenant")
-    tset.add_argument("tenant", help="the tenant (its x-tenant header)")
-    tset.add_argument("--max-active", type=int, help="requests queued or running at once (0: no limit)")
-    tset.add_argument("--max-priority", help="highest priority it may ask for: low, normal, high or critical")
+    from llmserve.cli import tenants as tenants_cli
+
+    tenants_cli.add_parsers(tenants.add_subparsers(dest="action"))
+
+    keys = sub.add_parser("keys", help="API keys: create (the secret is shown once), list, revoke, generate")
+    from llmserve.cli import keys as keys_cli
+
+    keys_cli.add_parsers(keys.add_subparsers(dest="action", required=True))
     return p
 
 
-async def _tenants(args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
-    from llmserve.common.config import CommonSettings
-    from llmserve.common.errors import ServiceError
-    from llmserve.common.keys import RedisKeys
-    from llmserve.common.tenants import priority_level, set_tenant_limits, tenant_limits
-    from llmserve.v1 import common_pb2
-
-    settings = CommonSettings.from_env()
-    redis = aioredis.from_url(settings.redis_url)
-    keys = RedisKeys(settings.key_prefix)
-    try:
-        if args.action == "set":
-            priority = None
-            if args.max_priority:
-                try:
-                    priority = priority_level(args.max_priority)
-                except ValueError as exc:
-                    print(f"error: --max-priority: {exc}", file=sys.stderr)
-                    return 2
-            await set_tenant_limits(redis, keys, args.tenant, max_active=args.max_active, max_priority=priority)
-        limits = await tenant_limits(redis, keys)
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        await redis.aclose()
-    if not limits:
-        print("no tenant has its own limits; every tenant gets the scheduler's defaults")
-    for tenant, fields in limits.items():
-        shown = dict(fields)
-        if "max_priority" in shown:
-            shown["max_priority"] = common_pb2.Priority.Name(shown["max_priority"]).removeprefix("PRIORITY_").lower()
-        print(f"{tenant}: " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items())))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
+    if args.command == "tenants" and args.action is None:
+        args = _parser().parse_args([*argv, "list"])
     if args.command == "up":
         from llmserve.cli.up import up
 
@@ -121,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "tenants":
-        return asyncio.run(_tenants(args))
+        from llmserve.cli import tenants
+
+        return tenants.run(args)
+    if args.command == "keys":
+        from llmserve.cli import keys
+
+        return keys.run(args)
     return 2
 
 

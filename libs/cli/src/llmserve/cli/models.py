@@ -1,53 +1,30 @@
-"""`llmserve models ...`: the registry from the command line.
+"""`llmserve models ...`: the registry from the command line, as a client of the Registry service.
 
-The commands change the registry's Redis records through the same atomic scripts as the gRPC
-Registry service and the REST admin routes; the registry announces every change on NATS, so workers
-follow. `publish` copies (or converts) the artifact into the model store with a progress bar.
+Every command is a call to the Registry gRPC API (see registry_access.py), which guards, makes and
+audits the change and announces it on NATS, so workers follow. `publish` shows the registry's
+progress (checksum, copy) as progress bars. Paths are read by the registry: with `llmserve up` it
+runs on this machine; elsewhere the artifact must lie where the registry can read it (the model
+store's volume). A GGUF file is converted by the registry when it has the model worker's code
+(torch), else here, into the model store, and the registry moves the result into place.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import uuid
 from pathlib import Path
 
-import redis.asyncio as aioredis
 from google.protobuf import json_format
+from tqdm import tqdm
 
-from llmserve.common.catalog import CatalogBackup, ModelCatalog
-from llmserve.common.config import CommonSettings
+from llmserve.cli.registry_access import ACTOR, add_access_arguments, registry_client, run_command
+from llmserve.common.config import DEFAULT_MODEL, CommonSettings
 from llmserve.common.errors import ServiceError
-from llmserve.common.keys import RedisKeys
-from llmserve.registry import publish
-from llmserve.registry.guard import RegistryGuard
-from llmserve.v1 import registry_pb2
-
-ACTOR = "cli"
-
-
-@dataclass
-class Registry:
-    redis: aioredis.Redis
-    keys: RedisKeys
-    catalog: ModelCatalog
-    guard: RegistryGuard
-    settings: CommonSettings
-
-
-@contextlib.asynccontextmanager
-async def open_registry(settings: CommonSettings | None = None) -> AsyncIterator[Registry]:
-    settings = settings or CommonSettings.from_env()
-    redis = aioredis.from_url(settings.redis_url)
-    keys = RedisKeys(settings.key_prefix)
-    catalog = ModelCatalog(redis, keys)
-    try:
-        yield Registry(redis, keys, catalog, RegistryGuard(catalog, settings.model_store, settings.redis_url, settings.key_prefix), settings)
-    finally:
-        await redis.aclose()
+from llmserve.common.modelstore import packaged_gguf
+from llmserve.common.registry_client import RegistryClient
+from llmserve.v1 import events_pb2, registry_pb2
 
 
 def add_parsers(msub: argparse._SubParsersAction) -> None:
@@ -85,20 +62,13 @@ def add_parsers(msub: argparse._SubParsersAction) -> None:
     target = fb.add_mutually_exclusive_group(required=True)
     target.add_argument("--to", help="the model served instead")
     target.add_argument("--clear", action="store_true", help="remove the fallback")
+    for name, parser in msub.choices.items():
+        if name != "list":  # list asks the router, not the registry
+            add_access_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    command = _COMMANDS[args.action]
-    try:
-        return asyncio.run(command(args))
-    except ServiceError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_command(_COMMANDS[args.action], args)
 
 
 def _version_line(v: registry_pb2.ModelVersion) -> str:
@@ -115,64 +85,126 @@ def _change_line(entry: registry_pb2.AuditEntry) -> str:
         detail += f" (was v{entry.previous})"
     if entry.action == "canary":
         detail += f" weight {entry.weight}%"
+    if not entry.model:
+        return f"{when}  {entry.action:<13} {entry.subject:<28} by {entry.actor}"
     return f"{when}  {entry.action:<9} {entry.model:<28} {detail:<20} by {entry.actor}"
 
 
 async def _show(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        versions = await reg.catalog.list_versions(args.name)
-        if not versions:
-            raise ServiceError.not_found(f"model {args.name!r} is not published")
-        fallback = await reg.catalog.fallback(args.name)
+    async with registry_client(args) as registry:
+        listed = await registry.call("ListVersions", registry_pb2.ListVersionsRequest(name=args.name))
+    if not listed.versions:
+        raise ServiceError.not_found(f"model {args.name!r} is not published")
+    fallback = listed.fallbacks.get(args.name)
     print(f"{args.name}" + (f" (fallback: {fallback})" if fallback else ""))
     print(f"{'VERSION':>7}  {'ALIASES':<20} {'STATE':<8} {'PUBLISHED':<16}  {'SHA256':<12}  SOURCE")
-    for v in versions:
+    for v in listed.versions:
         print(_version_line(v))
     return 0
 
 
+async def publish_stream(registry: RegistryClient, request: registry_pb2.PublishRequest, show: bool = True) -> registry_pb2.ModelVersion:
+    """One PublishStream call, its stages drawn as progress bars; returns the version."""
+    bars: dict[str, tqdm] = {}
+    try:
+        async for update in registry.publish(request):
+            if update.HasField("version"):
+                return update.version
+            stage = update.stage
+            bar = bars.get(stage.name)
+            if bar is None:
+                label = "converting (once, about 30 s)" if stage.name == "convert" else stage.name
+                bar = bars[stage.name] = tqdm(total=stage.total_bytes or None, unit="B", unit_scale=True, desc=label, disable=not show)
+            bar.update(stage.done_bytes - bar.n)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    raise ServiceError.internal("the registry ended the publish without a version")
+
+
+async def publish_converting_here(
+    registry: RegistryClient, request: registry_pb2.PublishRequest, gguf_file: Path, store: Path, show: bool = True
+) -> registry_pb2.ModelVersion:
+    """Publishes; when the registry cannot convert GGUF (no torch beside it), converts here into the
+    model store and lets the registry move the result into place."""
+    try:
+        return await publish_stream(registry, request, show)
+    except ServiceError as exc:
+        if exc.reason != "cannot_convert":
+            raise
+    try:
+        from llmserve.model_worker.convert import convert_gguf
+    except ModuleNotFoundError:
+        raise ServiceError.invalid(
+            "neither the registry nor this machine can convert GGUF (llmserve-model-worker is not installed): publish a "
+            "transformers directory with --dir"
+        ) from None
+    staging = store / ".staging" / f"publish-{uuid.uuid4().hex}"
+    if show:
+        print(f"converting {gguf_file.name} to safetensors here (about 30 s)...", flush=True)
+    convert_gguf(gguf_file, staging)
+    directory = registry_pb2.PublishRequest(
+        name=request.name or DEFAULT_MODEL, directory=str(staging), make_stable=request.make_stable, move=True,
+        actor=request.actor,
+    )
+    return await publish_stream(registry, directory, show)
+
+
+async def ensure_default(registry: RegistryClient, store: Path, actor: str = ACTOR, show: bool = True) -> registry_pb2.ModelVersion:
+    """The packaged default model's stable version, published (and converted) on first use."""
+    try:
+        return await registry.call("GetVersion", registry_pb2.GetVersionRequest(name=DEFAULT_MODEL, alias="stable"))
+    except ServiceError as exc:
+        if exc.code != events_pb2.ERROR_CODE_NOT_FOUND:
+            raise
+    request = registry_pb2.PublishRequest(packaged_default=True, actor=actor)
+    return await publish_converting_here(registry, request, packaged_gguf(), store, show)
+
+
 async def _publish(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        store = reg.settings.model_store
+    store = CommonSettings.from_env().model_store
+    async with registry_client(args) as registry:
         if args.default:
-            record = await publish.ensure_default_model(reg.catalog, store, guard=reg.guard, actor=ACTOR)
+            record = await ensure_default(registry, store)
         elif not args.name:
             print("error: --name is required with --dir or --gguf", file=sys.stderr)
             return 2
         elif args.dir:
-            record = await publish.publish_directory(reg.catalog, store, args.name, args.dir, make_stable=args.stable, guard=reg.guard, actor=ACTOR)
+            request = registry_pb2.PublishRequest(name=args.name, directory=str(args.dir.resolve()), make_stable=args.stable, actor=ACTOR)
+            record = await publish_stream(registry, request)
         else:
-            record = await publish.publish_gguf(reg.catalog, store, args.name, args.gguf, make_stable=args.stable, guard=reg.guard, actor=ACTOR)
+            request = registry_pb2.PublishRequest(name=args.name, gguf_file=str(args.gguf.resolve()), make_stable=args.stable, actor=ACTOR)
+            record = await publish_converting_here(registry, request, args.gguf.resolve(), store)
     print(f"published {record.name} v{record.version} sha256={record.sha256[:16]}... aliases={list(record.aliases)}")
     return 0
 
 
 async def _change(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        await reg.guard.check()
-        if args.action == "promote":
-            audit_id = await reg.catalog.promote(args.name, args.version, ACTOR)
-        elif args.action == "canary":
-            audit_id = await reg.catalog.set_canary(args.name, args.version, args.weight, ACTOR)
-        elif args.action == "rollback":
-            audit_id = await reg.catalog.rollback(args.name, ACTOR)
-        else:
-            audit_id = await reg.catalog.retire(args.name, args.version, ACTOR)
-        print(_change_line(await reg.catalog.audit_entry(audit_id)))
+    requests = {
+        "promote": ("Promote", lambda: registry_pb2.PromoteRequest(name=args.name, version=args.version, actor=ACTOR)),
+        "canary": ("SetCanary", lambda: registry_pb2.SetCanaryRequest(name=args.name, version=args.version, weight=args.weight, actor=ACTOR)),
+        "rollback": ("Rollback", lambda: registry_pb2.RollbackRequest(name=args.name, actor=ACTOR)),
+        "retire": ("Retire", lambda: registry_pb2.RetireRequest(name=args.name, version=args.version, actor=ACTOR)),
+        "fallback": ("SetFallback", lambda: registry_pb2.SetFallbackRequest(name=args.name, fallback="" if args.clear else args.to, actor=ACTOR)),
+    }
+    method, request = requests[args.action]
+    async with registry_client(args) as registry:
+        change = await registry.call(method, request())
+    print(_change_line(change.entry))
     return 0
 
 
 async def _audit(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        for entry in await reg.catalog.audit(args.name, args.limit):
-            print(_change_line(entry))
+    async with registry_client(args) as registry:
+        listed = await registry.call("ListAudit", registry_pb2.ListAuditRequest(name=args.name, limit=args.limit))
+    for entry in listed.entries:
+        print(_change_line(entry))
     return 0
 
 
 async def _export(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        await reg.guard.check()
-        snapshot = await CatalogBackup(reg.redis, reg.keys, reg.catalog).export()
+    async with registry_client(args) as registry:
+        snapshot = await registry.call("Export", registry_pb2.ExportRequest())
     args.file.write_text(json_format.MessageToJson(snapshot, preserving_proto_field_name=True))
     print(f"exported {len(snapshot.models)} models, {sum(len(m.versions) for m in snapshot.models)} versions to {args.file}")
     return 0
@@ -180,27 +212,17 @@ async def _export(args: argparse.Namespace) -> int:
 
 async def _import(args: argparse.Namespace) -> int:
     snapshot = json_format.Parse(args.file.read_text(), registry_pb2.RegistrySnapshot())
-    async with open_registry() as reg:
-        models, versions = await CatalogBackup(reg.redis, reg.keys, reg.catalog).import_(
-            snapshot, ACTOR, min_counters=reg.guard.last_versions()
-        )
-        await reg.guard.check()
-    print(f"imported {models} models, {versions} versions from {args.file}")
+    async with registry_client(args) as registry:
+        done = await registry.call("Import", snapshot)
+    print(f"imported {done.models} models, {done.versions} versions from {args.file}")
     return 0
 
 
 async def _reinit(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        registry_id = await reg.guard.reinit(reg.redis, reg.keys)
-        counters = reg.guard.last_versions()
-    print(f"started registry {registry_id}; version numbers continue from {counters or 'nothing published yet'}")
-    return 0
-
-
-async def _fallback(args: argparse.Namespace) -> int:
-    async with open_registry() as reg:
-        await reg.catalog.set_fallback(args.name, None if args.clear else args.to, actor=ACTOR)
-    print(f"{args.name}: fallback {'removed' if args.clear else 'is ' + args.to}")
+    async with registry_client(args) as registry:
+        done = await registry.call("Reinit", registry_pb2.ReinitRequest(actor=ACTOR))
+    counters = dict(done.last_versions)
+    print(f"started registry {done.registry_id}; version numbers continue from {counters or 'nothing published yet'}")
     return 0
 
 
@@ -211,9 +233,9 @@ _COMMANDS = {
     "canary": _change,
     "rollback": _change,
     "retire": _change,
+    "fallback": _change,
     "audit": _audit,
     "export": _export,
     "import": _import,
     "reinit": _reinit,
-    "fallback": _fallback,
 }

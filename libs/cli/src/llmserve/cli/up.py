@@ -84,12 +84,15 @@ def up(state_dir: Path, grpc_addr: str, http_addr: str, workers: int, ready_time
     servers = _start_missing_servers(settings, state_dir, logs)
     children: list[Child] = []
     try:
-        record = asyncio.run(_publish_default(settings))
-        print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
         env = {**os.environ, "LLMSERVE_LOG_FORMAT": os.environ.get("LLMSERVE_LOG_FORMAT", "json"), "LLMSERVE_ROUTER_GRPC_ADDR": grpc_addr,
-               "LLMSERVE_ROUTER_HTTP_ADDR": http_addr}
+               "LLMSERVE_ROUTER_HTTP_ADDR": http_addr, "LLMSERVE_REGISTRY_GRPC_ADDR": settings.registry_addr}
         children = _service_children(env, {"model_worker": workers, "scheduler": schedulers}, logs)
-        for child in children:
+        # The registry first: it is the one writer of the registry, so it publishes the default model.
+        registry, others = children[0], children[1:]
+        registry.start()
+        record = asyncio.run(_publish_default(settings, registry, ready_timeout_s, lambda: stop))
+        print(f"Model     {record.name} v{record.version} ({settings.model_store / record.path})")
+        for child in others:
             child.start()
         print("Starting services (logs in " + str(logs) + ") ...", flush=True)
         if _wait_router_ready(grpc_addr, children, ready_timeout_s, lambda: stop):
@@ -148,13 +151,29 @@ def _print_ready(grpc_addr: str, http_addr: str) -> None:
     print("Press Ctrl-C to stop.", flush=True)
 
 
-async def _publish_default(settings: CommonSettings):
-    from llmserve.cli.models import open_registry
-    from llmserve.registry.publish import ensure_default_model
+async def _publish_default(settings: CommonSettings, registry: Child, timeout_s: float, should_stop):
+    """The default model's version, published through the registry on first run; waits for the registry
+    to answer. The guard refuses (saying what to do) when Redis lost the registry this model store remembers."""
+    from llmserve.cli.models import ensure_default
+    from llmserve.cli.registry_access import api_key
+    from llmserve.common.errors import ServiceError
+    from llmserve.common.registry_client import RegistryClient
+    from llmserve.v1 import events_pb2
 
-    async with open_registry(settings) as reg:
-        # The guard refuses (saying what to do) when Redis lost the registry this model store remembers.
-        return await ensure_default_model(reg.catalog, settings.model_store, guard=reg.guard, actor="llmserve-up")
+    client = RegistryClient.with_key(settings.registry_addr, api_key(None))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                return await ensure_default(client, settings.model_store, actor="llmserve-up")
+            except ServiceError as exc:
+                if exc.code != events_pb2.ERROR_CODE_UNAVAILABLE or time.monotonic() > deadline or should_stop():
+                    raise
+            if registry.proc is not None and registry.proc.poll() is not None:
+                raise RuntimeError(f"the registry exited with code {registry.proc.returncode}; see {registry.log_path}")
+            await asyncio.sleep(0.25)
+    finally:
+        await client.close()
 
 
 def _supervise(children: list[Child], should_stop) -> None:

@@ -421,6 +421,7 @@ def audit_entry(entry_id: bytes | str, fields: dict) -> registry_pb2.AuditEntry:
         weight=int(f.get("weight") or 0),
         actor=f.get("actor", ""),
         at=float(f.get("at") or 0),
+        subject=f.get("subject", ""),
     )
 
 

@@ -74,6 +74,22 @@ class CommonSettings:
     log_format: str = "auto"
     # LLMSERVE_LOG_LEVEL: debug, info, warning or error.
     log_level: str = "info"
+    # LLMSERVE_AUTH: "off" (anyone who reaches the router may generate; the tenant is the x-tenant
+    # header) or "required" (every call needs an API key; the tenant and limits come from the key).
+    auth: str = "off"
+    # LLMSERVE_ALLOW_INSECURE=1: let the router and registry listen beyond loopback with auth off.
+    allow_insecure: bool = False
+    # LLMSERVE_REGISTRY_ADDR: where clients of the Registry service (the CLI, the router's admin
+    # routes) reach it.
+    registry_addr: str = "127.0.0.1:50052"
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"LLMSERVE_AUTH must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> CommonSettings:
@@ -89,4 +105,36 @@ class CommonSettings:
             startup_timeout_s=env_float(env, "LLMSERVE_STARTUP_TIMEOUT_S", 0.0),
             log_format=env_str(env, "LLMSERVE_LOG_FORMAT", "auto"),
             log_level=env_str(env, "LLMSERVE_LOG_LEVEL", "info"),
+            auth=env_str(env, "LLMSERVE_AUTH", "off").lower(),
+            allow_insecure=env_str(env, "LLMSERVE_ALLOW_INSECURE", "0").lower() in ("1", "true", "yes"),
+            registry_addr=env_str(env, "LLMSERVE_REGISTRY_ADDR", cls.registry_addr),
+        )
+
+
+AUTH_MODES = ("off", "required")
+
+
+def is_loopback_address(addr: str) -> bool:
+    """True when a listen address ("host:port") only accepts connections from this machine."""
+    import ipaddress
+
+    host = addr.rpartition(":")[0].strip("[]") if ":" in addr else addr
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, "0.0.0.0", "[::]" or "" listens beyond loopback
+
+
+def refuse_insecure_listen(settings: CommonSettings, service: str, *addrs: str) -> None:
+    """Exits with a clear message when a service would take requests from other machines without keys."""
+    if settings.auth_required or settings.allow_insecure:
+        return
+    exposed = [a for a in addrs if not is_loopback_address(a)]
+    if exposed:
+        raise SystemExit(
+            f"the {service} would listen on {', '.join(exposed)} with LLMSERVE_AUTH=off: anyone who reaches it could "
+            "use it. Set LLMSERVE_AUTH=required and create API keys (`llmserve keys create`), or set "
+            "LLMSERVE_ALLOW_INSECURE=1 to do this on purpose (a trusted network)."
         )

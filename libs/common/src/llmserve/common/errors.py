@@ -15,6 +15,7 @@ _GRPC = {
     events_pb2.ERROR_CODE_INTERNAL: grpc.StatusCode.INTERNAL,
     events_pb2.ERROR_CODE_FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     events_pb2.ERROR_CODE_PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    events_pb2.ERROR_CODE_UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 _HTTP = {
@@ -26,6 +27,7 @@ _HTTP = {
     events_pb2.ERROR_CODE_INTERNAL: 500,
     events_pb2.ERROR_CODE_FAILED_PRECONDITION: 409,
     events_pb2.ERROR_CODE_PERMISSION_DENIED: 403,
+    events_pb2.ERROR_CODE_UNAUTHENTICATED: 401,
 }
 
 
@@ -78,11 +80,29 @@ class ServiceError(Exception):
         return cls(events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, message)
 
     @classmethod
+    def unauthenticated(cls, message: str, reason: str = "invalid_api_key") -> ServiceError:
+        return cls(events_pb2.ERROR_CODE_UNAUTHENTICATED, message, reason=reason)
+
+    @classmethod
+    def denied(cls, message: str) -> ServiceError:
+        return cls(events_pb2.ERROR_CODE_PERMISSION_DENIED, message)
+
+    @classmethod
     def internal(cls, message: str) -> ServiceError:
         return cls(events_pb2.ERROR_CODE_INTERNAL, message)
 
     def __repr__(self) -> str:
         return f"ServiceError({events_pb2.ErrorCode.Name(self.code)}, {self.message!r})"
+
+
+def from_grpc_error(exc: grpc.aio.AioRpcError) -> ServiceError:
+    """A failed call to another llmserve service, as the ServiceError it was raised as there."""
+    code = next((c for c, status in _GRPC.items() if status == exc.code()), events_pb2.ERROR_CODE_INTERNAL)
+    if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        code = events_pb2.ERROR_CODE_UNAVAILABLE
+    trailers = dict(exc.trailing_metadata() or ())
+    retry = float(trailers["retry-after"]) if "retry-after" in trailers else None
+    return ServiceError(code, exc.details() or exc.code().name.lower(), retry_after_s=retry, reason=trailers.get("llmserve-reason"))
 
 
 def dependency_error(exc: BaseException) -> ServiceError | None:

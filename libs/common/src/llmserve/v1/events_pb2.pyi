@@ -19,6 +19,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
     ERROR_CODE_FAILED_PRECONDITION: _ClassVar[ErrorCode]
     ERROR_CODE_PERMISSION_DENIED: _ClassVar[ErrorCode]
+    ERROR_CODE_UNAUTHENTICATED: _ClassVar[ErrorCode]
 
 class InstanceKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,10 @@ class RegistryAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REGISTRY_ACTION_RETIRE: _ClassVar[RegistryAction]
     REGISTRY_ACTION_FALLBACK: _ClassVar[RegistryAction]
     REGISTRY_ACTION_IMPORT: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_KEY_CREATE: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_KEY_REVOKE: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_TENANT_LIMITS: _ClassVar[RegistryAction]
+    REGISTRY_ACTION_REINIT: _ClassVar[RegistryAction]
 
 class InstanceState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -54,6 +59,7 @@ ERROR_CODE_DEADLINE_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_FAILED_PRECONDITION: ErrorCode
 ERROR_CODE_PERMISSION_DENIED: ErrorCode
+ERROR_CODE_UNAUTHENTICATED: ErrorCode
 INSTANCE_KIND_UNSPECIFIED: InstanceKind
 INSTANCE_KIND_ROUTER: InstanceKind
 INSTANCE_KIND_SCHEDULER: InstanceKind
@@ -68,6 +74,10 @@ REGISTRY_ACTION_CANARY: RegistryAction
 REGISTRY_ACTION_RETIRE: RegistryAction
 REGISTRY_ACTION_FALLBACK: RegistryAction
 REGISTRY_ACTION_IMPORT: RegistryAction
+REGISTRY_ACTION_KEY_CREATE: RegistryAction
+REGISTRY_ACTION_KEY_REVOKE: RegistryAction
+REGISTRY_ACTION_TENANT_LIMITS: RegistryAction
+REGISTRY_ACTION_REINIT: RegistryAction
 INSTANCE_STATE_UNSPECIFIED: InstanceState
 INSTANCE_STATE_UP: InstanceState
 INSTANCE_STATE_DEAD: InstanceState
@@ -221,18 +231,20 @@ class Heartbeat(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ..., numerics: _Optional[str] = ...) -> None: ...
 
 class RegistryChange(_message.Message):
-    __slots__ = ("model", "action", "version", "audit_id", "kind")
+    __slots__ = ("model", "action", "version", "audit_id", "kind", "subject")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AUDIT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     model: str
     action: str
     version: int
     audit_id: str
     kind: RegistryAction
-    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[int] = ..., audit_id: _Optional[str] = ..., kind: _Optional[_Union[RegistryAction, str]] = ...) -> None: ...
+    subject: str
+    def __init__(self, model: _Optional[str] = ..., action: _Optional[str] = ..., version: _Optional[int] = ..., audit_id: _Optional[str] = ..., kind: _Optional[_Union[RegistryAction, str]] = ..., subject: _Optional[str] = ...) -> None: ...
 
 class ModelRefused(_message.Message):
     __slots__ = ("instance_id", "model", "version", "reason", "serving_version")

@@ -22,49 +22,90 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from llmserve.v1 import common_pb2 as llmserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\"\xa8\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x15\n\rcanary_weight\x18\x08 \x01(\r\x12\x0f\n\x07retired\x18\t \x01(\x08\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"C\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"\x92\x01\n\x0ePublishRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\tdirectory\x18\x02 \x01(\tH\x00\x12\x13\n\tgguf_file\x18\x03 \x01(\tH\x00\x12\x1a\n\x10packaged_default\x18\x04 \x01(\x08H\x00\x12\x13\n\x0bmake_stable\x18\x05 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\tB\x08\n\x06source\">\n\x0ePromoteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"P\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\".\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"=\n\rRetireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"5\n\x0b\x41liasChange\x12&\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x85\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x10\n\x08previous\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x01\"/\n\x10ListAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x11ListAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x0f\n\rExportRequest\"g\n\x10RegistrySnapshot\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12)\n\x06models\x18\x02 \x03(\x0b\x32\x19.llmserve.v1.ModelRecords\x12\x13\n\x0b\x65xported_at\x18\x03 \x01(\x01\"\xc0\x01\n\x0cModelRecords\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clast_version\x18\x02 \x01(\r\x12+\n\x08versions\x18\x03 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\x12\x0e\n\x06stable\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61nary\x18\x05 \x01(\r\x12\x15\n\rcanary_weight\x18\x06 \x01(\r\x12\x16\n\x0estable_history\x18\x07 \x03(\r\x12\x10\n\x08\x66\x61llback\x18\x08 \x01(\t\"2\n\x0eImportResponse\x12\x0e\n\x06models\x18\x01 \x01(\r\x12\x10\n\x08versions\x18\x02 \x01(\r2\xce\x05\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersion\x12\x41\n\x07Publish\x12\x1b.llmserve.v1.PublishRequest\x1a\x19.llmserve.v1.ModelVersion\x12@\n\x07Promote\x12\x1b.llmserve.v1.PromoteRequest\x1a\x18.llmserve.v1.AliasChange\x12\x44\n\tSetCanary\x12\x1d.llmserve.v1.SetCanaryRequest\x1a\x18.llmserve.v1.AliasChange\x12\x42\n\x08Rollback\x12\x1c.llmserve.v1.RollbackRequest\x1a\x18.llmserve.v1.AliasChange\x12>\n\x06Retire\x12\x1a.llmserve.v1.RetireRequest\x1a\x18.llmserve.v1.AliasChange\x12J\n\tListAudit\x12\x1d.llmserve.v1.ListAuditRequest\x1a\x1e.llmserve.v1.ListAuditResponse\x12\x43\n\x06\x45xport\x12\x1a.llmserve.v1.ExportRequest\x1a\x1d.llmserve.v1.RegistrySnapshot\x12\x44\n\x06Import\x12\x1d.llmserve.v1.RegistrySnapshot\x1a\x1b.llmserve.v1.ImportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1allmserve/v1/registry.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\xa8\x01\n\x0cModelVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x12\n\ncreated_at\x18\x06 \x01(\x01\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x15\n\rcanary_weight\x18\x08 \x01(\r\x12\x0f\n\x07retired\x18\t \x01(\x08\"#\n\x13ListVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xba\x01\n\x14ListVersionsResponse\x12+\n\x08versions\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\x12\x43\n\tfallbacks\x18\x02 \x03(\x0b\x32\x30.llmserve.v1.ListVersionsResponse.FallbacksEntry\x1a\x30\n\x0e\x46\x61llbacksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Q\n\x11GetVersionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\x07version\x18\x02 \x01(\rH\x00\x12\x0f\n\x05\x61lias\x18\x03 \x01(\tH\x00\x42\n\n\x08selector\"\xa0\x01\n\x0ePublishRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\tdirectory\x18\x02 \x01(\tH\x00\x12\x13\n\tgguf_file\x18\x03 \x01(\tH\x00\x12\x1a\n\x10packaged_default\x18\x04 \x01(\x08H\x00\x12\x13\n\x0bmake_stable\x18\x05 \x01(\x08\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x0c\n\x04move\x18\x07 \x01(\x08\x42\x08\n\x06source\"u\n\x0fPublishProgress\x12*\n\x05stage\x18\x01 \x01(\x0b\x32\x19.llmserve.v1.PublishStageH\x00\x12,\n\x07version\x18\x02 \x01(\x0b\x32\x19.llmserve.v1.ModelVersionH\x00\x42\x08\n\x06update\"E\n\x0cPublishStage\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ndone_bytes\x18\x02 \x01(\x04\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\">\n\x0ePromoteRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"P\n\x10SetCanaryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06weight\x18\x03 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\".\n\x0fRollbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"=\n\rRetireRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"C\n\x12SetFallbackRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x66\x61llback\x18\x02 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\"\x1e\n\rReinitRequest\x12\r\n\x05\x61\x63tor\x18\x01 \x01(\t\"\xa0\x01\n\x0eReinitResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x44\n\rlast_versions\x18\x02 \x03(\x0b\x32-.llmserve.v1.ReinitResponse.LastVersionsEntry\x1a\x33\n\x11LastVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"s\n\x0cTenantLimits\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x17\n\nmax_active\x18\x02 \x01(\rH\x00\x88\x01\x01\x12+\n\x0cmax_priority\x18\x03 \x01(\x0e\x32\x15.llmserve.v1.PriorityB\r\n\x0b_max_active\"R\n\x16SetTenantLimitsRequest\x12)\n\x06limits\x18\x01 \x01(\x0b\x32\x19.llmserve.v1.TenantLimits\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"\x14\n\x12ListTenantsRequest\"A\n\x13ListTenantsResponse\x12*\n\x07tenants\x18\x01 \x03(\x0b\x32\x19.llmserve.v1.TenantLimits\"\x8b\x02\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\"\n\x04role\x18\x04 \x01(\x0e\x32\x14.llmserve.v1.KeyRole\x12+\n\x0cmax_priority\x18\x05 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x1b\n\x13requests_per_minute\x18\x06 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x07 \x01(\r\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\x12\n\nrevoked_at\x18\n \x01(\x01\x12\x12\n\ncreated_by\x18\x0b \x01(\t\"\xde\x01\n\x10\x43reateKeyRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\"\n\x04role\x18\x03 \x01(\x0e\x32\x14.llmserve.v1.KeyRole\x12+\n\x0cmax_priority\x18\x04 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x1b\n\x13requests_per_minute\x18\x05 \x01(\r\x12\x19\n\x11tokens_per_minute\x18\x06 \x01(\r\x12\x14\n\x0c\x65xpires_in_s\x18\x07 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\"E\n\x11\x43reateKeyResponse\x12 \n\x03key\x18\x01 \x01(\x0b\x32\x13.llmserve.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"+\n\x0fListKeysRequest\x12\x18\n\x10include_inactive\x18\x01 \x01(\x08\"5\n\x10ListKeysResponse\x12!\n\x04keys\x18\x01 \x03(\x0b\x32\x13.llmserve.v1.ApiKey\"-\n\x10RevokeKeyRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\"5\n\x0b\x41liasChange\x12&\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x96\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\x10\n\x08previous\x18\x05 \x01(\r\x12\x0e\n\x06weight\x18\x06 \x01(\r\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\n\n\x02\x61t\x18\x08 \x01(\x01\x12\x0f\n\x07subject\x18\t \x01(\t\"/\n\x10ListAuditRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"=\n\x11ListAuditResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.llmserve.v1.AuditEntry\"\x0f\n\rExportRequest\"g\n\x10RegistrySnapshot\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12)\n\x06models\x18\x02 \x03(\x0b\x32\x19.llmserve.v1.ModelRecords\x12\x13\n\x0b\x65xported_at\x18\x03 \x01(\x01\"\xc0\x01\n\x0cModelRecords\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0clast_version\x18\x02 \x01(\r\x12+\n\x08versions\x18\x03 \x03(\x0b\x32\x19.llmserve.v1.ModelVersion\x12\x0e\n\x06stable\x18\x04 \x01(\r\x12\x0e\n\x06\x63\x61nary\x18\x05 \x01(\r\x12\x15\n\rcanary_weight\x18\x06 \x01(\r\x12\x16\n\x0estable_history\x18\x07 \x03(\r\x12\x10\n\x08\x66\x61llback\x18\x08 \x01(\t\"2\n\x0eImportResponse\x12\x0e\n\x06models\x18\x01 \x01(\r\x12\x10\n\x08versions\x18\x02 \x01(\r*O\n\x07KeyRole\x12\x18\n\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n\x12KEY_ROLE_INFERENCE\x10\x01\x12\x12\n\x0eKEY_ROLE_ADMIN\x10\x02\x32\xa4\n\n\x08Registry\x12S\n\x0cListVersions\x12 .llmserve.v1.ListVersionsRequest\x1a!.llmserve.v1.ListVersionsResponse\x12G\n\nGetVersion\x12\x1e.llmserve.v1.GetVersionRequest\x1a\x19.llmserve.v1.ModelVersion\x12\x41\n\x07Publish\x12\x1b.llmserve.v1.PublishRequest\x1a\x19.llmserve.v1.ModelVersion\x12@\n\x07Promote\x12\x1b.llmserve.v1.PromoteRequest\x1a\x18.llmserve.v1.AliasChange\x12\x44\n\tSetCanary\x12\x1d.llmserve.v1.SetCanaryRequest\x1a\x18.llmserve.v1.AliasChange\x12\x42\n\x08Rollback\x12\x1c.llmserve.v1.RollbackRequest\x1a\x18.llmserve.v1.AliasChange\x12>\n\x06Retire\x12\x1a.llmserve.v1.RetireRequest\x1a\x18.llmserve.v1.AliasChange\x12J\n\tListAudit\x12\x1d.llmserve.v1.ListAuditRequest\x1a\x1e.llmserve.v1.ListAuditResponse\x12\x43\n\x06\x45xport\x12\x1a.llmserve.v1.ExportRequest\x1a\x1d.llmserve.v1.RegistrySnapshot\x12\x44\n\x06Import\x12\x1d.llmserve.v1.RegistrySnapshot\x1a\x1b.llmserve.v1.ImportResponse\x12L\n\rPublishStream\x12\x1b.llmserve.v1.PublishRequest\x1a\x1c.llmserve.v1.PublishProgress0\x01\x12H\n\x0bSetFallback\x12\x1f.llmserve.v1.SetFallbackRequest\x1a\x18.llmserve.v1.AliasChange\x12\x41\n\x06Reinit\x12\x1a.llmserve.v1.ReinitRequest\x1a\x1b.llmserve.v1.ReinitResponse\x12Q\n\x0fSetTenantLimits\x12#.llmserve.v1.SetTenantLimitsRequest\x1a\x19.llmserve.v1.TenantLimits\x12P\n\x0bListTenants\x12\x1f.llmserve.v1.ListTenantsRequest\x1a .llmserve.v1.ListTenantsResponse\x12J\n\tCreateKey\x12\x1d.llmserve.v1.CreateKeyRequest\x1a\x1e.llmserve.v1.CreateKeyResponse\x12G\n\x08ListKeys\x12\x1c.llmserve.v1.ListKeysRequest\x1a\x1d.llmserve.v1.ListKeysResponse\x12?\n\tRevokeKey\x12\x1d.llmserve.v1.RevokeKeyRequest\x1a\x13.llmserve.v1.ApiKeyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELVERSION']._serialized_start=44
-  _globals['_MODELVERSION']._serialized_end=212
-  _globals['_LISTVERSIONSREQUEST']._serialized_start=214
-  _globals['_LISTVERSIONSREQUEST']._serialized_end=249
-  _globals['_LISTVERSIONSRESPONSE']._serialized_start=251
-  _globals['_LISTVERSIONSRESPONSE']._serialized_end=318
-  _globals['_GETVERSIONREQUEST']._serialized_start=320
-  _globals['_GETVERSIONREQUEST']._serialized_end=401
-  _globals['_PUBLISHREQUEST']._serialized_start=404
-  _globals['_PUBLISHREQUEST']._serialized_end=550
-  _globals['_PROMOTEREQUEST']._serialized_start=552
-  _globals['_PROMOTEREQUEST']._serialized_end=614
-  _globals['_SETCANARYREQUEST']._serialized_start=616
-  _globals['_SETCANARYREQUEST']._serialized_end=696
-  _globals['_ROLLBACKREQUEST']._serialized_start=698
-  _globals['_ROLLBACKREQUEST']._serialized_end=744
-  _globals['_RETIREREQUEST']._serialized_start=746
-  _globals['_RETIREREQUEST']._serialized_end=807
-  _globals['_ALIASCHANGE']._serialized_start=809
-  _globals['_ALIASCHANGE']._serialized_end=862
-  _globals['_AUDITENTRY']._serialized_start=865
-  _globals['_AUDITENTRY']._serialized_end=998
-  _globals['_LISTAUDITREQUEST']._serialized_start=1000
-  _globals['_LISTAUDITREQUEST']._serialized_end=1047
-  _globals['_LISTAUDITRESPONSE']._serialized_start=1049
-  _globals['_LISTAUDITRESPONSE']._serialized_end=1110
-  _globals['_EXPORTREQUEST']._serialized_start=1112
-  _globals['_EXPORTREQUEST']._serialized_end=1127
-  _globals['_REGISTRYSNAPSHOT']._serialized_start=1129
-  _globals['_REGISTRYSNAPSHOT']._serialized_end=1232
-  _globals['_MODELRECORDS']._serialized_start=1235
-  _globals['_MODELRECORDS']._serialized_end=1427
-  _globals['_IMPORTRESPONSE']._serialized_start=1429
-  _globals['_IMPORTRESPONSE']._serialized_end=1479
-  _globals['_REGISTRY']._serialized_start=1482
-  _globals['_REGISTRY']._serialized_end=2200
+  _globals['_LISTVERSIONSRESPONSE_FALLBACKSENTRY']._loaded_options = None
+  _globals['_LISTVERSIONSRESPONSE_FALLBACKSENTRY']._serialized_options = b'8\001'
+  _globals['_REINITRESPONSE_LASTVERSIONSENTRY']._loaded_options = None
+  _globals['_REINITRESPONSE_LASTVERSIONSENTRY']._serialized_options = b'8\001'
+  _globals['_KEYROLE']._serialized_start=3115
+  _globals['_KEYROLE']._serialized_end=3194
+  _globals['_MODELVERSION']._serialized_start=70
+  _globals['_MODELVERSION']._serialized_end=238
+  _globals['_LISTVERSIONSREQUEST']._serialized_start=240
+  _globals['_LISTVERSIONSREQUEST']._serialized_end=275
+  _globals['_LISTVERSIONSRESPONSE']._serialized_start=278
+  _globals['_LISTVERSIONSRESPONSE']._serialized_end=464
+  _globals['_LISTVERSIONSRESPONSE_FALLBACKSENTRY']._serialized_start=416
+  _globals['_LISTVERSIONSRESPONSE_FALLBACKSENTRY']._serialized_end=464
+  _globals['_GETVERSIONREQUEST']._serialized_start=466
+  _globals['_GETVERSIONREQUEST']._serialized_end=547
+  _globals['_PUBLISHREQUEST']._serialized_start=550
+  _globals['_PUBLISHREQUEST']._serialized_end=710
+  _globals['_PUBLISHPROGRESS']._serialized_start=712
+  _globals['_PUBLISHPROGRESS']._serialized_end=829
+  _globals['_PUBLISHSTAGE']._serialized_start=831
+  _globals['_PUBLISHSTAGE']._serialized_end=900
+  _globals['_PROMOTEREQUEST']._serialized_start=902
+  _globals['_PROMOTEREQUEST']._serialized_end=964
+  _globals['_SETCANARYREQUEST']._serialized_start=966
+  _globals['_SETCANARYREQUEST']._serialized_end=1046
+  _globals['_ROLLBACKREQUEST']._serialized_start=1048
+  _globals['_ROLLBACKREQUEST']._serialized_end=1094
+  _globals['_RETIREREQUEST']._serialized_start=1096
+  _globals['_RETIREREQUEST']._serialized_end=1157
+  _globals['_SETFALLBACKREQUEST']._serialized_start=1159
+  _globals['_SETFALLBACKREQUEST']._serialized_end=1226
+  _globals['_REINITREQUEST']._serialized_start=1228
+  _globals['_REINITREQUEST']._serialized_end=1258
+  _globals['_REINITRESPONSE']._serialized_start=1261
+  _globals['_REINITRESPONSE']._serialized_end=1421
+  _globals['_REINITRESPONSE_LASTVERSIONSENTRY']._serialized_start=1370
+  _globals['_REINITRESPONSE_LASTVERSIONSENTRY']._serialized_end=1421
+  _globals['_TENANTLIMITS']._serialized_start=1423
+  _globals['_TENANTLIMITS']._serialized_end=1538
+  _globals['_SETTENANTLIMITSREQUEST']._serialized_start=1540
+  _globals['_SETTENANTLIMITSREQUEST']._serialized_end=1622
+  _globals['_LISTTENANTSREQUEST']._serialized_start=1624
+  _globals['_LISTTENANTSREQUEST']._serialized_end=1644
+  _globals['_LISTTENANTSRESPONSE']._serialized_start=1646
+  _globals['_LISTTENANTSRESPONSE']._serialized_end=1711
+  _globals['_APIKEY']._serialized_start=1714
+  _globals['_APIKEY']._serialized_end=1981
+  _globals['_CREATEKEYREQUEST']._serialized_start=1984
+  _globals['_CREATEKEYREQUEST']._serialized_end=2206
+  _globals['_CREATEKEYRESPONSE']._serialized_start=2208
+  _globals['_CREATEKEYRESPONSE']._serialized_end=2277
+  _globals['_LISTKEYSREQUEST']._serialized_start=2279
+  _globals['_LISTKEYSREQUEST']._serialized_end=2322
+  _globals['_LISTKEYSRESPONSE']._serialized_start=2324
+  _globals['_LISTKEYSRESPONSE']._serialized_end=2377
+  _globals['_REVOKEKEYREQUEST']._serialized_start=2379
+  _globals['_REVOKEKEYREQUEST']._serialized_end=2424
+  _globals['_ALIASCHANGE']._serialized_start=2426
+  _globals['_ALIASCHANGE']._serialized_end=2479
+  _globals['_AUDITENTRY']._serialized_start=2482
+  _globals['_AUDITENTRY']._serialized_end=2632
+  _globals['_LISTAUDITREQUEST']._serialized_start=2634
+  _globals['_LISTAUDITREQUEST']._serialized_end=2681
+  _globals['_LISTAUDITRESPONSE']._serialized_start=2683
+  _globals['_LISTAUDITRESPONSE']._serialized_end=2744
+  _globals['_EXPORTREQUEST']._serialized_start=2746
+  _globals['_EXPORTREQUEST']._serialized_end=2761
+  _globals['_REGISTRYSNAPSHOT']._serialized_start=2763
+  _globals['_REGISTRYSNAPSHOT']._serialized_end=2866
+  _globals['_MODELRECORDS']._serialized_start=2869
+  _globals['_MODELRECORDS']._serialized_end=3061
+  _globals['_IMPORTRESPONSE']._serialized_start=3063
+  _globals['_IMPORTRESPONSE']._serialized_end=3113
+  _globals['_REGISTRY']._serialized_start=3197
+  _globals['_REGISTRY']._serialized_end=4513
 # @@protoc_insertion_point(module_scope)

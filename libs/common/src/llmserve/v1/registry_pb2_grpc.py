@@ -28,6 +28,11 @@ if _version_not_supported:
 class RegistryStub:
     """Read and change the registry. Every change is atomic, appended to the audit stream and announced
     on NATS (llm.events.registry), so workers follow their alias without a restart.
+
+    The Registry service is the only writer of model records, aliases, canary, fallback, tenant
+    limits, API keys and the audit stream; the CLI and the router's admin routes are its clients.
+    With LLMSERVE_AUTH=required every call needs `authorization: Bearer <key>` metadata: changes,
+    keys and tenants need an admin key, reads any valid key. The audit names the key as the actor.
     """
 
     def __init__(self, channel):
@@ -86,11 +91,56 @@ class RegistryStub:
                 request_serializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.SerializeToString,
                 response_deserializer=llmserve_dot_v1_dot_registry__pb2.ImportResponse.FromString,
                 _registered_method=True)
+        self.PublishStream = channel.unary_stream(
+                '/llmserve.v1.Registry/PublishStream',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.PublishRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.PublishProgress.FromString,
+                _registered_method=True)
+        self.SetFallback = channel.unary_unary(
+                '/llmserve.v1.Registry/SetFallback',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.SetFallbackRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+                _registered_method=True)
+        self.Reinit = channel.unary_unary(
+                '/llmserve.v1.Registry/Reinit',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.ReinitRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ReinitResponse.FromString,
+                _registered_method=True)
+        self.SetTenantLimits = channel.unary_unary(
+                '/llmserve.v1.Registry/SetTenantLimits',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.SetTenantLimitsRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.TenantLimits.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/llmserve.v1.Registry/ListTenants',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.CreateKey = channel.unary_unary(
+                '/llmserve.v1.Registry/CreateKey',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.CreateKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.CreateKeyResponse.FromString,
+                _registered_method=True)
+        self.ListKeys = channel.unary_unary(
+                '/llmserve.v1.Registry/ListKeys',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.ListKeysRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ListKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeKey = channel.unary_unary(
+                '/llmserve.v1.Registry/RevokeKey',
+                request_serializer=llmserve_dot_v1_dot_registry__pb2.RevokeKeyRequest.SerializeToString,
+                response_deserializer=llmserve_dot_v1_dot_registry__pb2.ApiKey.FromString,
+                _registered_method=True)
 
 
 class RegistryServicer:
     """Read and change the registry. Every change is atomic, appended to the audit stream and announced
     on NATS (llm.events.registry), so workers follow their alias without a restart.
+
+    The Registry service is the only writer of model records, aliases, canary, fallback, tenant
+    limits, API keys and the audit stream; the CLI and the router's admin routes are its clients.
+    With LLMSERVE_AUTH=required every call needs `authorization: Bearer <key>` metadata: changes,
+    keys and tenants need an admin key, reads any valid key. The audit names the key as the actor.
     """
 
     def ListVersions(self, request, context):
@@ -164,6 +214,64 @@ class RegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishStream(self, request, context):
+        """Publish, reporting progress (checksum, copy) while the artifact is hashed and copied; the last
+        message holds the version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFallback(self, request, context):
+        """Names the model served instead of this one while it has no live worker (empty: none).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reinit(self, request, context):
+        """Starts an empty registry after Redis lost its data; version numbers continue from the model
+        store's record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantLimits(self, request, context):
+        """Overrides the scheduler's default limits for one tenant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Every tenant with its own limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateKey(self, request, context):
+        """Creates an API key; the only time its secret is seen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListKeys(self, request, context):
+        """Every API key (never a secret).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeKey(self, request, context):
+        """Revokes a key: every router refuses it within 2 s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +325,46 @@ def add_RegistryServicer_to_server(servicer, server):
                     request_deserializer=llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.FromString,
                     response_serializer=llmserve_dot_v1_dot_registry__pb2.ImportResponse.SerializeToString,
             ),
+            'PublishStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.PublishStream,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.PublishRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.PublishProgress.SerializeToString,
+            ),
+            'SetFallback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFallback,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.SetFallbackRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.AliasChange.SerializeToString,
+            ),
+            'Reinit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reinit,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.ReinitRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ReinitResponse.SerializeToString,
+            ),
+            'SetTenantLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantLimits,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.SetTenantLimitsRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.TenantLimits.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.ListTenantsRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'CreateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateKey,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.CreateKeyRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.CreateKeyResponse.SerializeToString,
+            ),
+            'ListKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListKeys,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.ListKeysRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ListKeysResponse.SerializeToString,
+            ),
+            'RevokeKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeKey,
+                    request_deserializer=llmserve_dot_v1_dot_registry__pb2.RevokeKeyRequest.FromString,
+                    response_serializer=llmserve_dot_v1_dot_registry__pb2.ApiKey.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'llmserve.v1.Registry', rpc_method_handlers)
@@ -228,6 +376,11 @@ def add_RegistryServicer_to_server(servicer, server):
 class Registry:
     """Read and change the registry. Every change is atomic, appended to the audit stream and announced
     on NATS (llm.events.registry), so workers follow their alias without a restart.
+
+    The Registry service is the only writer of model records, aliases, canary, fallback, tenant
+    limits, API keys and the audit stream; the CLI and the router's admin routes are its clients.
+    With LLMSERVE_AUTH=required every call needs `authorization: Bearer <key>` metadata: changes,
+    keys and tenants need an admin key, reads any valid key. The audit names the key as the actor.
     """
 
     @staticmethod
@@ -490,6 +643,222 @@ class Registry:
             '/llmserve.v1.Registry/Import',
             llmserve_dot_v1_dot_registry__pb2.RegistrySnapshot.SerializeToString,
             llmserve_dot_v1_dot_registry__pb2.ImportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/llmserve.v1.Registry/PublishStream',
+            llmserve_dot_v1_dot_registry__pb2.PublishRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.PublishProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFallback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/SetFallback',
+            llmserve_dot_v1_dot_registry__pb2.SetFallbackRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.AliasChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reinit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/Reinit',
+            llmserve_dot_v1_dot_registry__pb2.ReinitRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ReinitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/SetTenantLimits',
+            llmserve_dot_v1_dot_registry__pb2.SetTenantLimitsRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.TenantLimits.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/ListTenants',
+            llmserve_dot_v1_dot_registry__pb2.ListTenantsRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/CreateKey',
+            llmserve_dot_v1_dot_registry__pb2.CreateKeyRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.CreateKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/ListKeys',
+            llmserve_dot_v1_dot_registry__pb2.ListKeysRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ListKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmserve.v1.Registry/RevokeKey',
+            llmserve_dot_v1_dot_registry__pb2.RevokeKeyRequest.SerializeToString,
+            llmserve_dot_v1_dot_registry__pb2.ApiKey.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,12 +54,13 @@ class ChangeAnnouncer:
                     last = entry_id.decode()
                     entry = audit_entry(entry_id, fields)
                     change = events_pb2.RegistryChange(
-                        model=entry.model, kind=registry_action(entry.action), action=entry.action, version=entry.version, audit_id=entry.id
+                        model=entry.model, kind=registry_action(entry.action), action=entry.action, version=entry.version,
+                        audit_id=entry.id, subject=entry.subject,
                     )
                     try:
                         await self._nc.publish(self._subjects.registry_changes, change.SerializeToString())
                         self.announced += 1
-                        log.info("registry_change_announced", model=entry.model, action=entry.action, version=entry.version)
+                        log.info("registry_change_announced", model=entry.model, action=entry.action, version=entry.version, subject=entry.subject)
                     except Exception as exc:
                         log.warning("announce_failed", error=str(exc))
 

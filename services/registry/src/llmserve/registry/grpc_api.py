@@ -1,24 +1,54 @@
-"""The gRPC Registry service: model records, aliases, backups. Changes go through ModelCatalog's Lua scripts."""
+"""The gRPC Registry service: the one writer of model records, aliases, fallbacks, tenant limits and
+API keys. Every change passes the guard (guard.py) and lands in the audit stream, whoever asked: the
+CLI, the router's admin routes or any gRPC client.
+
+With auth required, the actor in the audit is the caller's key name; with auth off it is what the
+request names (or the peer's address).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import grpc
+import redis.asyncio as aioredis
 from prometheus_client import Counter
 
+from llmserve.common import api_keys
+from llmserve.common.auth import ADMIN, INFERENCE, Authenticator
 from llmserve.common.catalog import CatalogBackup, ModelCatalog
 from llmserve.common.errors import ServiceError
-from llmserve.registry import publish
+from llmserve.common.grpc_server import CALLER
+from llmserve.common.keys import RedisKeys
+from llmserve.registry import publish, records
 from llmserve.registry.guard import RegistryGuard
 from llmserve.v1 import registry_pb2, registry_pb2_grpc
 
 LOOKUPS = Counter("llmserve_registry_lookups_total", "Registry reads served over gRPC, by method.", ["method"])
 CHANGES = Counter("llmserve_registry_changes_total", "Registry changes made over gRPC, by method.", ["method"])
 
+REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name
+# Reads any key may make; every other method of the service needs an admin key.
+_READS = frozenset({"ListVersions", "GetVersion", "ListAudit"})
+# Progress messages of PublishStream: at most one per stage and this many seconds (and each stage's end).
+_PROGRESS_EVERY_S = 0.2
+
+
+def role_of(method: str) -> int | None:
+    """The key role a Registry method needs; None for health and reflection (open)."""
+    service, _, name = method.strip("/").partition("/")
+    if service != REGISTRY_SERVICE:
+        return None
+    return INFERENCE if name in _READS else ADMIN
+
 
 def actor_of(requested: str, context: grpc.aio.ServicerContext, default: str = "grpc") -> str:
+    caller = CALLER.get()
+    if caller is not None:
+        return caller.name[:64]
     if requested:
         return requested[:64]
     peer = context.peer() or ""
@@ -26,17 +56,35 @@ def actor_of(requested: str, context: grpc.aio.ServicerContext, default: str = "
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
-    def __init__(self, catalog: ModelCatalog, backup: CatalogBackup, guard: RegistryGuard, store: Path) -> None:
+    def __init__(
+        self,
+        catalog: ModelCatalog,
+        backup: CatalogBackup,
+        guard: RegistryGuard,
+        store: Path,
+        redis: aioredis.Redis,
+        keys: RedisKeys,
+        authenticator: Authenticator,
+    ) -> None:
         self._catalog = catalog
         self._backup = backup
         self._guard = guard
         self._store = store
+        self._redis = redis
+        self._keys = keys
+        self._auth = authenticator
 
+    # -- reads ---------------------------------------------------------------------------------
     async def ListVersions(
         self, request: registry_pb2.ListVersionsRequest, context: grpc.aio.ServicerContext
     ) -> registry_pb2.ListVersionsResponse:
         LOOKUPS.labels(method="ListVersions").inc()
-        return registry_pb2.ListVersionsResponse(versions=await self._catalog.list_versions(request.name))
+        response = registry_pb2.ListVersionsResponse(versions=await self._catalog.list_versions(request.name))
+        for name in sorted({v.name for v in response.versions}):
+            fallback = await self._catalog.fallback(name)
+            if fallback:
+                response.fallbacks[name] = fallback
+        return response
 
     async def GetVersion(
         self, request: registry_pb2.GetVersionRequest, context: grpc.aio.ServicerContext
@@ -57,40 +105,92 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         await self._guard.check()
         return await self._backup.export()
 
+    async def ListTenants(self, request: registry_pb2.ListTenantsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListTenantsResponse:
+        LOOKUPS.labels(method="ListTenants").inc()
+        return registry_pb2.ListTenantsResponse(tenants=await records.list_tenants(self._redis, self._keys))
+
+    async def ListKeys(self, request: registry_pb2.ListKeysRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ListKeysResponse:
+        LOOKUPS.labels(method="ListKeys").inc()
+        now = time.time()
+        found = await api_keys.list_keys(self._redis, self._keys)
+        return registry_pb2.ListKeysResponse(keys=[k for k in found if request.include_inactive or not api_keys.inactive_reason(k, now)])
+
+    # -- changes -------------------------------------------------------------------------------
+    async def _write(self, method: str, change: Callable[[], Awaitable]):
+        """Every change: counted, refused by the guard when Redis lost the registry, then made."""
+        CHANGES.labels(method=method).inc()
+        await self._guard.check()
+        return await change()
+
     async def Import(self, request: registry_pb2.RegistrySnapshot, context: grpc.aio.ServicerContext) -> registry_pb2.ImportResponse:
         CHANGES.labels(method="Import").inc()
+        # No guard first: importing a backup is how a lost registry comes back.
         models, versions = await self._backup.import_(request, actor_of("", context), min_counters=self._guard.last_versions())
         await self._guard.check()
         return registry_pb2.ImportResponse(models=models, versions=versions)
 
+    async def Reinit(self, request: registry_pb2.ReinitRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ReinitResponse:
+        CHANGES.labels(method="Reinit").inc()
+        registry_id = await self._guard.reinit(self._redis, self._keys)
+        await records.audit_reinit(self._redis, self._keys, registry_id, actor_of(request.actor, context))
+        return registry_pb2.ReinitResponse(registry_id=registry_id, last_versions=self._guard.last_versions())
+
     async def Publish(self, request: registry_pb2.PublishRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ModelVersion:
         CHANGES.labels(method="Publish").inc()
+        return await self._publish(request, context, publish._no_progress)
+
+    async def PublishStream(
+        self, request: registry_pb2.PublishRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.PublishProgress]:
+        CHANGES.labels(method="PublishStream").inc()
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[registry_pb2.PublishStage] = asyncio.Queue()
+        last_sent: dict[str, float] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:  # called on publish's worker threads
+            now = time.monotonic()
+            if done < total and now - last_sent.get(stage, 0.0) < _PROGRESS_EVERY_S:
+                return
+            last_sent[stage] = now
+            loop.call_soon_threadsafe(updates.put_nowait, registry_pb2.PublishStage(name=stage, done_bytes=done, total_bytes=total))
+
+        task = asyncio.ensure_future(self._publish(request, context, progress))
+        try:
+            while not task.done() or not updates.empty():
+                getter = asyncio.ensure_future(updates.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    yield registry_pb2.PublishProgress(stage=getter.result())
+                else:
+                    getter.cancel()
+            yield registry_pb2.PublishProgress(version=task.result())
+        finally:
+            task.cancel()
+
+    async def _publish(
+        self, request: registry_pb2.PublishRequest, context: grpc.aio.ServicerContext, progress: publish.Progress
+    ) -> registry_pb2.ModelVersion:
         actor = actor_of(request.actor, context)
         kind = request.WhichOneof("source")
         if kind is None:
             raise ServiceError.invalid("a source is required: directory, gguf_file or packaged_default", param="source")
         if kind != "packaged_default" and not request.name:
             raise ServiceError.invalid("name is required", param="name")
+        store, guard = self._store, self._guard
         try:
             if kind == "directory":
                 return await publish.publish_directory(
-                    self._catalog, self._store, request.name, Path(request.directory), make_stable=request.make_stable,
-                    show_progress=False, guard=self._guard, actor=actor,
+                    self._catalog, store, request.name, Path(request.directory), make_stable=request.make_stable,
+                    progress=progress, move=request.move and _inside(Path(request.directory), store), guard=guard, actor=actor,
                 )
             if kind == "gguf_file":
                 return await publish.publish_gguf(
-                    self._catalog, self._store, request.name, Path(request.gguf_file), make_stable=request.make_stable,
-                    show_progress=False, guard=self._guard, actor=actor,
+                    self._catalog, store, request.name, Path(request.gguf_file), make_stable=request.make_stable,
+                    progress=progress, guard=guard, actor=actor,
                 )
-            return await publish.ensure_default_model(self._catalog, self._store, show_progress=False, guard=self._guard, actor=actor)
+            return await publish.ensure_default_model(self._catalog, store, progress=progress, guard=guard, actor=actor)
         except (FileNotFoundError, NotADirectoryError) as exc:
-            raise ServiceError.invalid(str(exc), param="source") from None
-        except ModuleNotFoundError as exc:
-            raise ServiceError.invalid(
-                f"converting GGUF needs llmserve-model-worker (torch) installed next to the registry ({exc.name} is missing); "
-                "publish a transformers directory, or use `llmserve models publish` where it is installed",
-                param="gguf_file",
-            ) from None
+            raise ServiceError.invalid(f"{exc} (paths are read on the registry's host)", param="source") from None
 
     async def Promote(self, request: registry_pb2.PromoteRequest, context: grpc.aio.ServicerContext) -> registry_pb2.AliasChange:
         return await self._change("Promote", lambda actor: self._catalog.promote(request.name, request.version, actor), request.actor, context)
@@ -106,10 +206,37 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def Retire(self, request: registry_pb2.RetireRequest, context: grpc.aio.ServicerContext) -> registry_pb2.AliasChange:
         return await self._change("Retire", lambda actor: self._catalog.retire(request.name, request.version, actor), request.actor, context)
 
+    async def SetFallback(self, request: registry_pb2.SetFallbackRequest, context: grpc.aio.ServicerContext) -> registry_pb2.AliasChange:
+        return await self._change(
+            "SetFallback", lambda actor: self._catalog.set_fallback(request.name, request.fallback or None, actor), request.actor, context
+        )
+
     async def _change(
         self, method: str, change: Callable[[str], Awaitable[str]], actor: str, context: grpc.aio.ServicerContext
     ) -> registry_pb2.AliasChange:
-        CHANGES.labels(method=method).inc()
-        await self._guard.check()
-        audit_id = await change(actor_of(actor, context))
+        audit_id = await self._write(method, lambda: change(actor_of(actor, context)))
         return registry_pb2.AliasChange(entry=await self._catalog.audit_entry(audit_id))
+
+    async def SetTenantLimits(self, request: registry_pb2.SetTenantLimitsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.TenantLimits:
+        actor = actor_of(request.actor, context)
+        return await self._write("SetTenantLimits", lambda: records.set_tenant_limits(self._redis, self._keys, request.limits, actor))
+
+    async def CreateKey(self, request: registry_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext) -> registry_pb2.CreateKeyResponse:
+        actor = actor_of(request.actor, context)
+        key, secret = await self._write("CreateKey", lambda: records.create_key(self._redis, self._keys, request, actor))
+        return registry_pb2.CreateKeyResponse(key=key, secret=secret)
+
+    async def RevokeKey(self, request: registry_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ApiKey:
+        actor = actor_of(request.actor, context)
+        key = await self._write("RevokeKey", lambda: records.revoke_key(self._redis, self._keys, request.id, actor))
+        self._auth.forget(key.id)  # this process at once; routers when the announcement arrives
+        return key
+
+
+def _inside(path: Path, store: Path) -> bool:
+    """Only staging copies inside the store may be moved: never a directory the publisher keeps."""
+    try:
+        path.resolve().relative_to(store.resolve())
+        return True
+    except ValueError:
+        return False

@@ -9,15 +9,20 @@ import sys
 import grpc
 import structlog
 
-from llmserve.common.catalog import CatalogBackup, ModelCatalog
+from llmserve.common.auth import INFERENCE, Authenticator
+from llmserve.common.catalog import ModelCatalog
+from llmserve.common.config import refuse_insecure_listen
 from llmserve.common.errors import ServiceError
-from llmserve.common.grpc_server import ErrorInterceptor, add_health_and_reflection, follow_readiness
+from llmserve.common.grpc_server import AuthInterceptor, ErrorInterceptor, add_health_and_reflection, follow_readiness
 from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import LivenessTable
+from llmserve.common.rate_limits import RateLimiter
+from llmserve.common.registry_client import RegistryClient
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.common.startup import Readiness
 from llmserve.router import metrics
 from llmserve.router.admin_api import admin_router
+from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
 from llmserve.router.rest_api import RestBridge, create_app
@@ -63,6 +68,11 @@ async def _track_servable(readiness: Readiness, catalog: ModelCatalog, liveness:
             await asyncio.wait_for(stop.wait(), 0.25)
 
 
+def _role_of(method: str) -> int | None:
+    """Inference calls need a key (any role); health and reflection stay open."""
+    return INFERENCE if method.startswith(f"/{INFERENCE_SERVICE}/") else None
+
+
 def _fill_router_beat(beat: events_pb2.Heartbeat) -> None:
     beat.requests_total = metrics.RECENT.total
     beat.requests_failed = metrics.RECENT.failed
@@ -70,6 +80,9 @@ def _fill_router_beat(beat: events_pb2.Heartbeat) -> None:
 
 
 async def run(settings: RouterSettings) -> None:
+    refuse_insecure_listen(settings.common, "router", settings.grpc_addr, settings.http_addr)
+    if settings.common.auth_required and settings.admin_token:
+        log.warning("admin_token_ignored", reason="LLMSERVE_AUTH=required: the admin routes take admin API keys")
     async with service_runtime(settings.common, events_pb2.INSTANCE_KIND_ROUTER) as rt:
         # Everything is built on the not yet connected clients, and both APIs listen before the
         # router waits for NATS and Redis: health says NOT_SERVING and calls get UNAVAILABLE meanwhile.
@@ -85,10 +98,15 @@ async def run(settings: RouterSettings) -> None:
         make_job = JobFactory(
             settings.common.default_model, settings.default_max_tokens, settings.max_tokens_limit, rt.subjects.tokens
         )
-        server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-        inference_pb2_grpc.add_InferenceServicer_to_server(
-            InferenceServicer(make_job, generation, catalog, liveness), server
+        authenticator = Authenticator(
+            rt.redis, rt.keys, settings.common.auth_required, on_refused=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc()
         )
+        gate = CallerGate(make_job, RateLimiter(rt.redis, rt.keys))
+        registry = RegistryClient(settings.common.registry_addr)
+        rt.stack.push_async_callback(registry.close)
+        # ErrorInterceptor first: it turns the key check's refusals into statuses too.
+        server = grpc.aio.server(interceptors=[ErrorInterceptor(), AuthInterceptor(authenticator, _role_of)])
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(gate, generation, catalog, liveness), server)
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
         await follow_readiness(health, [INFERENCE_SERVICE], rt.readiness)
         if server.add_insecure_port(settings.grpc_addr) == 0:
@@ -96,9 +114,10 @@ async def run(settings: RouterSettings) -> None:
         await server.start()
         http = HttpServer(
             create_app(
-                RestBridge(make_job, generation, catalog, liveness),
+                RestBridge(gate, generation, catalog, liveness),
                 rt.readiness,
-                admin_router(catalog, CatalogBackup(rt.redis, rt.keys, catalog).export, settings.admin_token),
+                authenticator,
+                admin_router(registry, authenticator, settings.admin_token),
             ),
             settings.http_addr,
             SHUTDOWN_GRACE_S,
@@ -121,6 +140,8 @@ async def run(settings: RouterSettings) -> None:
         await rt.connect_redis()
         await rt.connect_nats()
         await rt.listen_liveness(liveness)
+        await authenticator.follow_revocations(nc, rt.subjects)
+        rt.reconnect_hooks.append(authenticator.forget_all)
         await generation.watch_instances()
         rt.start_heartbeat(nc, _fill_router_beat)
         model = settings.common.default_model

@@ -8,36 +8,39 @@ from collections.abc import AsyncIterator
 import grpc
 
 from llmserve.common.catalog import ModelCatalog
+from llmserve.common.grpc_server import CALLER
 from llmserve.common.liveness import LivenessTable
+from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
-from llmserve.router.validation import JobFactory
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(
-        self, make_job: JobFactory, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable
-    ) -> None:
-        self._make_job = make_job
+    def __init__(self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable) -> None:
+        self._gate = gate
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
 
-    def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
+    async def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
         remaining = context.time_remaining()
-        return self._make_job(
+        return await self._gate.job(
             request,
+            CALLER.get(),
             deadline=time.time() + remaining if remaining is not None else 0.0,
-            tenant=_metadata(context, "x-tenant"),
+            tenant_header=_metadata(context, "x-tenant"),
         )
+
+    def _chunks(self, job: events_pb2.Job) -> AsyncIterator[events_pb2.TokenChunk]:
+        return self._gate.metered(self._generation.stream(job), CALLER.get())
 
     async def GenerateStream(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
-        job = self._job(request, context)
+        job = await self._job(request, context)
         await context.send_initial_metadata((("x-request-id", job.request_id),))
         index = 0
-        async for chunk in self._generation.stream(job):
+        async for chunk in self._chunks(job):
             if not chunk.text and not chunk.final:
                 continue  # tokens that produced no text yet (held back): nothing to show
             response = inference_pb2.GenerateStreamResponse(
@@ -56,10 +59,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.GenerateResponse:
-        job = self._job(request, context)
+        job = await self._job(request, context)
         parts: list[str] = []
         response = inference_pb2.GenerateResponse(request_id=job.request_id, model=job.model)
-        async for chunk in self._generation.stream(job):
+        async for chunk in self._chunks(job):
             parts.append(chunk.text)
             if chunk.final:
                 response.model = job.model  # the fallback model, when one served the request

@@ -56,6 +56,17 @@ TENANT_TOKENS = Counter(
     "llmserve_router_tenant_tokens_total", "Prompt and completion tokens per tenant (same naming as the requests).", ["tenant"]
 )
 
+RATE_LIMITED = Counter(
+    "llmserve_router_rate_limited_total",
+    "Requests refused because their API key was over a limit, per tenant and limit (requests_per_minute, tokens_per_minute).",
+    ["tenant", "limit"],
+)
+AUTH_FAILURES = Counter(
+    "llmserve_router_auth_failures_total",
+    "Calls refused for their API key, by reason (invalid_api_key, key_revoked, key_expired, permission_denied).",
+    ["reason"],
+)
+
 # Tenants get their own label value up to this many per router process; later ones share OTHER_TENANTS,
 # so a client inventing tenant names cannot grow the series without bound.
 TENANT_LABEL_CAP = 100

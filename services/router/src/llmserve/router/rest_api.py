@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
 
 import structlog
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -23,10 +24,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from swagger_ui_bundle import swagger_ui_path
 
+from llmserve.common.auth import INFERENCE, Authenticator, Principal
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError, dependency_error
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.startup import Readiness
+from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
 from llmserve.router.openai_protocol import (
     FINISH_REASONS,
@@ -37,13 +40,13 @@ from llmserve.router.openai_protocol import (
     error_body,
     usage_dict,
 )
-from llmserve.router.validation import JobFactory
 from llmserve.v1 import events_pb2
 
 log = structlog.get_logger()
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
+    401: "invalid_request_error",
     403: "permission_error",
     404: "invalid_request_error",
     409: "invalid_request_error",
@@ -54,14 +57,23 @@ _ERROR_TYPES = {
 
 
 def service_error_body(exc: ServiceError) -> dict:
-    return error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, exc.code_name)
+    # OpenAI's code for every key problem is invalid_api_key (clients match on it).
+    code = "invalid_api_key" if exc.http_status == 401 else exc.code_name
+    return error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, code)
 
 
 def error_response(exc: ServiceError) -> JSONResponse:
     headers = {}
     if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        headers["Retry-After"] = str(retry_after_seconds(exc.retry_after_s))
+    if exc.http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(service_error_body(exc), status_code=exc.http_status, headers=headers)
+
+
+def retry_after_seconds(seconds: float) -> int:
+    """Whole seconds, rounded up: a client that waits this long is not refused again for the same reason."""
+    return max(1, math.ceil(seconds))
 
 
 def _sse(payload: dict) -> bytes:
@@ -69,15 +81,13 @@ def _sse(payload: dict) -> bytes:
 
 
 class RestBridge:
-    def __init__(
-        self, make_job: JobFactory, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable
-    ) -> None:
-        self._make_job = make_job
+    def __init__(self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable) -> None:
+        self._gate = gate
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
 
-    def _job(self, body: ChatCompletionRequest | CompletionRequest, request: Request) -> events_pb2.Job:
+    async def _job(self, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None) -> events_pb2.Job:
         proto = body.to_request()
         proto.request_id = request.headers.get("x-request-id", "")
         timeout = request.headers.get("x-request-timeout")
@@ -87,11 +97,13 @@ class RestBridge:
                 deadline = time.time() + float(timeout)
             except ValueError:
                 raise ServiceError.invalid("X-Request-Timeout must be a number of seconds", param="X-Request-Timeout") from None
-        return self._make_job(proto, deadline=deadline, tenant=request.headers.get("x-tenant", ""))
+        return await self._gate.job(proto, principal, deadline=deadline, tenant_header=request.headers.get("x-tenant", ""))
 
-    async def complete(self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request) -> Response:
-        job = self._job(body, request)
-        chunks = self._generation.stream(job, api="rest")
+    async def complete(
+        self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None
+    ) -> Response:
+        job = await self._job(body, request, principal)
+        chunks = self._gate.metered(self._generation.stream(job, api="rest"), principal)
         headers = {"x-request-id": job.request_id}
         if body.stream:
             # Wait for the first chunk before answering 200: errors before any output keep their status.
@@ -215,7 +227,19 @@ async def collect_unless_gone(
                 await task
 
 
-def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None = None) -> FastAPI:
+def caller(authenticator: Authenticator, role: int):
+    """A dependency that admits a request whose key may act in `role` and keeps its Principal in
+    request.state.principal (None with auth off). /healthz, /readyz, /metrics and the playground
+    page stay open."""
+
+    async def check(request: Request) -> None:
+        peer = request.client.host if request.client else ""
+        request.state.principal = await authenticator.authenticate(request.headers.get("authorization"), role, peer=peer)
+
+    return check
+
+
+def create_app(bridge: RestBridge, readiness: Readiness, authenticator: Authenticator, admin: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="llmserve",
         version="0.1.0",
@@ -225,10 +249,15 @@ def create_app(bridge: RestBridge, readiness: Readiness, admin: APIRouter | None
     )
     _add_docs(app)
     _add_error_handlers(app)
-    _add_openai_routes(app, bridge)
+    _add_openai_routes(app, bridge, caller(authenticator, INFERENCE))
     _add_operations_routes(app, readiness)
     if admin is not None:
         app.include_router(admin)
+
+    @app.get("/v1/auth", include_in_schema=False)
+    async def auth_mode() -> dict:
+        # The playground asks for a key when one is required.
+        return {"required": authenticator.required}
 
     @app.get("/", include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -294,16 +323,18 @@ class _CleanLogContext:
         await self.app(scope, receive, send)
 
 
-def _add_openai_routes(app: FastAPI, bridge: RestBridge) -> None:
-    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streamed with stream=true)")
+def _add_openai_routes(app: FastAPI, bridge: RestBridge, inference_caller) -> None:
+    checked = [Depends(inference_caller)]
+
+    @app.post("/v1/chat/completions", tags=["openai"], summary="Chat completion (streamed with stream=true)", dependencies=checked)
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        return await bridge.complete("chat", body, request)
+        return await bridge.complete("chat", body, request, request.state.principal)
 
-    @app.post("/v1/completions", tags=["openai"], summary="Text completion (streamed with stream=true)")
+    @app.post("/v1/completions", tags=["openai"], summary="Text completion (streamed with stream=true)", dependencies=checked)
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        return await bridge.complete("completion", body, request)
+        return await bridge.complete("completion", body, request, request.state.principal)
 
-    @app.get("/v1/models", tags=["openai"], summary="Models that can be requested")
+    @app.get("/v1/models", tags=["openai"], summary="Models that can be requested", dependencies=checked)
     async def models() -> dict:
         return await bridge.models()
 

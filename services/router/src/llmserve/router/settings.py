@@ -32,7 +32,8 @@ class RouterSettings:
     stall_timeout_s: float = 30.0
     # LLMSERVE_ROUTER_MAX_MIGRATIONS: times one request may be resumed on another worker.
     max_migrations: int = 3
-    # LLMSERVE_ADMIN_TOKEN: bearer token of the registry admin routes (/admin/v1/...); empty: routes off.
+    # LLMSERVE_ADMIN_TOKEN: with LLMSERVE_AUTH=off, the bearer token of the registry admin routes
+    # (/admin/v1/...); empty: routes off. With auth required the routes take admin API keys instead.
     admin_token: str = field(default="", repr=False)
 
     @classmethod
