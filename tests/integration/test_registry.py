@@ -139,6 +139,41 @@ async def test_grpc_publish_refuses_a_missing_directory_clearly(registry_stub):
     assert "config.json" in err.value.details()
 
 
+async def test_publishing_streams_progress_and_leaves_the_event_loop_free(registry_addr, tmp_path):
+    """Hashing and copying run on threads: the registry's loop (its heartbeats) keeps its pace."""
+    from llmserve.common.registry_client import RegistryClient
+
+    source = tmp_path / "big-model"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    with open(source / "model.safetensors", "wb") as fh:
+        fh.truncate(768 << 20)
+    lags: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        loop = asyncio.get_running_loop()
+        while not done.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            lags.append(loop.time() - before - 0.01)
+
+    ticking = asyncio.create_task(ticker())
+    client = RegistryClient(registry_addr)
+    stages, version = set(), None
+    async for update in client.publish(registry_pb2.PublishRequest(name="big", directory=str(source))):
+        if update.HasField("version"):
+            version = update.version
+        else:
+            stages.add(update.stage.name)
+            assert update.stage.total_bytes >= 768 << 20
+    done.set()
+    await ticking
+    await client.close()
+    assert version is not None and version.version == 1 and {"checksum", "copy"} <= stages
+    assert len(lags) > 20 and max(lags) < 0.25, f"the loop stalled {max(lags):.2f} s during the publish"
+
+
 async def _publish_three(catalog: ModelCatalog, guard: RegistryGuard) -> None:
     for i in range(3):
         await guard.check()

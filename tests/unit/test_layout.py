@@ -43,3 +43,12 @@ def test_light_services_do_not_import_torch(module):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_the_cli_does_not_import_the_registry_service():
+    """The registry is the one writer: the CLI reaches it over gRPC only."""
+    import pathlib
+
+    cli = pathlib.Path(__file__).parents[2] / "libs" / "cli" / "src" / "llmserve" / "cli"
+    offenders = [p.name for p in cli.glob("*.py") if "llmserve.registry" in p.read_text()]
+    assert offenders == []

@@ -6,6 +6,7 @@ import sys
 
 import grpc
 
+from llmserve.cli.registry_access import key_metadata
 from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 
 
@@ -22,7 +23,7 @@ def chat(addr: str, prompt: str, model: str, max_tokens: int, temperature: float
     with grpc.insecure_channel(addr) as channel:
         stub = inference_pb2_grpc.InferenceStub(channel)
         try:
-            for response in stub.GenerateStream(request, timeout=600):
+            for response in stub.GenerateStream(request, timeout=600, metadata=key_metadata()):
                 sys.stdout.write(response.text)
                 sys.stdout.flush()
         except grpc.RpcError as exc:

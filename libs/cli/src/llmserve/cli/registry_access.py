@@ -1,4 +1,4 @@
-"""How the CLI reaches the Registry service: its address and the caller's API key.
+"""How the CLI reaches the Registry service (its address) and carries the caller's API key.
 
 The registry is the only writer of registry records; every `models`, `tenants` and `keys` command
 is a call to it. The key comes from LLMSERVE_API_KEY or the file LLMSERVE_API_KEY_FILE names (or
@@ -36,6 +36,12 @@ def api_key(key_file: Path | None) -> str:
     if key_file is not None:
         return key_file.read_text().strip()
     return os.environ.get("LLMSERVE_API_KEY", "").strip()
+
+
+def key_metadata() -> tuple[tuple[str, str], ...]:
+    """gRPC metadata carrying the CLI's key, for calls to the router (chat, models list)."""
+    key = api_key(None)
+    return (("authorization", f"Bearer {key}"),) if key else ()
 
 
 @contextlib.asynccontextmanager

@@ -9,13 +9,14 @@ import urllib.request
 
 import grpc
 
+from llmserve.cli.registry_access import key_metadata
 from llmserve.v1 import inference_pb2, inference_pb2_grpc
 
 
 def list_models(addr: str) -> int:
     with grpc.insecure_channel(addr) as channel:
         try:
-            response = inference_pb2_grpc.InferenceStub(channel).ListModels(inference_pb2.ListModelsRequest(), timeout=10)
+            response = inference_pb2_grpc.InferenceStub(channel).ListModels(inference_pb2.ListModelsRequest(), timeout=10, metadata=key_metadata())
         except grpc.RpcError as exc:
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
