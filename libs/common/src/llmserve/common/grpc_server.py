@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import math
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import grpc
@@ -34,6 +36,28 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
+def _each_call_inside(handler: grpc.RpcMethodHandler, scope: Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager]) -> grpc.RpcMethodHandler:
+    """The handler with every call (unary or streaming) run inside `scope(context)`."""
+    if handler.unary_unary:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(context):
+                return await inner_uu(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with scope(context):
+                async for item in inner_us(request, context):
+                    yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns ServiceError into its status code and anything unexpected into INTERNAL, in one place.
 
@@ -49,38 +73,18 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                structlog.contextvars.bind_contextvars(rpc=details.method)
-                try:
-                    return await inner_uu(request, context)
-                except (ServiceError, Exception) as exc:  # noqa: BLE001 - the one place errors become statuses
-                    if _is_abort(exc):
-                        raise
-                    await _abort(context, exc)
+        @contextlib.asynccontextmanager
+        async def statuses(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+            structlog.contextvars.bind_contextvars(rpc=details.method)
+            try:
+                yield
+            except Exception as exc:  # noqa: BLE001 - the one place errors become statuses
+                if _is_abort(exc):
+                    raise
+                await _abort(context, exc)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                structlog.contextvars.bind_contextvars(rpc=details.method)
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except (ServiceError, Exception) as exc:  # noqa: BLE001
-                    if _is_abort(exc):
-                        raise
-                    await _abort(context, exc)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return _each_call_inside(handler, statuses)
 
 
 # The caller of the RPC being handled (None with auth off), set by AuthInterceptor.
@@ -112,27 +116,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(authorization, bytes):
             authorization = authorization.decode("latin-1")
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
+        @contextlib.asynccontextmanager
+        async def checked(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
             CALLER.set(await self._auth.authenticate(authorization, role, peer=context.peer() or ""))
+            yield
 
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await check(context)
-                return await inner_uu(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
-
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await check(context)
-                async for item in inner_us(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer, handler.response_serializer)
-        return handler
+        return _each_call_inside(handler, checked)
 
 
 def _is_abort(exc: BaseException) -> bool:
