@@ -235,6 +235,33 @@ def test_a_promote_through_cli_rest_and_grpc_each_leave_one_audit_entry_by_the_k
     assert [(e.action, e.actor) for e in entries] == [("promote", "release-bot")] * 3
 
 
+def test_the_playground_asks_for_a_key_and_streams_with_it(cluster, admin_key):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.helpers.browser import chrome, ensure_chromium
+
+    found = ensure_chromium()
+    if isinstance(found, str):
+        pytest.skip(found)
+    user = create_key(cluster, admin_key, "--tenant", "playground")
+    driver = chrome(*found)
+    try:
+        driver.get(f"{cluster.http_url}/")
+        WebDriverWait(driver, 15).until(lambda d: d.find_element(By.ID, "key_row").is_displayed())
+        WebDriverWait(driver, 15).until(lambda d: "API key" in d.find_element(By.ID, "stats").text)
+        field = driver.find_element(By.ID, "api_key")
+        field.send_keys(user)
+        driver.find_element(By.ID, "message").click()  # leaving the field stores the key and lists the models
+        WebDriverWait(driver, 15).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#model option"))
+        driver.find_element(By.ID, "message").send_keys("What is the capital of France?")
+        driver.find_element(By.ID, "send").click()
+        WebDriverWait(driver, 60).until(lambda d: "done" in d.find_element(By.ID, "stats").text)
+        assert driver.find_element(By.ID, "answer").text
+    finally:
+        driver.quit()
+
+
 def test_after_redis_lost_the_registry_every_write_path_is_refused_by_the_guard(cluster, admin_key, redis_srv):
     # Run last in this module: it leaves the registry lost. Redis "loses its data" for this cluster's prefix.
     client = redis.Redis.from_url(redis_srv.url)

@@ -200,12 +200,13 @@ async def test_tenant_limit_counts_queued_and_running_until_done(nc, subjects, c
 
 
 async def test_priority_is_capped_by_what_the_tenant_may_use(nc, subjects, catalog, redis_client, keys):
-    from llmserve.common.tenants import set_tenant_limits
+    from llmserve.registry.records import set_tenant_limits
+    from llmserve.v1 import registry_pb2
 
     sched, liveness = make_scheduler(nc, subjects, catalog, redis_client, keys, max_priority=common_pb2.PRIORITY_HIGH)
     await catalog.publish("m", "m/a", "a" * 64, "test")
     await live_worker(liveness)
-    await set_tenant_limits(redis_client, keys, "batch", max_priority=common_pb2.PRIORITY_LOW)
+    await set_tenant_limits(redis_client, keys, registry_pb2.TenantLimits(tenant="batch", max_priority=common_pb2.PRIORITY_LOW), actor="test")
     puller = JobPuller(nc, subjects, "m", 1)
     await puller.start()
     try:
