@@ -46,7 +46,7 @@ def _measure(name: str, url: str, pid: int, concurrency: int, new_tokens: int) -
     questions = scenarios.questions(requests_at(concurrency))
     with PeakRss(pid) as rss:
         started = now()
-        timings = asyncio.run(rest_load.wave(url, questions, new_tokens, concurrency))
+        timings = asyncio.run(rest_load.wave(url, questions, new_tokens, concurrency, rest_load.SERVER_FIELDS[name]))
         wall = now() - started
     return summarize(f"{name}, concurrency {concurrency}", timings, wall, rss.peak, concurrency=concurrency, server=name)
 
@@ -68,8 +68,8 @@ def run(store: Path, work: Path, rounds: int, new_tokens: int, log, worker_env: 
             peer.wait_ready()
             servers.insert(0, ("llama-server", peer.url, peer.proc.pid))
         try:
-            for _name, url, _ in servers:  # warm-up: first requests, allocator, prompt templates
-                asyncio.run(rest_load.wave(url, scenarios.questions(2), 4, 2))
+            for name, url, _ in servers:  # warm-up: first requests, allocator, prompt templates
+                asyncio.run(rest_load.wave(url, scenarios.questions(2), 4, 2, rest_load.SERVER_FIELDS[name]))
             for round_ in range(rounds):
                 order = servers if round_ % 2 == 0 else servers[::-1]
                 for c in CONCURRENCY:

@@ -19,23 +19,28 @@ from bench.measure import RequestTiming, now
 MODEL = "SmolLM2-135M-Instruct"
 
 
-def _body(question: str, new_tokens: int) -> dict:
+def _body(question: str, new_tokens: int, extra: dict) -> dict:
     return {
         "model": MODEL,
         "messages": [{"role": "user", "content": question}],
         "max_tokens": new_tokens,
         "temperature": 0,
-        "repeat_penalty": 1.0,
         "ignore_eos": True,
         "stream": True,
         "stream_options": {"include_usage": True},
+        **extra,
     }
 
 
-async def _one(client: httpx.AsyncClient, base_url: str, question: str, new_tokens: int) -> RequestTiming:
+# Each server's own fields for the same work: no repetition penalty on either side (llmserve applies
+# none unless asked; llama-server's field turns its own off). llmserve refuses fields it does not know.
+SERVER_FIELDS = {"llama-server": {"repeat_penalty": 1.0}, "llmserve": {}}
+
+
+async def _one(client: httpx.AsyncClient, base_url: str, question: str, new_tokens: int, extra: dict) -> RequestTiming:
     timing = RequestTiming(now())
     pieces = 0
-    async with client.stream("POST", f"{base_url}/v1/chat/completions", json=_body(question, new_tokens)) as response:
+    async with client.stream("POST", f"{base_url}/v1/chat/completions", json=_body(question, new_tokens, extra)) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{base_url}: HTTP {response.status_code}: {(await response.aread())[:300]!r}")
         async for line in response.aiter_lines():
@@ -56,8 +61,9 @@ async def _one(client: httpx.AsyncClient, base_url: str, question: str, new_toke
     return timing
 
 
-async def wave(base_url: str, questions: list[str], new_tokens: int, concurrency: int) -> list[RequestTiming]:
-    """All questions, at most `concurrency` in flight; timings in the order of `questions`."""
+async def wave(base_url: str, questions: list[str], new_tokens: int, concurrency: int, extra: dict | None = None) -> list[RequestTiming]:
+    """All questions, at most `concurrency` in flight; timings in the order of `questions`. `extra`: the
+    server's own fields (SERVER_FIELDS)."""
     gate = asyncio.Semaphore(concurrency)
     # A connection per request: llama-server's HTTP library closes idle keep-alive connections, and a
     # request sent on one it was just closing fails with "server disconnected" (seen in about one run in
@@ -67,6 +73,6 @@ async def wave(base_url: str, questions: list[str], new_tokens: int, concurrency
 
         async def gated(question: str) -> RequestTiming:
             async with gate:
-                return await _one(client, base_url, question, new_tokens)
+                return await _one(client, base_url, question, new_tokens, extra or {})
 
         return await asyncio.gather(*(gated(q) for q in questions))

@@ -75,6 +75,10 @@ def test_models_lists_the_model(client):
         ({"max_tokens": 100000}, openai.BadRequestError, "max_tokens"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "messages"),
         ({"extra_body": {"priority": "urgent"}}, openai.BadRequestError, "priority"),
+        ({"response_format": {"type": "json_object"}}, openai.BadRequestError, "response_format"),
+        ({"logprobs": True, "top_logprobs": 3}, openai.BadRequestError, "logprobs"),
+        ({"extra_body": {"frobnicate": 1}}, openai.BadRequestError, "frobnicate"),
+        ({"max_tokens": "8"}, openai.BadRequestError, "max_tokens"),
     ],
 )
 def test_errors_raise_the_right_exception(client, kwargs, error, param):

@@ -62,3 +62,45 @@ def test_image_parts_are_refused_with_the_field_named():
     with pytest.raises(ServiceError) as err:
         body.to_request()
     assert err.value.param == "messages"
+
+
+def _chat(**fields) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields})
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 5}, "top_logprobs"),
+        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),
+    ],
+)
+def test_nothing_is_silently_ignored(fields, param):
+    with pytest.raises(ServiceError) as err:
+        _chat(**fields).to_request()
+    assert err.value.param == param and err.value.http_status == 400
+
+
+def test_defaults_of_unsupported_fields_and_the_documented_ignored_ones_are_accepted():
+    request = _chat(
+        response_format={"type": "text"}, tools=[], tool_choice="none", logprobs=False, logit_bias={},
+        user="u-1", metadata={"a": "b"}, store=False, service_tier="auto",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}],
+    ).to_request()
+    assert [m.role for m in request.messages.messages] == ["system", "user"]
+
+
+@pytest.mark.parametrize("fields", [{"max_tokens": "10"}, {"temperature": "0.5"}, {"stream": "yes"}, {"n": True}])
+def test_types_are_strict(fields):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        _chat(**fields)
+    assert err.value.errors()[0]["loc"][0] == next(iter(fields))

@@ -18,25 +18,65 @@ FINISH_REASONS = {
 PRIORITY_NAMES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
 
 
+# Strict types: "max_tokens": "10" is a 400 naming the field, not a silent conversion.
+_STRICT = ConfigDict(strict=True)
+
+
 class ContentPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")  # image_url, input_audio, ... refused by _text_of
+
     type: str
     text: str | None = None
 
 
 class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow")  # name, tool_calls, ... refused by to_request
+
     role: str
     # A string, or a list of parts of which only text parts are understood.
     content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
+    model_config = _STRICT
+
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    """Fields both endpoints share. Unknown fields are ignored, as other OpenAI-compatible servers do."""
+# OpenAI request fields accepted and not acted on, because they ask nothing of the generation: who
+# the end user is (user, safety_identifier), what to keep with the answer on OpenAI's side (store,
+# metadata), which of OpenAI's tiers and caches to use (service_tier, prompt_cache_key).
+IGNORED_FIELDS = frozenset({"user", "safety_identifier", "store", "metadata", "service_tier", "prompt_cache_key"})
 
-    model_config = ConfigDict(extra="ignore")
+# OpenAI request fields llmserve does not honour yet, with the values that ask for nothing (what
+# clients send as defaults): any other value is refused with a 400 naming the field.
+_UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none", "auto"),
+    "parallel_tool_calls": (None, True, False),
+    "functions": (None, []),
+    "function_call": (None, "none", "auto"),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "modalities": (None, ["text"]),
+    "audio": (None,),
+    "prediction": (None,),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "web_search_options": (None,),
+    "best_of": (None, 1),
+    "echo": (None, False),
+    "suffix": (None, ""),
+}
+
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share. Nothing is silently ignored: an unknown field, or a known OpenAI
+    field asking for what llmserve does not do, is a 400 naming it (see check_extra_fields)."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
 
     model: str = ""
     temperature: float | None = Field(None, description="0 (greedy) to 2; OpenAI's default is 1.")
@@ -49,7 +89,6 @@ class SamplingFields(BaseModel):
     stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    user: str | None = None
     # llmserve's own fields, accepted the way other OpenAI-compatible servers accept extras.
     top_k: int | None = Field(None, description="llmserve extra: keep only the k most likely tokens.")
     repetition_penalty: float | None = Field(None, description="llmserve extra: > 1 discourages repeats.")
@@ -57,6 +96,7 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = Field(False, description="llmserve extra: generate max_tokens tokens, past end-of-sequence (benchmarks).")
 
     def to_request(self) -> inference_pb2.GenerateRequest:
+        check_extra_fields(self.model_extra or {})
         if self.n != 1:
             raise ServiceError.invalid("only n=1 is supported", param="n")
         for name in ("presence_penalty", "frequency_penalty"):
@@ -107,7 +147,12 @@ class ChatCompletionRequest(SamplingFields):
     def to_request(self) -> inference_pb2.GenerateRequest:
         request = super().to_request()
         for i, message in enumerate(self.messages):
-            request.messages.messages.append(common_pb2.ChatMessage(role=message.role, content=_text_of(message, i)))
+            if message.model_extra:
+                field = sorted(message.model_extra)[0]
+                raise ServiceError.invalid(f"messages[{i}].{field} is not supported", param=f"messages[{i}].{field}")
+            # "developer" is OpenAI's newer name for the system role.
+            role = "system" if message.role == "developer" else message.role
+            request.messages.messages.append(common_pb2.ChatMessage(role=role, content=_text_of(message, i)))
         if not self.messages:
             raise ServiceError.invalid("messages must hold at least one message", param="messages")
         return request
@@ -125,6 +170,19 @@ class CompletionRequest(SamplingFields):
             prompt = prompt[0]
         request.prompt = prompt
         return request
+
+
+def check_extra_fields(extra: dict[str, Any]) -> None:
+    """Refuses, naming the field, every field beyond the ones llmserve honours, except IGNORED_FIELDS
+    and unsupported OpenAI fields whose value asks for nothing."""
+    for name, value in sorted(extra.items()):
+        if name in IGNORED_FIELDS:
+            continue
+        if name in _UNSUPPORTED_UNLESS:
+            if any(value == allowed and type(value) is type(allowed) for allowed in _UNSUPPORTED_UNLESS[name]):
+                continue
+            raise ServiceError.invalid(f"{name} is not supported by this server (yet)", param=name)
+        raise ServiceError.invalid(f"unrecognized request argument supplied: {name}", param=name)
 
 
 def _text_of(message: ChatMessageIn, index: int) -> str:
