@@ -240,10 +240,11 @@ def test_the_playground_asks_for_a_key_and_streams_with_it(cluster, admin_key):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.helpers.browser import chrome, ensure_chromium
+    from tests.helpers.system_tools import missing
 
     found = ensure_chromium()
     if isinstance(found, str):
-        pytest.skip(found)
+        missing(found)
     user = create_key(cluster, admin_key, "--tenant", "playground")
     driver = chrome(*found)
     try:

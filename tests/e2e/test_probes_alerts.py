@@ -73,6 +73,10 @@ def test_broken_model_probe_and_dead_worker_raise_alerts(broken_cluster):
     assert alert["model"] == "tiny-llama" and "failed" in alert["summary"]
     status = httpx.get(f"{cluster.monitor_url}/status", timeout=10).json()
     assert any(p["model"] == "tiny-llama" and not p["ok"] for p in status["probes"])
+    # What Prometheus's LlmserveProbeFailing alert reads.
+    metrics = httpx.get(f"{cluster.monitor_url}/metrics", timeout=10).text
+    assert any(line.startswith("llmserve_probe_success{") and 'model="tiny-llama"' in line and line.endswith(" 0.0")
+               for line in metrics.splitlines()), metrics
 
     worker = next(s for s in cluster.services if s.name.startswith("worker"))
     os.kill(worker.proc.pid, signal.SIGKILL)

@@ -186,10 +186,11 @@ def test_playground_streams_an_answer(real_cluster):
     from selenium.webdriver.support.ui import WebDriverWait
 
     from tests.helpers.browser import chrome, ensure_chromium
+    from tests.helpers.system_tools import missing
 
     found = ensure_chromium()
     if isinstance(found, str):
-        pytest.skip(found)
+        missing(found)
     driver = chrome(*found)
     try:
         driver.get(f"{real_cluster.http_url}/")

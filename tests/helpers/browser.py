@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
+
+from tests.helpers.system_tools import apt_install
 
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 DRIVER_PATHS = ("/usr/bin/chromedriver",)
@@ -31,20 +32,11 @@ def ensure_chromium() -> tuple[str, str] | str:
     browser, driver = _first(CHROMIUM_PATHS), _first(DRIVER_PATHS)
     if browser and driver:
         return browser, driver
-    if not shutil.which("apt-get"):
-        return "chromium is not installed and apt-get is not available"
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True, text=True, timeout=600
-    )
-    if result.returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
-        result = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium", "chromium-driver"], capture_output=True, text=True, timeout=600
-        )
+    why = apt_install("chromium", "chromium-driver")
     browser, driver = _first(CHROMIUM_PATHS), _first(DRIVER_PATHS)
     if browser and driver:
         return browser, driver
-    return f"chromium could not be installed: {result.stderr.strip()[-300:]}"
+    return f"chromium could not be installed: {why}"
 
 
 def chrome(browser: str, driver: str):

@@ -25,6 +25,8 @@ INSTANCE_CPU = "llmserve_instance_cpu_percent"
 DEATHS = "llmserve_cluster_instance_deaths_total"
 GPU_UTIL = "llmserve_instance_gpu_utilization_percent"
 GPU_MEMORY = "llmserve_instance_gpu_memory_used_bytes"
+PROBE_SUCCESS = "llmserve_probe_success"
+PROBE_LATENCY = "llmserve_probe_latency_seconds"
 
 
 class ClusterMetrics:
@@ -38,13 +40,24 @@ class ClusterMetrics:
         self.gpu_util = Gauge(GPU_UTIL, "GPU utilization of each live worker on a GPU.", ["instance"], registry=self.registry)
         self.gpu_memory = Gauge(GPU_MEMORY, "GPU memory in use by each live worker on a GPU.", ["instance"], registry=self.registry)
         self.deaths = Counter(DEATHS, "Instances declared dead, by kind.", ["kind"], registry=self.registry)
+        self.probe_success = Gauge(
+            PROBE_SUCCESS, "1 when the latest synthetic probe of a live model version passed, 0 when it failed.", ["model", "version"],
+            registry=self.registry,
+        )
+        self.probe_latency = Gauge(PROBE_LATENCY, "Duration of the latest probe of a live model version.", ["model", "version"], registry=self.registry)
 
     def count_death(self, kind: int) -> None:
         self.deaths.labels(kind=KIND_NAMES.get(kind, "unknown")).inc()
 
-    def render(self, table: LivenessTable) -> bytes:
-        for gauge in (self.instances, self.slots, self.busy, self.rss, self.cpu, self.gpu_util, self.gpu_memory):
+    def render(self, table: LivenessTable, prober: Prober | None = None) -> bytes:
+        gauges = (self.instances, self.slots, self.busy, self.rss, self.cpu, self.gpu_util, self.gpu_memory, self.probe_success, self.probe_latency)
+        for gauge in gauges:
             gauge.clear()
+        live_versions = {(b.model, b.model_version) for b in table.live_workers()}
+        for result in (prober.results.values() if prober is not None else ()):
+            if (result.model, result.version) in live_versions:  # a version nobody serves any more is not probed
+                self.probe_success.labels(model=result.model, version=str(result.version)).set(1 if result.ok else 0)
+                self.probe_latency.labels(model=result.model, version=str(result.version)).set(result.latency_s)
         for beat in table.live():
             kind = KIND_NAMES.get(beat.kind, "unknown")
             self.instances.labels(kind=kind, ready=str(beat.ready).lower()).inc()
@@ -144,7 +157,7 @@ def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, al
 
     @app.get("/metrics")
     async def get_metrics() -> Response:
-        return Response(metrics.render(table), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(table, prober), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
     async def healthz() -> dict:
