@@ -87,6 +87,9 @@ async def run(settings: RouterSettings) -> None:
         # Everything is built on the not yet connected clients, and both APIs listen before the
         # router waits for NATS and Redis: health says NOT_SERVING and calls get UNAVAILABLE meanwhile.
         nc = rt.nats
+        # Not ready until _track_servable has seen the default model servable: without this block the
+        # router said "ready" for the moment between its own start-up and that first check.
+        rt.readiness.block("cluster", "the default model's servability is not checked yet")
         liveness = rt.liveness_table()
         generation = GenerationService(
             nc,
