@@ -8,9 +8,8 @@ import sys
 import time
 
 from llmserve.cli.registry_access import ACTOR, add_access_arguments, registry_client, run_command
-from llmserve.cli.tenants import priority_name
 from llmserve.common import api_keys
-from llmserve.common.tenants import priority_level
+from llmserve.common.tenants import priority_level, priority_name
 from llmserve.v1 import registry_pb2
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw]?)$")

@@ -23,7 +23,7 @@ from llmserve.cli.registry_access import ACTOR, add_access_arguments, registry_c
 from llmserve.common.config import DEFAULT_MODEL, CommonSettings
 from llmserve.common.errors import ServiceError
 from llmserve.common.modelstore import packaged_gguf
-from llmserve.common.registry_client import RegistryClient
+from llmserve.common.registry_client import CANNOT_CONVERT, RegistryClient
 from llmserve.v1 import events_pb2, registry_pb2
 
 
@@ -130,7 +130,7 @@ async def publish_converting_here(
     try:
         return await publish_stream(registry, request, show)
     except ServiceError as exc:
-        if exc.reason != "cannot_convert":
+        if exc.reason != CANNOT_CONVERT:
             raise
     try:
         from llmserve.model_worker.convert import convert_gguf

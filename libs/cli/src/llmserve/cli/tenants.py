@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from llmserve.cli.registry_access import ACTOR, add_access_arguments, registry_client, run_command
-from llmserve.common.tenants import priority_level
-from llmserve.v1 import common_pb2, registry_pb2
+from llmserve.common.tenants import priority_level, priority_name
+from llmserve.v1 import registry_pb2
 
 
 def add_parsers(tsub: argparse._SubParsersAction) -> None:
@@ -16,10 +17,6 @@ def add_parsers(tsub: argparse._SubParsersAction) -> None:
     tset.add_argument("--max-active", type=int, help="requests queued or running at once (0: no limit)")
     tset.add_argument("--max-priority", help="highest priority it may ask for: low, normal, high or critical")
     add_access_arguments(tset)
-
-
-def priority_name(level: int) -> str:
-    return common_pb2.Priority.Name(level).removeprefix("PRIORITY_").lower()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,14 +29,14 @@ async def _tenants(args: argparse.Namespace) -> int:
             limits = registry_pb2.TenantLimits(tenant=args.tenant)
             if args.max_active is not None:
                 if args.max_active < 0:
-                    print("error: --max-active must be 0 (no limit) or more")
+                    print("error: --max-active must be 0 (no limit) or more", file=sys.stderr)
                     return 2
                 limits.max_active = args.max_active
             if args.max_priority:
                 try:
                     limits.max_priority = priority_level(args.max_priority)
                 except ValueError as exc:
-                    print(f"error: --max-priority: {exc}")
+                    print(f"error: --max-priority: {exc}", file=sys.stderr)
                     return 2
             await registry.call("SetTenantLimits", registry_pb2.SetTenantLimitsRequest(limits=limits, actor=ACTOR))
         listed = await registry.call("ListTenants", registry_pb2.ListTenantsRequest())

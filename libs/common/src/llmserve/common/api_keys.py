@@ -6,7 +6,7 @@ enough here, unlike for passwords: the secret is 256 bits of randomness, so nobo
 hash can search for the secret, and a fast hash keeps checking a request to microseconds.
 Comparisons are constant-time (hmac.compare_digest).
 
-Only the Registry service writes key records (llmserve.registry.key_records); routers read them.
+Only the Registry service writes key records (llmserve.registry.records); routers read them.
 """
 
 from __future__ import annotations
@@ -60,9 +60,9 @@ def to_fields(key: registry_pb2.ApiKey, sha256: str) -> dict[str, str]:
     }
 
 
-def from_fields(raw: dict) -> tuple[registry_pb2.ApiKey, str]:
-    """A stored record as (ApiKey, sha256 of its secret)."""
-    f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+def from_fields(raw: dict[bytes, bytes]) -> tuple[registry_pb2.ApiKey, str]:
+    """A stored record (as HGETALL returns it) as (ApiKey, sha256 of its secret)."""
+    f = {k.decode(): v.decode() for k, v in raw.items()}
     key = registry_pb2.ApiKey(
         id=f["id"], name=f.get("name", ""), tenant=f.get("tenant", ""), role=int(f.get("role") or 0),
         max_priority=int(f.get("max_priority") or common_pb2.PRIORITY_CRITICAL),

@@ -159,6 +159,7 @@ class Authenticator:
 
 def _public_id(authorization: str | None) -> str:
     """The key id of a well-formed value, for logs; "" otherwise (the value itself is never logged)."""
-    if not authorization or len(authorization) > api_keys.MAX_HEADER_LENGTH:
+    try:
+        return api_keys.key_id_of(bearer_secret(authorization)) or ""
+    except ServiceError:
         return ""
-    return api_keys.key_id_of(authorization.strip().partition(" ")[2].strip()) or ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 from llmserve.v1 import events_pb2
@@ -54,6 +56,12 @@ class ServiceError(Exception):
     def code_name(self) -> str:
         """The code as clients and metrics spell it: "invalid_argument", "resource_exhausted", ..."""
         return events_pb2.ErrorCode.Name(self.code).removeprefix("ERROR_CODE_").lower()
+
+    @property
+    def retry_after_whole_s(self) -> int | None:
+        """retry_after_s in whole seconds, rounded up (at least 1), as REST's Retry-After and gRPC's
+        retry-after trailer carry it: a client that waits this long is not refused again for the same reason."""
+        return None if self.retry_after_s is None else max(1, math.ceil(self.retry_after_s))
 
     @property
     def http_status(self) -> int:

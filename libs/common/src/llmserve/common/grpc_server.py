@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -27,9 +26,8 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, ServiceError):
         # The reason is finer than the status ("tenant_limit", "cannot_convert"): clients may act on it.
         trailers = [("llmserve-reason", exc.reason)]
-        if exc.retry_after_s is not None:
-            # Whole seconds rounded up, as REST's Retry-After: waiting this long is enough.
-            trailers.append(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))))
+        if exc.retry_after_whole_s is not None:
+            trailers.append(("retry-after", str(exc.retry_after_whole_s)))
         context.set_trailing_metadata(tuple(trailers))
         await context.abort(exc.grpc_status, exc.message)
     log.exception("rpc_failed")

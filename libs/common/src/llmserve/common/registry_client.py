@@ -17,6 +17,9 @@ from llmserve.v1 import registry_pb2, registry_pb2_grpc
 
 # Changes can wait on Redis; a publish streams for as long as copying takes.
 CALL_TIMEOUT_S = 30.0
+# ServiceError.reason of a publish the registry cannot convert (no torch beside it): the publisher
+# converts on its side and publishes the directory.
+CANNOT_CONVERT = "cannot_convert"
 
 
 class RegistryClient:

@@ -13,6 +13,11 @@ from llmserve.v1 import common_pb2
 ANONYMOUS = "anonymous"
 
 
+def priority_name(level: int) -> str:
+    """PRIORITY_HIGH -> "high"."""
+    return common_pb2.Priority.Name(level).removeprefix("PRIORITY_").lower()
+
+
 def priority_level(name: str) -> int:
     """"high" -> PRIORITY_HIGH; a clear error for anything else."""
     try:
@@ -20,6 +25,6 @@ def priority_level(name: str) -> int:
     except ValueError:
         level = common_pb2.PRIORITY_UNSPECIFIED
     if level == common_pb2.PRIORITY_UNSPECIFIED:
-        choices = ", ".join(n.removeprefix("PRIORITY_").lower() for n in common_pb2.Priority.keys()[1:])
+        choices = ", ".join(priority_name(v) for v in common_pb2.Priority.values()[1:])
         raise ValueError(f"priority must be one of {choices}, got {name!r}")
     return level

@@ -79,8 +79,8 @@ async def run(settings: RegistrySettings) -> None:
 
 
 async def bootstrap_admin_key(common: CommonSettings, secret_file: Path, name: str, tenant: str) -> int:
-    """Stores an admin key for the secret in `secret_file` unless it exists; the registry's own code and
-    guard, run once before (or beside) the service."""
+    """Stores an admin key for the secret in `secret_file` unless it exists, with the registry's own
+    code, run once before (or beside) the service."""
     secret = secret_file.read_text().strip()
     if api_keys.key_id_of(secret) is None:
         print(f"error: {secret_file} does not hold an llmserve key; make one with `llmserve keys generate`", file=sys.stderr)

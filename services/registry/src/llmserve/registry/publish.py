@@ -20,6 +20,7 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.config import DEFAULT_MODEL
 from llmserve.common.errors import ServiceError
 from llmserve.common.modelstore import artifact_files, artifact_sha256, artifact_size, packaged_gguf
+from llmserve.common.registry_client import CANNOT_CONVERT
 from llmserve.registry.guard import RegistryGuard
 from llmserve.v1 import events_pb2, registry_pb2
 
@@ -156,7 +157,7 @@ async def publish_gguf(
 
 class CannotConvert(ServiceError):
     def __init__(self, message: str) -> None:
-        super().__init__(events_pb2.ERROR_CODE_FAILED_PRECONDITION, message, param="gguf_file", reason="cannot_convert")
+        super().__init__(events_pb2.ERROR_CODE_FAILED_PRECONDITION, message, param="gguf_file", reason=CANNOT_CONVERT)
 
 
 def _convert(gguf_file: Path, out_dir: Path) -> None:

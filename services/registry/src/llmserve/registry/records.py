@@ -102,19 +102,19 @@ async def set_tenant_limits(redis: aioredis.Redis, keys: RedisKeys, limits: regi
         pipe.sadd(keys.tenants, limits.tenant)
         _audit(pipe, keys, "tenant_limits", limits.tenant, actor)
         await pipe.execute()
-    return next(t for t in await list_tenants(redis, keys) if t.tenant == limits.tenant)
+    return await _tenant_limits(redis, keys, limits.tenant)
+
+
+async def _tenant_limits(redis: aioredis.Redis, keys: RedisKeys, tenant: str) -> registry_pb2.TenantLimits:
+    fields = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.tenant_limits(tenant))).items()}
+    limits = registry_pb2.TenantLimits(tenant=tenant, max_priority=fields.get("max_priority", 0))
+    if "max_active" in fields:
+        limits.max_active = fields["max_active"]
+    return limits
 
 
 async def list_tenants(redis: aioredis.Redis, keys: RedisKeys) -> list[registry_pb2.TenantLimits]:
-    out = []
-    for raw in sorted(await redis.smembers(keys.tenants)):
-        tenant = raw.decode()
-        fields = {k.decode(): int(v) for k, v in (await redis.hgetall(keys.tenant_limits(tenant))).items()}
-        limits = registry_pb2.TenantLimits(tenant=tenant, max_priority=fields.get("max_priority", 0))
-        if "max_active" in fields:
-            limits.max_active = fields["max_active"]
-        out.append(limits)
-    return out
+    return [await _tenant_limits(redis, keys, raw.decode()) for raw in sorted(await redis.smembers(keys.tenants))]
 
 
 async def audit_reinit(redis: aioredis.Redis, keys: RedisKeys, registry_id: str, actor: str) -> None:

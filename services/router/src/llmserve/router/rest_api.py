@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -64,16 +63,12 @@ def service_error_body(exc: ServiceError) -> dict:
 
 def error_response(exc: ServiceError) -> JSONResponse:
     headers = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(retry_after_seconds(exc.retry_after_s))
+    if exc.retry_after_whole_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_whole_s)
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(service_error_body(exc), status_code=exc.http_status, headers=headers)
 
-
-def retry_after_seconds(seconds: float) -> int:
-    """Whole seconds, rounded up: a client that waits this long is not refused again for the same reason."""
-    return max(1, math.ceil(seconds))
 
 
 def _sse(payload: dict) -> bytes:
