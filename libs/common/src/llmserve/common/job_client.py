@@ -134,11 +134,11 @@ class JobClient:
         """The job's token subject, subscribed: open it before submitting."""
         return await TokenStream(self.nc, job.reply_subject).open()
 
-    async def submit(self, data: bytes) -> tuple[str, int]:
+    async def submit(self, data: bytes, headers: dict[str, str] | None = None) -> tuple[str, int]:
         """Hands a serialized Job to a scheduler; returns the model (a fallback, maybe) and version it was
-        queued for, or raises the scheduler's refusal as a ServiceError."""
+        queued for, or raises the scheduler's refusal as a ServiceError. `headers` carry the trace context."""
         try:
-            msg = await self.nc.request(self._subjects.submit, data, timeout=self._submit_timeout_s)
+            msg = await self.nc.request(self._subjects.submit, data, timeout=self._submit_timeout_s, headers=headers or None)
         except NoRespondersError:
             raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "no scheduler is running", reason=NO_SCHEDULER) from None
         except (TimeoutError, NatsTimeoutError):
@@ -154,6 +154,7 @@ class JobClient:
         give_up_at: float,
         retry_if: Callable[[ServiceError], bool] = no_scheduler,
         backoff: Backoff = SUBMIT_BACKOFF,
+        headers: dict[str, str] | None = None,
     ) -> tuple[str, int]:
         """submit(), retried while the refusal is one `retry_if` accepts (by default: no scheduler
         answered, one restarting or all busy for a moment) until the monotonic time give_up_at, with
@@ -162,7 +163,7 @@ class JobClient:
         attempt = 0
         while True:
             try:
-                return await self.submit(data)
+                return await self.submit(data, headers)
             except ServiceError as exc:
                 if not retry_if(exc):
                     raise

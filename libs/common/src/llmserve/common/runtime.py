@@ -35,6 +35,7 @@ from llmserve.common.logging import configure_logging
 from llmserve.common.natsio import NatsEvents, connect_once, usable
 from llmserve.common.startup import Readiness, ShutdownRequested, StartupGate, StartupTimeout
 from llmserve.common.subjects import Subjects
+from llmserve.common.tracing import configure as configure_tracing
 from llmserve.v1 import events_pb2
 
 T = TypeVar("T")
@@ -128,6 +129,8 @@ async def service_runtime(common: CommonSettings, kind: int) -> AsyncIterator[Se
     structlog.contextvars.bind_contextvars(instance=instance_id)
     readiness = Readiness()
     async with contextlib.AsyncExitStack() as stack:
+        # First in, last out: spans ended by anything closed below are still exported at exit.
+        stack.callback(configure_tracing(KIND_NAMES[kind], instance_id))
         # from_url connects on first use only.
         redis = aioredis.from_url(common.redis_url)
         stack.push_async_callback(redis.aclose)

@@ -15,6 +15,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from llmserve.common.subjects import Subjects, attempt_key
+from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
 from llmserve.model_worker.chunk_publisher import ChunkPublisher
 from llmserve.model_worker.engine import Engine, EngineOutput
@@ -146,7 +147,7 @@ class VersionServer:
                     await self._drop_expired(job)
                     continue
                 key = attempt_key(job.request_id, job.attempt)
-                task = asyncio.create_task(self._run_job(job), name=f"job-{key}")
+                task = asyncio.create_task(self._run_job(job, extract(msg.headers)), name=f"job-{key}")
                 self._jobs[key] = task
                 self._attempts[key] = (job.request_id, job.attempt)
                 task.add_done_callback(lambda _t, key=key: self._job_done(key))
@@ -168,13 +169,19 @@ class VersionServer:
         self._slot_freed.set()
 
     # -- running one job ----------------------------------------------------------------------
-    async def _run_job(self, job: events_pb2.Job) -> None:
+    async def _run_job(self, job: events_pb2.Job, trace_parent: Context | None = None) -> None:
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        span = start_span("worker.generate", trace_parent, SpanKind.CONSUMER, **{
+            "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.version": job.model_version,
+            "llmserve.attempt": job.attempt, "llmserve.priority": job.priority, "llmserve.worker": self.instance_id,
+        })
+        span.add_event("dequeued", {"queued_s": max(0.0, time.time() - job.submitted_at)})
         # seq 0 says "taken by this worker": the router knows whom to watch before any token exists.
         await self._chunks.started(job)
         seq = 1
         taken = time.perf_counter()
         out = None
+        error = None
         try:
             context = min(self._loaded.max_context, self.engine.max_kv_tokens)
             request = engine_request(job, self._loaded.tokenizer, context)
@@ -190,10 +197,15 @@ class VersionServer:
                 await self._chunks.output(job, seq, out)
                 if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
+                    span.add_event("prefill_done", {"prompt_tokens": len(request.prompt_ids), "resumed_tokens": len(request.resume_ids),
+                                                    "prefill_s": first - prepared})
                 seq += 1
             queued_s = job_started_wall(taken) - job.submitted_at
             metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, queued_s))
             if out is not None:
+                span.add_event("decode_done", {"completion_tokens": out.completion_tokens,
+                                               "decode_s": time.perf_counter() - (first or prepared)})
+                span.set_attribute("llmserve.finish_reason", common_pb2.FinishReason.Name(out.finish_reason))
                 metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
                 metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
             log.info(
@@ -207,20 +219,25 @@ class VersionServer:
                 total_s=round(time.perf_counter() - taken, 4),
             )
         except JobRejected as exc:
+            error = str(exc)
             log.info("job_rejected", error_code=events_pb2.ErrorCode.Name(exc.code), error=str(exc))
             metrics.JOBS.labels(outcome="rejected").inc()
             await self._chunks.error(job, seq, exc.code, str(exc))
         except asyncio.CancelledError:
             self.engine.cancel(attempt_key(job.request_id, job.attempt))
+            span.add_event("handed_back" if self._draining else "cancelled")
             if self._draining:
                 # Drain ran out of grace: hand the request back so a router resumes it elsewhere.
                 log.info("job_handed_back", attempt=job.attempt, tokens_sent=seq - 1)
                 await self._chunks.handed_back(job, seq)
             raise
         except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
             log.exception("job_failed")
             metrics.JOBS.labels(outcome="failed").inc()
-            await self._chunks.error(job, seq, events_pb2.ERROR_CODE_INTERNAL, f"{type(exc).__name__}: {exc}")
+            await self._chunks.error(job, seq, events_pb2.ERROR_CODE_INTERNAL, error)
+        finally:
+            end_span(span, error)
 
 
 def job_started_wall(perf_at: float) -> float:

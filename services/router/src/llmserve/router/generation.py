@@ -20,6 +20,7 @@ from llmserve.common.job_client import JobClient, StreamStalled, TokenStream, Wo
 from llmserve.common.natsio import usable
 from llmserve.common.startup import Backoff
 from llmserve.common.subjects import Subjects
+from llmserve.common.tracing import Context, Span, SpanKind, end_span, headers_for, start_span
 from llmserve.router import metrics
 from llmserve.v1 import common_pb2, events_pb2
 
@@ -65,10 +66,11 @@ class _Progress:
     def __post_init__(self) -> None:
         self.last = self.started
 
-    def deliver(self, chunk: events_pb2.TokenChunk, now: float, model: str) -> None:
+    def deliver(self, chunk: events_pb2.TokenChunk, now: float, model: str, span: Span) -> None:
         if not self.ids and self.migrations == 0:
             metrics.TIME_TO_FIRST_TOKEN.labels(model=model).observe(now - self.started)
             metrics.RECENT.first_token(now - self.started)
+            span.add_event("first_token", {"ttft_s": now - self.started, "worker": chunk.worker_id})
             log.info("first_token", ttft_s=round(now - self.started, 4), worker=chunk.worker_id)
         else:
             metrics.INTER_TOKEN_LATENCY.labels(model=model).observe(now - self.last)
@@ -107,16 +109,27 @@ class GenerationService:
             raise ServiceError.invalid(f"the request is {len(data)} bytes; this cluster accepts at most {limit}")
         return data
 
-    async def stream(self, job: events_pb2.Job, api: str = "grpc") -> AsyncIterator[events_pb2.TokenChunk]:
+    async def stream(
+        self, job: events_pb2.Job, api: str = "grpc", trace_parent: Context | None = None
+    ) -> AsyncIterator[events_pb2.TokenChunk]:
         """Yields the job's chunks in order, the final one last. Error finals become ServiceError.
 
         The router owns the request until its final chunk: when its worker dies, stalls or hands it
         back, the request is resubmitted as a continuation (prompt + tokens so far, same request id and
         settings, raised priority) and the client's stream goes on without a gap or a repeat.
+        `trace_parent` is the client's trace context, if it sent one: the request's span joins it.
         """
         if not usable(self._nc):
             raise ServiceError.unavailable("the router is not connected to NATS (yet); its /readyz says why")
         data = self.check_size(job)
+        span = start_span(
+            "router.generate", trace_parent, SpanKind.SERVER, **{
+                "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
+                "llmserve.priority": job.priority, "llmserve.api": api,
+            },
+        )
+        # Every submission of this request (continuations too) carries the router's span to the scheduler.
+        trace_headers = headers_for(span)
         tokens = await self._jobs.stream(job)
         self._streams.add(tokens)
         progress = _Progress()
@@ -127,20 +140,21 @@ class GenerationService:
         metrics.IN_FLIGHT.inc()
         try:
             give_up = time.monotonic() + self._wait_limit(job, self._timeouts.submit_retry_s)
-            job.model, job.model_version = await self._jobs.submit_patiently(data, give_up)
+            job.model, job.model_version = await self._jobs.submit_patiently(data, give_up, headers=trace_headers)
             progress.submitted = True
+            span.add_event("queued", {"llmserve.model": job.model, "llmserve.version": job.model_version})
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
                 try:
                     chunk = await tokens.next(timeout)
                 except (WorkerLost, StreamStalled) as exc:
-                    job = await self._migrate(job, tokens, progress, exc)
+                    job = await self._migrate(job, tokens, progress, exc, span, trace_headers)
                     timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
                     continue
                 timeout = self._wait_limit(job, self._timeouts.stall_s)
                 if not chunk.token_ids and not chunk.final:
                     continue  # "taken by worker X" marker, or tokens still held back
-                progress.deliver(chunk, time.monotonic(), job.model)
+                progress.deliver(chunk, time.monotonic(), job.model, span)
                 if chunk.final:
                     progress.finished = True
                     if chunk.finish_reason == common_pb2.FINISH_REASON_ERROR:
@@ -163,9 +177,14 @@ class GenerationService:
             metrics.request_finished(job.model, api, job.tenant, outcome, usage)
             metrics.RECENT.finished(outcome)
             await tokens.close()
+            span.set_attributes({"llmserve.outcome": outcome, "llmserve.migrations": progress.migrations,
+                                 "llmserve.completion_tokens": len(progress.ids)})
+            end_span(span, error=None if outcome in ("ok", "cancelled") else outcome)
             await asyncio.shield(self._settle(job, progress, outcome, stop_reason))
 
-    async def _migrate(self, job: events_pb2.Job, tokens: TokenStream, progress: _Progress, lost: Exception) -> events_pb2.Job:
+    async def _migrate(
+        self, job: events_pb2.Job, tokens: TokenStream, progress: _Progress, lost: Exception, span: Span, trace_headers: dict[str, str]
+    ) -> events_pb2.Job:
         """Resubmits the request as a continuation after what the client has; returns the new attempt's job."""
         self._check_deadline(job)
         if isinstance(lost, StreamStalled) and not tokens.worker_id:
@@ -173,12 +192,15 @@ class GenerationService:
         if progress.migrations >= self._max_migrations:
             raise ServiceError.unavailable(f"the request failed on {progress.migrations + 1} workers") from None
         progress.migrations += 1
-        metrics.MIGRATIONS.labels(model=job.model, cause=lost.cause if isinstance(lost, WorkerLost) else "stalled").inc()
+        cause = lost.cause if isinstance(lost, WorkerLost) else "stalled"
+        metrics.MIGRATIONS.labels(model=job.model, cause=cause).inc()
         await self._jobs.cancel(job.request_id, "migrated", job.attempt)
         job = continuation(job, progress.ids, progress.chars)
         log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(lost), resumed_tokens=len(progress.ids))
+        span.add_event("migration", {"cause": cause, "reason": str(lost), "attempt": job.attempt, "resumed_tokens": len(progress.ids),
+                                     "from_worker": tokens.worker_id})
         tokens.new_attempt(job.attempt)
-        await self._resubmit(job)
+        await self._resubmit(job, trace_headers)
         return job
 
     async def _settle(self, job: events_pb2.Job, progress: _Progress, outcome: str, stop_reason: str) -> None:
@@ -203,13 +225,13 @@ class GenerationService:
         if job.deadline and time.time() >= job.deadline:
             raise ServiceError.deadline("the request's deadline passed")
 
-    async def _resubmit(self, job: events_pb2.Job) -> None:
+    async def _resubmit(self, job: events_pb2.Job, trace_headers: dict[str, str]) -> None:
         """Submits a continuation, retrying about every 0.25 s while no worker is live (or no scheduler
         answers) for up to the stall timeout: right after a worker dies or NATS comes back, the others'
         next heartbeat may be a second away. Past the request's deadline it fails with DEADLINE_EXCEEDED."""
         give_up = time.monotonic() + self._wait_limit(job, self._timeouts.stall_s)
         try:
-            await self._jobs.submit_patiently(job.SerializeToString(), give_up, _unavailable, _RESUBMIT_BACKOFF)
+            await self._jobs.submit_patiently(job.SerializeToString(), give_up, _unavailable, _RESUBMIT_BACKOFF, trace_headers)
         except ServiceError as exc:
             if exc.code == events_pb2.ERROR_CODE_UNAVAILABLE:
                 self._check_deadline(job)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from llmserve.common import tracing
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.grpc_server import CALLER
 from llmserve.common.liveness import LivenessTable
@@ -31,8 +32,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             tenant_header=_metadata(context, "x-tenant"),
         )
 
-    def _chunks(self, job: events_pb2.Job) -> AsyncIterator[events_pb2.TokenChunk]:
-        return self._gate.metered(self._generation.stream(job), CALLER.get())
+    def _chunks(self, job: events_pb2.Job, context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.TokenChunk]:
+        stream = self._generation.stream(job, trace_parent=tracing.extract(context.invocation_metadata()))
+        return self._gate.metered(stream, CALLER.get())
 
     async def GenerateStream(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -40,7 +42,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         job = await self._job(request, context)
         await context.send_initial_metadata((("x-request-id", job.request_id),))
         index = 0
-        async for chunk in self._chunks(job):
+        async for chunk in self._chunks(job, context):
             if not chunk.text and not chunk.final:
                 continue  # tokens that produced no text yet (held back): nothing to show
             response = inference_pb2.GenerateStreamResponse(
@@ -62,7 +64,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         job = await self._job(request, context)
         parts: list[str] = []
         response = inference_pb2.GenerateResponse(request_id=job.request_id, model=job.model)
-        async for chunk in self._chunks(job):
+        async for chunk in self._chunks(job, context):
             parts.append(chunk.text)
             if chunk.final:
                 response.model = job.model  # the fallback model, when one served the request

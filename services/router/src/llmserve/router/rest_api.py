@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from swagger_ui_bundle import swagger_ui_path
 
+from llmserve.common import tracing
 from llmserve.common.auth import INFERENCE, Authenticator, Principal
 from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError, dependency_error
@@ -98,7 +99,7 @@ class RestBridge:
         self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None
     ) -> Response:
         job = await self._job(body, request, principal)
-        chunks = self._gate.metered(self._generation.stream(job, api="rest"), principal)
+        chunks = self._gate.metered(self._generation.stream(job, api="rest", trace_parent=tracing.extract(request.headers)), principal)
         headers = {"x-request-id": job.request_id}
         if body.stream:
             # Wait for the first chunk before answering 200: errors before any output keep their status.

@@ -84,8 +84,9 @@ class JobQueues:
         """After a NATS reconnect the server may have lost its streams: check them again on next use."""
         self._streams.clear()
 
-    async def publish(self, job: events_pb2.Job) -> bool:
-        """Queues the job; returns False when JetStream dropped it as a duplicate of an earlier submission."""
+    async def publish(self, job: events_pb2.Job, trace_headers: dict[str, str] | None = None) -> bool:
+        """Queues the job; returns False when JetStream dropped it as a duplicate of an earlier submission.
+        `trace_headers` (the scheduler's span) travel with the job to the worker that takes it."""
         for attempt in range(2):
             msg_ttl = await self.ensure(job.model)
             try:
@@ -93,7 +94,7 @@ class JobQueues:
                     self._subjects.jobs(job.model, job.model_version, job.priority),
                     job.SerializeToString(),
                     timeout=5.0,
-                    headers=self._headers(job, msg_ttl),
+                    headers={**(trace_headers or {}), **self._headers(job, msg_ttl)},
                 )
                 break
             except NotFoundError:

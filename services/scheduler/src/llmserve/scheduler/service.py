@@ -16,6 +16,7 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.subjects import Subjects
+from llmserve.common.tracing import Context, Span, SpanKind, end_span, extract, headers_for, start_span
 from llmserve.scheduler import metrics
 from llmserve.scheduler.admission import admit, effective_priority
 from llmserve.scheduler.queues import JobQueues
@@ -58,7 +59,7 @@ class Scheduler:
         beat.queued_jobs = self.queues.total_queued
 
     async def _on_submit(self, msg: Msg) -> None:
-        reply = await self.submit(msg.data)
+        reply = await self.submit(msg.data, extract(msg.headers))
         if msg.reply:
             await msg.respond(reply.SerializeToString())
 
@@ -70,15 +71,21 @@ class Scheduler:
         except Exception as exc:  # the lease expires on its own
             log.warning("tenant_release_failed", error=str(exc))
 
-    async def submit(self, data: bytes) -> events_pb2.SubmitReply:
+    async def submit(self, data: bytes, trace_parent: Context | None = None) -> events_pb2.SubmitReply:
         try:
             job = events_pb2.Job.FromString(data)
         except Exception:
             return _rejected(ServiceError.invalid("submission is not a llmserve.v1.Job"))
         structlog.contextvars.bind_contextvars(request_id=job.request_id, model=job.model)
+        span = start_span("scheduler.admit", trace_parent, SpanKind.SERVER, **{
+            "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.attempt": job.attempt,
+        })
+        error = None
         try:
-            outcome = await self._admit_and_queue(job)
+            outcome = await self._admit_and_queue(job, span)
+            span.set_attributes({"llmserve.outcome": outcome, "llmserve.version": job.model_version, "llmserve.priority": job.priority})
         except ServiceError as exc:
+            error = exc.message
             log.info("job_rejected", error=exc.message, code=exc.code_name, reason=exc.reason)
             # An unknown model name comes from the client: it must not become a label of its own.
             model = "unknown" if exc.code == events_pb2.ERROR_CODE_NOT_FOUND else job.model
@@ -86,6 +93,7 @@ class Scheduler:
             metrics.REJECTIONS.labels(model=model, reason=exc.reason).inc()
             return _rejected(exc)
         except Exception as exc:
+            error = type(exc).__name__
             log.exception("submit_failed")
             metrics.SUBMISSIONS.labels(model="unknown", outcome="internal").inc()
             metrics.REJECTIONS.labels(model="unknown", reason="internal").inc()
@@ -93,10 +101,11 @@ class Scheduler:
         else:
             metrics.SUBMISSIONS.labels(model=job.model, outcome=outcome).inc()
         finally:
+            end_span(span, error)
             structlog.contextvars.unbind_contextvars("request_id", "model")
         return events_pb2.SubmitReply(model_version=job.model_version, model=job.model)
 
-    async def _admit_and_queue(self, job: events_pb2.Job) -> str:
+    async def _admit_and_queue(self, job: events_pb2.Job, span: Span) -> str:
         admission = await admit(job, self._catalog, self._liveness)
         if admission.via == "fallback":
             log.info("job_sent_to_fallback", requested=job.model, fallback=admission.model)
@@ -108,7 +117,7 @@ class Scheduler:
             allowed = await self._tenants.acquire(job.tenant, job.request_id, job.deadline)
             job.priority = effective_priority(job.priority, allowed)
         try:
-            queued = await self.queues.publish(job)
+            queued = await self.queues.publish(job, headers_for(span))
         except BaseException:
             if job.attempt == 0:
                 await self._tenants.forget(job.tenant, job.request_id)
