@@ -93,3 +93,54 @@ def test_registry_serves_versions_and_metrics(real_cluster):
     text = httpx.get(f"http://127.0.0.1:{real_cluster.registry_metrics_port}/metrics", timeout=10).text
     lookups = {f.name: f for f in text_string_to_metric_families(text)}["llmserve_registry_lookups"]
     assert sum(s.value for s in lookups.samples if s.name.endswith("_total")) >= 2
+
+
+def _chart_history_filled(real_cluster) -> bool:
+    """True once the history has a point with tokens/s above 0 and one with a measured TTFT."""
+    points = httpx.get(f"{real_cluster.monitor_url}/status/history", timeout=10).json()["points"]
+    models = [m for p in points for m in p["models"].values()]
+    return any((m["tokens_per_s"] or 0) > 0 for m in models) and any(m["ttft_p50_s"] is not None for m in models)
+
+
+def test_the_status_page_draws_charts_of_the_last_minutes(real_cluster):
+    import openai
+    from selenium.webdriver.common.by import By
+
+    from tests.helpers.browser import artifacts_dir, chrome, ensure_chromium
+    from tests.helpers.system_tools import missing
+
+    found = ensure_chromium()
+    if isinstance(found, str):
+        missing(found)
+    client = openai.OpenAI(base_url=f"{real_cluster.http_url}/v1", api_key="unused", max_retries=0)
+    for question in ("Hi", "Name a colour.", "What is 2+2?"):
+        client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": question}], max_tokens=16)
+    real_cluster.until(lambda: _chart_history_filled(real_cluster), 20, "the monitor's history shows no tokens/s and TTFT")
+
+    driver = chrome(*found)
+    try:
+        driver.set_window_size(1400, 1100)
+        driver.get(f"{real_cluster.monitor_url}/")
+        (charts,) = driver.find_elements(By.CSS_SELECTOR, '.charts[data-model="SmolLM2-135M-Instruct"]')
+        svgs = {svg.get_attribute("data-title"): svg for svg in charts.find_elements(By.CSS_SELECTOR, "svg.chart")}
+        assert set(svgs) == {"tokens/s", "time to first token", "queued jobs", "busy slots"}
+        for title in ("tokens/s", "busy slots"):
+            lines = svgs[title].find_elements(By.CSS_SELECTOR, "polyline")
+            assert lines and len(lines[0].get_attribute("points").split()) >= 2, title
+            assert svgs[title].size["width"] > 100, title  # laid out, not just in the markup
+        # TTFT is measured in the steps a request reached its first token: a line or a dot.
+        assert svgs["time to first token"].find_elements(By.CSS_SELECTOR, "polyline, circle")
+        driver.save_screenshot(str(artifacts_dir() / "monitor-status-page.png"))
+    finally:
+        driver.quit()
+
+
+def test_cli_status_watch_redraws_with_sparklines(real_cluster):
+    cli = Path(sys.executable).parent / "llmserve"
+    out = subprocess.run(
+        [str(cli), "status", "--monitor", real_cluster.monitor_url, "--watch", "0.2", "--count", "2"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("\x1b[2J") == 2  # two redraws, each clearing the screen
+    assert "SmolLM2-135M-Instruct" in out.stdout and "tokens/s" in out.stdout and "TTFT p95" in out.stdout

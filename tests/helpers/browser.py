@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 from tests.helpers.system_tools import apt_install
 
@@ -49,3 +51,10 @@ def chrome(browser: str, driver: str):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def artifacts_dir() -> Path:
+    """Where page tests keep their screenshots: $LLMSERVE_TEST_ARTIFACTS, else build/test-artifacts."""
+    path = Path(os.environ.get("LLMSERVE_TEST_ARTIFACTS") or Path(__file__).resolve().parents[2] / "build" / "test-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
         default="http://" + os.environ.get("LLMSERVE_MONITOR_HTTP_ADDR", "127.0.0.1:8001"),
         help="monitor URL (default %(default)s)",
     )
+    status.add_argument(
+        "--watch", nargs="?", type=float, const=2.0, default=None, metavar="SECONDS",
+        help="redraw every SECONDS (default 2) with the last minutes' tokens/s, TTFT and queue as sparklines, until Ctrl-C",
+    )
+    status.add_argument("--count", type=int, default=0, help="with --watch: stop after this many redraws (default: never)")
 
     models = sub.add_parser("models", help="the model registry: list, show, publish, promote, canary, rollback, retire, ...")
     # With LLMSERVE_AUTH=required: the admin commands need LLMSERVE_API_KEY (an admin key).
@@ -76,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return chat(args.addr, args.prompt, args.model, args.max_tokens, args.temperature, args.system)
     if args.command == "status":
-        from llmserve.cli.status import cluster_status
+        from llmserve.cli.status import cluster_status, watch_status
 
+        if args.watch is not None:
+            return watch_status(args.monitor, args.watch, args.count)
         return cluster_status(args.monitor)
     if args.command == "models":
         if args.action in (None, "list"):

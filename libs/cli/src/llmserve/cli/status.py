@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import urllib.request
 
 import grpc
@@ -26,11 +27,15 @@ def list_models(addr: str) -> int:
     return 0
 
 
+def _fetch(monitor_url: str, path: str) -> dict:
+    with urllib.request.urlopen(f"{monitor_url.rstrip('/')}{path}", timeout=5) as response:
+        return json.load(response)
+
+
 def cluster_status(monitor_url: str) -> int:
     """`llmserve status`: the monitor's view of models and instances, as tables."""
     try:
-        with urllib.request.urlopen(f"{monitor_url.rstrip('/')}/status", timeout=5) as response:
-            view = json.load(response)
+        view = _fetch(monitor_url, "/status")
     except OSError as exc:
         print(f"error: cannot reach the monitor at {monitor_url}: {exc}", file=sys.stderr)
         return 1
@@ -53,3 +58,57 @@ def cluster_status(monitor_url: str) -> int:
         verdict = "ok" if probe["ok"] else "FAILING"
         print(f"probe {probe['model']} v{probe['version']}: {verdict} in {probe['latency_s']:.2f} s ({probe['detail']})")
     return 0
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+# Points of history a sparkline shows (the newest; at the monitor's default 5 s step: 5 minutes).
+_SPARK_POINTS = 60
+
+
+def sparkline(values: list[float | None]) -> str:
+    """One character per value, scaled to the largest; a space where nothing was measured."""
+    peak = max((v for v in values if v is not None), default=0.0)
+    if peak <= 0:
+        return "".join(" " if v is None else _BARS[0] for v in values)
+    return "".join(" " if v is None else _BARS[min(len(_BARS) - 1, int(v / peak * (len(_BARS) - 1) + 0.5))] for v in values)
+
+
+def history_lines(history: dict) -> list[str]:
+    """Per model: tokens/s, TTFT p95 and queued jobs over the last points, each with its latest value."""
+    points = history.get("points", [])[-_SPARK_POINTS:]
+    names = sorted({name for p in points for name in p["models"]})
+    minutes = len(points) * history.get("step_s", 5) / 60
+    lines = [f"last {minutes:.1f} min, one point per {history.get('step_s', 5):g} s"] if names else []
+    for name in names:
+        for field, label, unit, scale in (("tokens_per_s", "tokens/s", "", 1), ("ttft_p95_s", "TTFT p95", " ms", 1000),
+                                          ("queued", "queued", "", 1)):
+            values = [p["models"].get(name, {}).get(field) for p in points]
+            last = next((v for v in reversed(values) if v is not None), None)
+            shown = f"{last * scale:.0f}{unit}" if last is not None else "-"
+            lines.append(f"{name:<32} {label:<9} {sparkline(values)} {shown}")
+    return lines
+
+
+def watch_status(monitor_url: str, every_s: float, count: int = 0) -> int:
+    """`llmserve status --watch`: the tables and the sparklines, redrawn every `every_s` until Ctrl-C
+    (or `count` redraws). A monitor that stops answering is said on screen, and watching goes on."""
+    drawn = 0
+    try:
+        while True:
+            print("\x1b[H\x1b[2J", end="")  # home and clear: each redraw replaces the last
+            print(f"llmserve status — {time.strftime('%H:%M:%S')} — every {every_s:g} s, Ctrl-C to stop\n")
+            if cluster_status(monitor_url) == 0:
+                try:
+                    lines = history_lines(_fetch(monitor_url, "/status/history"))
+                except OSError:
+                    lines = []
+                if lines:
+                    print()
+                    print("\n".join(lines))
+            sys.stdout.flush()
+            drawn += 1
+            if count and drawn >= count:
+                return 0
+            time.sleep(every_s)
+    except KeyboardInterrupt:
+        return 0

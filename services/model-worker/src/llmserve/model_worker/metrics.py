@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 
 JOBS = Counter(
     "llmserve_worker_jobs_total", "Jobs finished, by outcome (stop, length, cancelled, error, rejected, failed, expired).", ["outcome"]
@@ -13,7 +13,7 @@ QUEUE_TIME = Histogram(
     ["priority"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
-GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens generated.")
+GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens generated (counted as they are generated, cancelled requests too).")
 SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
 SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
 KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")
@@ -31,3 +31,8 @@ def set_numerics(mode: str) -> None:
         if labels != (mode,):
             NUMERICS.remove(*labels)
     NUMERICS.labels(numerics=mode).set(1)
+
+
+def generated_tokens_total() -> int:
+    """The GENERATED_TOKENS counter's value, for heartbeats (the monitor's tokens/s chart)."""
+    return int(REGISTRY.get_sample_value("llmserve_worker_generated_tokens_total") or 0)

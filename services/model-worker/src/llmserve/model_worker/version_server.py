@@ -194,6 +194,7 @@ class VersionServer:
                 await self._chunks.output(job, seq, done)
                 return
             async for out in self.engine.submit(request):
+                metrics.GENERATED_TOKENS.inc(len(out.token_ids))
                 await self._chunks.output(job, seq, out)
                 if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
@@ -207,7 +208,6 @@ class VersionServer:
                                                "decode_s": time.perf_counter() - (first or prepared)})
                 span.set_attribute("llmserve.finish_reason", common_pb2.FinishReason.Name(out.finish_reason))
                 metrics.JOBS.labels(outcome=common_pb2.FinishReason.Name(out.finish_reason).removeprefix("FINISH_REASON_").lower()).inc()
-                metrics.GENERATED_TOKENS.inc(out.completion_tokens - len(request.resume_ids))
             log.info(
                 "job_finished",
                 prompt_tokens=len(request.prompt_ids),

@@ -95,6 +95,7 @@ class ModelWorker:
         beat.draining_versions.extend(sorted(self._winding_down))
         beat.slots_total = total
         beat.slots_busy = busy
+        beat.generated_tokens_total = metrics.generated_tokens_total()
         beat.ready = not self._draining
         self._gpu.fill(beat)
 

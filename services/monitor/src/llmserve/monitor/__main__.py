@@ -12,6 +12,7 @@ from llmserve.common.http_server import HttpServer
 from llmserve.common.liveness import DEAD_AFTER_BEATS
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.monitor.alerts import Alerter
+from llmserve.monitor.history import LoadHistory
 from llmserve.monitor.probes import Prober
 from llmserve.monitor.settings import MonitorSettings
 from llmserve.monitor.slo_rules import SloRules
@@ -50,7 +51,8 @@ async def run(settings: MonitorSettings) -> None:
             nc, rt.subjects, dead_after_s=DEAD_AFTER_BEATS * common.heartbeat_interval_s, on_dead=on_dead, on_beat=on_beat
         )
         prober = Prober(nc, rt.subjects, tracker.table, alerter, settings.probes)
-        http = HttpServer(create_app(tracker.table, metrics, prober, alerter, rt.readiness), settings.http_addr, graceful_s=2)
+        history = LoadHistory(settings.history_step_s)
+        http = HttpServer(create_app(tracker.table, metrics, prober, alerter, rt.readiness, history), settings.http_addr, graceful_s=2)
         await http.start()
         rt.stack.push_async_callback(http.stop)
         await rt.connect_nats()
@@ -60,8 +62,18 @@ async def run(settings: MonitorSettings) -> None:
         rt.started()
         log.info("monitor_ready", http=settings.http_addr, probe_interval_s=settings.probes.interval_s)
         probing = asyncio.create_task(prober.run(rt.stop))
+        sampling = asyncio.create_task(_sample_history(history, tracker, prober, rt.stop))
         await tracker.run(rt.stop)
-        await probing
+        await asyncio.gather(probing, sampling)
+
+
+async def _sample_history(history: LoadHistory, tracker: HeartbeatTracker, prober: Prober, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        history.sample(tracker.table, prober.results, time.time())
+        try:
+            await asyncio.wait_for(stop.wait(), history.step_s)
+        except TimeoutError:
+            pass
 
 
 def main() -> int:

@@ -25,11 +25,17 @@ class MonitorSettings:
     # LLMSERVE_MONITOR_ALERT_ERROR_RATE (share of failing requests per router over a minute) and
     # LLMSERVE_MONITOR_ALERT_TTFT_S (median time to first token) above which alerts fire.
     thresholds: Thresholds = field(default_factory=Thresholds)
+    # LLMSERVE_MONITOR_HISTORY_STEP_S: seconds between the points of the status page's charts (15
+    # minutes are kept: 180 points at the default).
+    history_step_s: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MonitorSettings:
         env = os.environ if env is None else env
         defaults = ProbeSettings()
+        history_step_s = env_float(env, "LLMSERVE_MONITOR_HISTORY_STEP_S", cls.history_step_s)
+        if history_step_s <= 0:
+            raise ValueError(f"LLMSERVE_MONITOR_HISTORY_STEP_S must be above 0, got {history_step_s:g}")
         return cls(
             common=CommonSettings.from_env(env),
             http_addr=env_str(env, "LLMSERVE_MONITOR_HTTP_ADDR", cls.http_addr),
@@ -45,4 +51,5 @@ class MonitorSettings:
                 error_rate=env_float(env, "LLMSERVE_MONITOR_ALERT_ERROR_RATE", Thresholds.error_rate),
                 ttft_p50_s=env_float(env, "LLMSERVE_MONITOR_ALERT_TTFT_S", Thresholds.ttft_p50_s),
             ),
+            history_step_s=history_step_s,
         )

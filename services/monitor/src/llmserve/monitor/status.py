@@ -13,6 +13,8 @@ from llmserve.common.heartbeat import KIND_NAMES
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.startup import Readiness
 from llmserve.monitor.alerts import Alerter
+from llmserve.monitor.charts import history_section
+from llmserve.monitor.history import LoadHistory
 from llmserve.monitor.probes import Prober
 from llmserve.v1 import events_pb2
 
@@ -114,13 +116,16 @@ def status(table: LivenessTable) -> dict:
 
 _PAGE = """<!doctype html><html><head><meta charset="utf-8"><meta http-equiv="refresh" content="2">
 <title>llmserve cluster</title><style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
-td,th{{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}}.no{{color:#b00020}}</style></head>
+td,th{{padding:.3rem .7rem;border-bottom:1px solid #ddd;text-align:left}}.no{{color:#b00020}}
+.charts{{display:flex;flex-wrap:wrap;gap:.8rem}}.note{{color:#777;font-size:.85rem}}
+.probe-row{{display:flex;gap:.8rem;align-items:center;margin:.2rem 0}}.probe-row span{{min-width:16rem}}</style></head>
 <body><h1>llmserve cluster</h1><h2>Models</h2><table><tr><th>model</th><th>version</th><th>workers</th><th>slots busy / total</th><th>numerics</th></tr>{models}</table>
 <h2>Instances</h2><table><tr><th>instance</th><th>kind</th><th>state</th><th>model</th><th>slots</th><th>memory MB</th><th>CPU %</th><th>last beat</th></tr>{rows}</table>
-<p><a href="/status">JSON</a> · <a href="/metrics">metrics</a></p></body></html>"""
+{history}
+<p><a href="/status">JSON</a> · <a href="/status/history">history (JSON)</a> · <a href="/metrics">metrics</a></p></body></html>"""
 
 
-def page(view: dict) -> str:
+def page(view: dict, history: LoadHistory | None = None) -> str:
     models = "".join(
         f"<tr><td>{html.escape(str(m['model']))}</td><td>{m['version']}</td><td>{m['workers']}</td><td>{m['slots_busy']} / {m['slots_total']}</td><td>{html.escape(', '.join(m.get('numerics') or []))}</td></tr>"
         for m in view["models"]
@@ -135,10 +140,12 @@ def page(view: dict) -> str:
             f"<tr><td>{html.escape(i['instance'])}</td><td>{i['kind']}</td><td{css}>{state}</td><td>{html.escape(model)}</td>"
             f"<td>{slots}</td><td>{i['rss_mb']}</td><td>{i['cpu_percent']}</td><td>{i['last_beat_s']} s ago</td></tr>"
         )
-    return _PAGE.format(models=models, rows="".join(rows))
+    return _PAGE.format(models=models, rows="".join(rows), history=history_section(history) if history is not None else "")
 
 
-def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, alerter: Alerter, readiness: Readiness) -> FastAPI:
+def create_app(
+    table: LivenessTable, metrics: ClusterMetrics, prober: Prober, alerter: Alerter, readiness: Readiness, history: LoadHistory
+) -> FastAPI:
     app = FastAPI(title="llmserve monitor", docs_url=None, redoc_url=None)
 
     @app.get("/status")
@@ -151,9 +158,13 @@ def create_app(table: LivenessTable, metrics: ClusterMetrics, prober: Prober, al
         view["alerts"] = alerter.recent[-20:]
         return view
 
+    @app.get("/status/history")
+    async def get_history() -> dict:
+        return history.view()
+
     @app.get("/", response_class=HTMLResponse)
     async def get_page() -> str:
-        return page(status(table))
+        return page(status(table), history)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

@@ -77,6 +77,7 @@ def _fill_router_beat(beat: events_pb2.Heartbeat) -> None:
     beat.requests_total = metrics.RECENT.total
     beat.requests_failed = metrics.RECENT.failed
     beat.recent_ttft_p50_s = metrics.RECENT.ttft_p50()
+    beat.model_loads.extend(metrics.ttft_loads())
 
 
 async def run(settings: RouterSettings) -> None:

@@ -8,6 +8,7 @@ from collections import deque
 from prometheus_client import Counter, Gauge, Histogram
 
 from llmserve.common.tenants import ANONYMOUS
+from llmserve.v1 import events_pb2
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -120,3 +121,23 @@ class RecentStats:
 
 
 RECENT = RecentStats()
+
+
+def ttft_loads() -> list[events_pb2.ModelLoad]:
+    """Each model's cumulative time-to-first-token buckets, for the router's heartbeat."""
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in TIME_TO_FIRST_TOKEN.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sample.labels["model"], []).append((float(sample.labels["le"]), sample.value))
+    loads = []
+    for model, pairs in sorted(buckets.items()):
+        pairs.sort()
+        loads.append(
+            events_pb2.ModelLoad(
+                model=model,
+                ttft_bucket_bounds_s=[bound for bound, _ in pairs[:-1]],  # the last bound is +Inf
+                ttft_bucket_counts=[int(count) for _, count in pairs],
+            )
+        )
+    return loads

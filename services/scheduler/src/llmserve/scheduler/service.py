@@ -57,6 +57,8 @@ class Scheduler:
 
     def fill_beat(self, beat: events_pb2.Heartbeat) -> None:
         beat.queued_jobs = self.queues.total_queued
+        for model, state in sorted(self.queues.states.items()):
+            beat.model_loads.add(model=model, queued_jobs=state.depth)
 
     async def _on_submit(self, msg: Msg) -> None:
         reply = await self.submit(msg.data, extract(msg.headers))
