@@ -153,3 +153,42 @@ async def test_cached_prompts_give_the_same_tokens(flat_smollm, mode):
         assert [tokens for _, tokens, _ in again] == want
     finally:
         await engine.stop()
+
+
+async def test_logprobs_match_transformers_and_leave_the_tokens_alone(flat_smollm, loaded_smollm):
+    """Greedy, first 8 tokens: each token's logprob and its top 5 alternatives within 1e-3 of
+    log_softmax over transformers' logits for the same context."""
+    loaded = flat_smollm("float")
+    engine = await started(loaded, max_running=4)
+    try:
+        ids = chat_ids(loaded, QUESTIONS[0])
+        _, plain, _ = await collect(engine, EngineRequest("plain", ids, SamplingConfig(max_tokens=8)))
+        outs, got, _ = await collect(engine, EngineRequest("lp", ids, SamplingConfig(max_tokens=8, logprobs=True, top_logprobs=5)))
+    finally:
+        await engine.stop()
+    assert got == plain
+    entries = [lp for o in outs for lp in o.logprobs]
+    assert [e.token_id for e in entries] == got
+    with torch.inference_mode():
+        logits = loaded_smollm.model(torch.tensor([list(ids) + got])).logits[0, len(ids) - 1 : len(ids) - 1 + len(got)]
+        expected = torch.log_softmax(logits.float(), dim=-1)
+    for k, entry in enumerate(entries):
+        assert entry.logprob == pytest.approx(float(expected[k, got[k]]), abs=1e-3)
+        assert len(entry.top_logprobs) == 5 and entry.top_logprobs[0].token_id == got[k]  # greedy: the best one
+        for alt in entry.top_logprobs:
+            assert alt.logprob == pytest.approx(float(expected[k, alt.token_id]), abs=1e-3)
+        assert entry.token == loaded.tokenizer.decode([got[k]])
+
+
+async def test_min_tokens_holds_off_the_end_of_sequence(flat_smollm):
+    loaded = flat_smollm("int8")
+    engine = await started(loaded, max_running=4)
+    try:
+        ids = chat_ids(loaded, "Reply with the single word: yes")
+        outs, free, _ = await collect(engine, EngineRequest("free", ids, SamplingConfig(max_tokens=40)))
+        assert outs[-1].finish_reason == common_pb2.FINISH_REASON_STOP and len(free) < 12
+        outs, held, _ = await collect(engine, EngineRequest("held", ids, SamplingConfig(max_tokens=40, min_tokens=12)))
+        assert len(held) >= 12 and not set(held[:11]) & loaded.eos_ids
+        assert held[: len(free) - 1] == free[:-1]  # the same answer up to where it used to end
+    finally:
+        await engine.stop()

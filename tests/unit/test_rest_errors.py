@@ -74,9 +74,9 @@ def _chat(**fields) -> ChatCompletionRequest:
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
-        ({"logprobs": True}, "logprobs"),
-        ({"top_logprobs": 5}, "top_logprobs"),
-        ({"logit_bias": {"50256": -100}}, "logit_bias"),
+        ({"top_logprobs": 5}, "top_logprobs"),  # without logprobs
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"x": -100}}, "logit_bias"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),

@@ -241,8 +241,7 @@ class BatchingEngine(ThreadedEngine):
         finished = set()
         for i, row in enumerate(rows):
             row.length += 1
-            sampling = row.seq.request.sampling
-            token = argmax[i] if sampling.greedy and sampling.repetition_penalty == 1.0 else row.seq.sample(logits[i])
+            token = argmax[i] if row.seq.fast_greedy else row.seq.sample(logits[i])
             out = row.seq.append(token)
             self._emit(row.outputs, out)
             row.next_token = token

@@ -35,6 +35,7 @@ class ChunkPublisher:
         chunk = self._chunk(job, seq)
         chunk.text = out.text
         chunk.token_ids.extend(out.token_ids)
+        chunk.logprobs.extend(out.logprobs)
         chunk.final = out.finished
         chunk.finish_reason = out.finish_reason
         if out.finished:

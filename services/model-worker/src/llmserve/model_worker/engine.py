@@ -50,6 +50,8 @@ class EngineOutput:
     completion_tokens: int = 0
     # Set when finish_reason is FINISH_REASON_ERROR.
     error: str = ""
+    # With SamplingConfig.logprobs: one per token of token_ids.
+    logprobs: list[common_pb2.TokenLogprob] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

@@ -166,10 +166,7 @@ class FlatBatchingEngine(BatchingEngine):
 
     @staticmethod
     def _next_token(seq: Any, logits: torch.Tensor, argmax: list[int], i: int) -> int:
-        sampling = seq.request.sampling
-        if sampling.greedy and sampling.repetition_penalty == 1.0:
-            return argmax[i]
-        return seq.sample(logits[i])
+        return argmax[i] if seq.fast_greedy else seq.sample(logits[i])
 
     def _compact(self, survivors: dict[int, _Row]) -> None:
         """Running rows become cache rows 0 .. n-1: rows past n move into the holes below n."""

@@ -49,6 +49,12 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineR
             f"the prompt has {len(ids)} tokens; this model serves at most {context}",
         )
     s = job.sampling
+    vocabulary = len(tokenizer)
+    for token_id in s.logit_bias:
+        if token_id >= vocabulary:
+            raise JobRejected(
+                events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"logit_bias names token {token_id}; this model's tokens are 0 to {vocabulary - 1}"
+            )
     sampling = SamplingConfig(
         temperature=s.temperature,
         top_p=s.top_p if 0 < s.top_p < 1 else 1.0,
@@ -58,6 +64,12 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineR
         # Never past the model's context: the answer ends with finish_reason "length" instead.
         max_tokens=min(s.max_tokens, room),
         stop=tuple(s.stop),
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        logit_bias=tuple(sorted(s.logit_bias.items())),
+        min_tokens=s.min_tokens,
+        logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs if s.logprobs else 0,
     )
     return EngineRequest(
         request_id=attempt_key(job.request_id, job.attempt),

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from llmserve.model_worker.engine import EngineOutput, EngineRequest
-from llmserve.model_worker.sampling import sample_next
+from llmserve.model_worker.sampling import adjusted_logits, choose, token_logprobs
 from llmserve.model_worker.textstream import IncrementalDetokenizer, StopMatcher
 from llmserve.v1 import common_pb2
 
@@ -23,6 +23,9 @@ class Sequence:
         # Every request has its own generator, so concurrent requests never disturb each other's draws.
         self.generator = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1)
         self.generated: list[int] = list(request.resume_ids)
+        self._tokenizer = tokenizer
+        # The logprob of the token sample() chose, until append() reports it.
+        self._logprob: common_pb2.TokenLogprob | None = None
         self._detok = IncrementalDetokenizer(tokenizer)
         self._stops = StopMatcher(request.sampling.stop)
         if request.resume_ids:
@@ -41,9 +44,34 @@ class Sequence:
             return torch.empty(0, dtype=torch.long)
         return torch.tensor([*self.request.prompt_ids, *self.generated], dtype=torch.long)  # generated includes resumed
 
+    @property
+    def fast_greedy(self) -> bool:
+        """True when this step's token is the row's argmax: an engine may take it from one batched
+        argmax without handing the row's logits to sample()."""
+        return self.request.sampling.plain_greedy and not self._banned()
+
+    def _banned(self) -> tuple[int, ...]:
+        """End-of-sequence ids while min_tokens is not reached."""
+        if self.request.ignore_eos or len(self.generated) >= self.request.sampling.min_tokens:
+            return ()
+        return tuple(sorted(self.eos_ids))
+
     def sample(self, logits: torch.Tensor) -> int:
         """Next token from this request's row of logits (1-D, on any device)."""
-        return sample_next(logits.float().cpu(), self.request.sampling, self._seen(), self.generator)
+        sampling = self.request.sampling
+        generated = torch.tensor(self.generated, dtype=torch.long) if sampling.presence_penalty or sampling.frequency_penalty else None
+        adjusted = adjusted_logits(logits.float().cpu(), sampling, self._seen(), generated if generated is not None else torch.empty(0, dtype=torch.long))
+        token = choose(adjusted, sampling, self.generator, self._banned())
+        if sampling.logprobs:
+            logprob, top = token_logprobs(adjusted, token, sampling.top_logprobs)
+            self._logprob = common_pb2.TokenLogprob(
+                token_id=token, token=self._text_of(token), logprob=logprob,
+                top_logprobs=[common_pb2.TopLogprob(token_id=i, token=self._text_of(i), logprob=lp) for i, lp in top],
+            )
+        return token
+
+    def _text_of(self, token_id: int) -> str:
+        return self._tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def append(self, token_id: int) -> EngineOutput:
         """Records a sampled token and returns what the client gets for it."""
@@ -60,7 +88,11 @@ class Sequence:
             elif len(self.generated) >= self.request.sampling.max_tokens:
                 finish = common_pb2.FINISH_REASON_LENGTH
                 text += self._stops.flush()
-        return self._output([token_id], text, finish)
+        out = self._output([token_id], text, finish)
+        if self._logprob is not None and self._logprob.token_id == token_id:
+            out.logprobs.append(self._logprob)
+        self._logprob = None
+        return out
 
     def cancel_output(self) -> EngineOutput:
         return self._output([], "", common_pb2.FINISH_REASON_CANCELLED)

@@ -42,7 +42,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         job = await self._job(request, context)
         await context.send_initial_metadata((("x-request-id", job.request_id),))
         index = 0
+        # Logprobs of tokens whose text is held back travel with the next message that has text.
+        pending: list = []
         async for chunk in self._chunks(job, context):
+            pending.extend(chunk.logprobs)
             if not chunk.text and not chunk.final:
                 continue  # tokens that produced no text yet (held back): nothing to show
             response = inference_pb2.GenerateStreamResponse(
@@ -52,7 +55,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 finish_reason=chunk.finish_reason,
                 model=job.model,
                 model_version=chunk.model_version,
+                logprobs=pending,
             )
+            pending = []
             if chunk.final:
                 response.usage.CopyFrom(chunk.usage)
             index += 1
@@ -66,6 +71,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         response = inference_pb2.GenerateResponse(request_id=job.request_id, model=job.model)
         async for chunk in self._chunks(job, context):
             parts.append(chunk.text)
+            response.logprobs.extend(chunk.logprobs)
             if chunk.final:
                 response.model = job.model  # the fallback model, when one served the request
                 response.finish_reason = chunk.finish_reason

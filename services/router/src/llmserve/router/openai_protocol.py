@@ -57,9 +57,6 @@ _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
     "parallel_tool_calls": (None, True, False),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
     "modalities": (None, ["text"]),
     "audio": (None,),
     "prediction": (None,),
@@ -87,8 +84,10 @@ class SamplingFields(BaseModel):
     n: int = Field(1, description="Only 1 is supported.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    presence_penalty: float | None = Field(None, description="-2 to 2: lowers the logits of tokens already generated.")
+    frequency_penalty: float | None = Field(None, description="-2 to 2: lowers a token's logit per time it was generated.")
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) → bias from -100 to 100.")
+    min_tokens: int | None = Field(None, description="llmserve extra (as vLLM's): end-of-sequence not before this many tokens.")
     # llmserve's own fields, accepted the way other OpenAI-compatible servers accept extras.
     top_k: int | None = Field(None, description="llmserve extra: keep only the k most likely tokens.")
     repetition_penalty: float | None = Field(None, description="llmserve extra: > 1 discourages repeats.")
@@ -99,9 +98,6 @@ class SamplingFields(BaseModel):
         check_extra_fields(self.model_extra or {})
         if self.n != 1:
             raise ServiceError.invalid("only n=1 is supported", param="n")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ServiceError.invalid(f"{name} is not supported; use repetition_penalty", param=name)
         sampling = common_pb2.SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,
@@ -110,12 +106,24 @@ class SamplingFields(BaseModel):
             repetition_penalty=self.repetition_penalty or 0.0,
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or []),
             ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            min_tokens=self.min_tokens or 0,
         )
+        for key, bias in (self.logit_bias or {}).items():
+            if not key.isdigit() or len(key) > 9:
+                raise ServiceError.invalid(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+            sampling.logit_bias[int(key)] = bias
+        sampling.logprobs, sampling.top_logprobs = self._logprobs()
         if self.seed is not None:
             if self.seed < 0:
                 raise ServiceError.invalid("seed must be 0 or more", param="seed")
             sampling.seed = self.seed
         return inference_pb2.GenerateRequest(model=self.model, sampling=sampling, priority=self._priority())
+
+    def _logprobs(self) -> tuple[bool, int]:
+        """(report logprobs, alternatives per position), as each endpoint spells them."""
+        return False, 0
 
     def _max_tokens(self) -> int:
         value = self.max_tokens
@@ -136,6 +144,16 @@ class SamplingFields(BaseModel):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessageIn]
     max_completion_tokens: int | None = Field(None, description="Preferred over max_tokens when both are set.")
+    logprobs: bool | None = Field(None, description="Return each generated token's log probability.")
+    top_logprobs: int | None = Field(None, description="With logprobs: also the 0 to 20 most likely tokens at each position.")
+
+    def _logprobs(self) -> tuple[bool, int]:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ServiceError.invalid("top_logprobs needs logprobs: true", param="top_logprobs")
+        top = self.top_logprobs or 0
+        if not 0 <= top <= 20:
+            raise ServiceError.invalid(f"top_logprobs must be between 0 and 20, got {top}", param="top_logprobs")
+        return bool(self.logprobs), top
 
     def _max_tokens(self) -> int:
         if self.max_completion_tokens is not None:
@@ -160,6 +178,14 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, description="Return each token's log probability and this many (0 to 5) alternatives.")
+
+    def _logprobs(self) -> tuple[bool, int]:
+        if self.logprobs is None:
+            return False, 0
+        if not 0 <= self.logprobs <= 5:
+            raise ServiceError.invalid(f"logprobs must be between 0 and 5, got {self.logprobs}", param="logprobs")
+        return True, self.logprobs
 
     def to_request(self) -> inference_pb2.GenerateRequest:
         request = super().to_request()

@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from importlib import resources
 
 import structlog
@@ -31,6 +32,7 @@ from llmserve.common.liveness import LivenessTable
 from llmserve.common.startup import Readiness
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
+from llmserve.router.logprobs import chat_logprobs, completion_logprobs
 from llmserve.router.openai_protocol import (
     FINISH_REASONS,
     ChatCompletionRequest,
@@ -40,7 +42,7 @@ from llmserve.router.openai_protocol import (
     error_body,
     usage_dict,
 )
-from llmserve.v1 import events_pb2
+from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
 
@@ -114,16 +116,18 @@ class RestBridge:
         if answer is None:
             # The client left; the request was stopped and logged as cancelled. Nobody reads this.
             return Response(status_code=499)
-        text, final = answer
-        return JSONResponse(self._whole(kind, job, text, final), headers=headers)
+        return JSONResponse(self._whole(kind, job, answer), headers=headers)
 
-    def _whole(self, kind: Kind, job: events_pb2.Job, text: str, final: events_pb2.TokenChunk) -> dict:
+    def _whole(self, kind: Kind, job: events_pb2.Job, answer: Answer) -> dict:
+        final, text = answer.final, answer.text
         finish = FINISH_REASONS.get(final.finish_reason, "stop")
         if kind == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+            logprobs = chat_logprobs(answer.logprobs) if job.sampling.logprobs else None
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs}
             obj, prefix = "chat.completion", "chatcmpl-"
         else:
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+            logprobs = completion_logprobs(answer.logprobs) if job.sampling.logprobs else None
+            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
             obj, prefix = "text_completion", "cmpl-"
         return {
             "id": prefix + job.request_id,
@@ -151,14 +155,25 @@ class RestBridge:
             "model": job.model,
         }
 
+        wants_logprobs = job.sampling.logprobs
+        # Logprobs of tokens whose text has not been sent yet (held back), and the text sent so far.
+        pending: list[common_pb2.TokenLogprob] = []
+        sent_chars = 0
+
         def piece(text: str | None, finish: str | None, role: bool = False) -> dict:
+            nonlocal sent_chars
+            logprobs = None
+            if wants_logprobs and not role:
+                logprobs = chat_logprobs(pending) if is_chat else completion_logprobs(pending, sent_chars)
+                pending.clear()
+            sent_chars += len(text or "")
             if is_chat:
                 delta: dict = {"role": "assistant"} if role else {}
                 if text is not None:
                     delta["content"] = text
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": None}
+                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
             return {**base, "choices": [choice]}
 
         if is_chat:
@@ -166,6 +181,7 @@ class RestBridge:
         chunk = first
         try:
             while True:
+                pending.extend(chunk.logprobs)
                 if chunk.text:
                     yield _sse(piece(chunk.text, None))
                 if chunk.final:
@@ -190,9 +206,18 @@ class RestBridge:
         return {"object": "list", "data": data}
 
 
+@dataclass
+class Answer:
+    """A whole (non-streamed) answer: its text, final chunk and every token's logprobs."""
+
+    text: str
+    final: events_pb2.TokenChunk
+    logprobs: list[common_pb2.TokenLogprob] = field(default_factory=list)
+
+
 async def collect_unless_gone(
     chunks: AsyncIterator[events_pb2.TokenChunk], request: Request, poll_s: float = 0.25
-) -> tuple[str, events_pb2.TokenChunk] | None:
+) -> Answer | None:
     """A non-streamed answer: its whole text and final chunk, or None when the client disconnected first.
 
     Starlette cancels a streamed response's generator when its client goes, but not a handler that is
@@ -200,13 +225,14 @@ async def collect_unless_gone(
     Stopping the collection closes the stream, which cancels the job on its worker.
     """
 
-    async def collect() -> tuple[str, events_pb2.TokenChunk]:
-        text, final = [], None
+    async def collect() -> Answer:
+        text, logprobs, final = [], [], None
         async for chunk in chunks:
             text.append(chunk.text)
+            logprobs.extend(chunk.logprobs)
             final = chunk
         assert final is not None and final.final
-        return "".join(text), final
+        return Answer("".join(text), final, logprobs)
 
     task = asyncio.ensure_future(collect())
     try:

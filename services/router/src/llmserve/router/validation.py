@@ -17,6 +17,9 @@ from llmserve.v1 import common_pb2, events_pb2, inference_pb2
 ROLES = frozenset({"system", "user", "assistant"})
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 256
+# OpenAI's limits.
+MAX_LOGIT_BIAS = 300
+MAX_TOP_LOGPROBS = 20
 
 
 def new_request_id() -> str:
@@ -41,7 +44,24 @@ def _check_sampling(s: common_pb2.SamplingParams, default_max_tokens: int, max_t
     for stop in s.stop:
         if not stop or len(stop) > MAX_STOP_LENGTH:
             raise ServiceError.invalid(f"sampling.stop sequences must be 1 to {MAX_STOP_LENGTH} characters", param="stop")
+    for name in ("presence_penalty", "frequency_penalty"):
+        value = getattr(s, name)
+        if not math.isfinite(value) or not -2.0 <= value <= 2.0:
+            raise ServiceError.invalid(f"sampling.{name} must be between -2 and 2, got {value}", param=name)
+    if len(s.logit_bias) > MAX_LOGIT_BIAS:
+        raise ServiceError.invalid(f"sampling.logit_bias takes at most {MAX_LOGIT_BIAS} tokens, got {len(s.logit_bias)}", param="logit_bias")
+    for token_id, bias in s.logit_bias.items():
+        if not math.isfinite(bias) or not -100.0 <= bias <= 100.0:
+            raise ServiceError.invalid(f"sampling.logit_bias[{token_id}] must be between -100 and 100, got {bias}", param="logit_bias")
+    if s.min_tokens < 0:
+        raise ServiceError.invalid(f"sampling.min_tokens must be 0 or more, got {s.min_tokens}", param="min_tokens")
+    if not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise ServiceError.invalid(f"sampling.top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {s.top_logprobs}", param="top_logprobs")
+    if s.top_logprobs and not s.logprobs:
+        raise ServiceError.invalid("sampling.top_logprobs needs sampling.logprobs", param="top_logprobs")
     out.max_tokens = s.max_tokens or default_max_tokens
+    if s.min_tokens > out.max_tokens:
+        raise ServiceError.invalid(f"sampling.min_tokens ({s.min_tokens}) is above max_tokens ({out.max_tokens})", param="min_tokens")
     return out
 
 
