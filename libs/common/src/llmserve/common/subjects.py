@@ -87,6 +87,13 @@ class Subjects:
     def doorbell(self, model: str, version: int) -> str:
         return f"{self.prefix}.doorbell.{model}.{version}"
 
+    def model_calls(self, model: str, version: int) -> str:
+        """Tokenizer and metadata questions about one model version (request/reply, ModelCall)."""
+        return f"{self.prefix}.model.{model}.{version}"
+
+    # One worker of a version answers each model call.
+    MODEL_CALLS_QUEUE_GROUP = "workers"
+
     # -- token path ---------------------------------------------------------------------------
     def tokens(self, request_id: str) -> str:
         return f"{self.prefix}.tokens.{request_id}"

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from llmserve.v1 import common_pb2 as llmserve_dot_v1_dot_common__pb2
+from llmserve.v1 import inference_pb2 as llmserve_dot_v1_dot_inference__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/events.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\x8a\x03\n\x03Job\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x13\n\x0bmodel_alias\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12,\n\x08messages\x18\x06 \x01(\x0b\x32\x18.llmserve.v1.JobMessagesH\x00\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x08 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x15\n\rreply_subject\x18\t \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x01\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\x0f\n\x07\x61ttempt\x18\r \x01(\r\x12\x18\n\x10resume_token_ids\x18\x0e \x03(\r\x12\x19\n\x11resume_text_chars\x18\x0f \x01(\rB\x07\n\x05input\"9\n\x0bJobMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"\x8d\x01\n\x0bSubmitReply\x12*\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x15\n\rretry_after_s\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\"-\n\x07JobDone\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\xf2\x02\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12*\n\nerror_code\x18\x08 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x13\n\x0bhanded_back\x18\r \x01(\x08\x12+\n\x08logprobs\x18\x0e \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"A\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bmax_attempt\x18\x03 \x01(\r\"\xbd\x04\n\tHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12\x13\n\x0bslots_total\x18\x08 \x01(\r\x12\x12\n\nslots_busy\x18\t \x01(\r\x12\x11\n\trss_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x0b \x01(\x02\x12\x0c\n\x04host\x18\x0c \x01(\t\x12\x1f\n\x17gpu_utilization_percent\x18\r \x01(\x02\x12\x1d\n\x15gpu_memory_used_bytes\x18\x0e \x01(\x04\x12\x1e\n\x16gpu_memory_total_bytes\x18\x0f \x01(\x04\x12\x16\n\x0erequests_total\x18\x10 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x11 \x01(\x04\x12\x19\n\x11recent_ttft_p50_s\x18\x12 \x01(\x02\x12\x13\n\x0bqueued_jobs\x18\x13 \x01(\x04\x12\x19\n\x11\x64raining_versions\x18\x14 \x03(\r\x12\x10\n\x08numerics\x18\x15 \x01(\t\x12\x1e\n\x16generated_tokens_total\x18\x16 \x01(\x04\x12+\n\x0bmodel_loads\x18\x17 \x03(\x0b\x32\x16.llmserve.v1.ModelLoad\"i\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x14ttft_bucket_bounds_s\x18\x02 \x03(\x01\x12\x1a\n\x12ttft_bucket_counts\x18\x03 \x03(\x04\x12\x13\n\x0bqueued_jobs\x18\x04 \x01(\x04\"\x92\x01\n\x0eRegistryChange\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\x06\x61\x63tion\x18\x02 \x01(\tB\x02\x18\x01\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x10\n\x08\x61udit_id\x18\x04 \x01(\t\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.llmserve.v1.RegistryAction\x12\x0f\n\x07subject\x18\x06 \x01(\t\"l\n\x0cModelRefused\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fserving_version\x18\x05 \x01(\r\"\xc6\x01\n\rInstanceEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x11\n\x05state\x18\x03 \x01(\tB\x02\x18\x01\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12\x32\n\x0einstance_state\x18\x07 \x01(\x0e\x32\x1a.llmserve.v1.InstanceState*\xc2\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x03\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\x07\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x08\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\t*\xb5\x01\n\x0cInstanceKind\x12\x1d\n\x19INSTANCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14INSTANCE_KIND_ROUTER\x10\x01\x12\x1b\n\x17INSTANCE_KIND_SCHEDULER\x10\x02\x12\x18\n\x14INSTANCE_KIND_WORKER\x10\x03\x12\x1a\n\x16INSTANCE_KIND_REGISTRY\x10\x04\x12\x19\n\x15INSTANCE_KIND_MONITOR\x10\x05*\xfa\x02\n\x0eRegistryAction\x12\x1f\n\x1bREGISTRY_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17REGISTRY_ACTION_PUBLISH\x10\x01\x12\x1b\n\x17REGISTRY_ACTION_PROMOTE\x10\x02\x12\x1c\n\x18REGISTRY_ACTION_ROLLBACK\x10\x03\x12\x1a\n\x16REGISTRY_ACTION_CANARY\x10\x04\x12\x1a\n\x16REGISTRY_ACTION_RETIRE\x10\x05\x12\x1c\n\x18REGISTRY_ACTION_FALLBACK\x10\x06\x12\x1a\n\x16REGISTRY_ACTION_IMPORT\x10\x07\x12\x1e\n\x1aREGISTRY_ACTION_KEY_CREATE\x10\x08\x12\x1e\n\x1aREGISTRY_ACTION_KEY_REVOKE\x10\t\x12!\n\x1dREGISTRY_ACTION_TENANT_LIMITS\x10\n\x12\x1a\n\x16REGISTRY_ACTION_REINIT\x10\x0b*_\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11INSTANCE_STATE_UP\x10\x01\x12\x17\n\x13INSTANCE_STATE_DEAD\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18llmserve/v1/events.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\x1a\x1bllmserve/v1/inference.proto\"\x8a\x03\n\x03Job\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x13\n\x0bmodel_alias\x18\x04 \x01(\t\x12\x10\n\x06prompt\x18\x05 \x01(\tH\x00\x12,\n\x08messages\x18\x06 \x01(\x0b\x32\x18.llmserve.v1.JobMessagesH\x00\x12-\n\x08sampling\x18\x07 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x08 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x15\n\rreply_subject\x18\t \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\n \x01(\x01\x12\x14\n\x0csubmitted_at\x18\x0b \x01(\x01\x12\x0e\n\x06tenant\x18\x0c \x01(\t\x12\x0f\n\x07\x61ttempt\x18\r \x01(\r\x12\x18\n\x10resume_token_ids\x18\x0e \x03(\r\x12\x19\n\x11resume_text_chars\x18\x0f \x01(\rB\x07\n\x05input\"9\n\x0bJobMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"\x8d\x01\n\x0bSubmitReply\x12*\n\nerror_code\x18\x01 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x15\n\rretry_after_s\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\"-\n\x07JobDone\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"\xf2\x02\n\nTokenChunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\r\n\x05\x66inal\x18\x05 \x01(\x08\x12\x30\n\rfinish_reason\x18\x06 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x07 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12*\n\nerror_code\x18\x08 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\t \x01(\t\x12\x11\n\tworker_id\x18\n \x01(\t\x12\x15\n\rmodel_version\x18\x0b \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x13\n\x0bhanded_back\x18\r \x01(\x08\x12+\n\x08logprobs\x18\x0e \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"A\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bmax_attempt\x18\x03 \x01(\r\"\xbd\x04\n\tHeartbeat\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x0f\n\x07sent_at\x18\x03 \x01(\x01\x12\x12\n\ninterval_s\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12\x13\n\x0bslots_total\x18\x08 \x01(\r\x12\x12\n\nslots_busy\x18\t \x01(\r\x12\x11\n\trss_bytes\x18\n \x01(\x04\x12\x13\n\x0b\x63pu_percent\x18\x0b \x01(\x02\x12\x0c\n\x04host\x18\x0c \x01(\t\x12\x1f\n\x17gpu_utilization_percent\x18\r \x01(\x02\x12\x1d\n\x15gpu_memory_used_bytes\x18\x0e \x01(\x04\x12\x1e\n\x16gpu_memory_total_bytes\x18\x0f \x01(\x04\x12\x16\n\x0erequests_total\x18\x10 \x01(\x04\x12\x17\n\x0frequests_failed\x18\x11 \x01(\x04\x12\x19\n\x11recent_ttft_p50_s\x18\x12 \x01(\x02\x12\x13\n\x0bqueued_jobs\x18\x13 \x01(\x04\x12\x19\n\x11\x64raining_versions\x18\x14 \x03(\r\x12\x10\n\x08numerics\x18\x15 \x01(\t\x12\x1e\n\x16generated_tokens_total\x18\x16 \x01(\x04\x12+\n\x0bmodel_loads\x18\x17 \x03(\x0b\x32\x16.llmserve.v1.ModelLoad\"i\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1c\n\x14ttft_bucket_bounds_s\x18\x02 \x03(\x01\x12\x1a\n\x12ttft_bucket_counts\x18\x03 \x03(\x04\x12\x13\n\x0bqueued_jobs\x18\x04 \x01(\x04\"\x92\x01\n\x0eRegistryChange\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\x06\x61\x63tion\x18\x02 \x01(\tB\x02\x18\x01\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x10\n\x08\x61udit_id\x18\x04 \x01(\t\x12)\n\x04kind\x18\x05 \x01(\x0e\x32\x1b.llmserve.v1.RegistryAction\x12\x0f\n\x07subject\x18\x06 \x01(\t\"l\n\x0cModelRefused\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x17\n\x0fserving_version\x18\x05 \x01(\r\"\xc6\x01\n\rInstanceEvent\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.llmserve.v1.InstanceKind\x12\x11\n\x05state\x18\x03 \x01(\tB\x02\x18\x01\x12\n\n\x02\x61t\x18\x04 \x01(\x01\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12\x32\n\x0einstance_state\x18\x07 \x01(\x0e\x32\x1a.llmserve.v1.InstanceState\"\xad\x01\n\tModelCall\x12\x30\n\x08tokenize\x18\x01 \x01(\x0b\x32\x1c.llmserve.v1.TokenizeRequestH\x00\x12\x34\n\ndetokenize\x18\x02 \x01(\x0b\x32\x1e.llmserve.v1.DetokenizeRequestH\x00\x12\x30\n\x04info\x18\x03 \x01(\x0b\x32 .llmserve.v1.GetModelInfoRequestH\x00\x42\x06\n\x04\x63\x61ll\"\xf2\x01\n\x0eModelCallReply\x12\x31\n\x08tokenize\x18\x01 \x01(\x0b\x32\x1d.llmserve.v1.TokenizeResponseH\x00\x12\x35\n\ndetokenize\x18\x02 \x01(\x0b\x32\x1f.llmserve.v1.DetokenizeResponseH\x00\x12)\n\x04info\x18\x03 \x01(\x0b\x32\x19.llmserve.v1.ModelDetailsH\x00\x12*\n\nerror_code\x18\x04 \x01(\x0e\x32\x16.llmserve.v1.ErrorCode\x12\x15\n\rerror_message\x18\x05 \x01(\tB\x08\n\x06\x61nswer*\xc2\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45RROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12!\n\x1d\x45RROR_CODE_RESOURCE_EXHAUSTED\x10\x03\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x04\x12 \n\x1c\x45RROR_CODE_DEADLINE_EXCEEDED\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06\x12\"\n\x1e\x45RROR_CODE_FAILED_PRECONDITION\x10\x07\x12 \n\x1c\x45RROR_CODE_PERMISSION_DENIED\x10\x08\x12\x1e\n\x1a\x45RROR_CODE_UNAUTHENTICATED\x10\t*\xb5\x01\n\x0cInstanceKind\x12\x1d\n\x19INSTANCE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14INSTANCE_KIND_ROUTER\x10\x01\x12\x1b\n\x17INSTANCE_KIND_SCHEDULER\x10\x02\x12\x18\n\x14INSTANCE_KIND_WORKER\x10\x03\x12\x1a\n\x16INSTANCE_KIND_REGISTRY\x10\x04\x12\x19\n\x15INSTANCE_KIND_MONITOR\x10\x05*\xfa\x02\n\x0eRegistryAction\x12\x1f\n\x1bREGISTRY_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17REGISTRY_ACTION_PUBLISH\x10\x01\x12\x1b\n\x17REGISTRY_ACTION_PROMOTE\x10\x02\x12\x1c\n\x18REGISTRY_ACTION_ROLLBACK\x10\x03\x12\x1a\n\x16REGISTRY_ACTION_CANARY\x10\x04\x12\x1a\n\x16REGISTRY_ACTION_RETIRE\x10\x05\x12\x1c\n\x18REGISTRY_ACTION_FALLBACK\x10\x06\x12\x1a\n\x16REGISTRY_ACTION_IMPORT\x10\x07\x12\x1e\n\x1aREGISTRY_ACTION_KEY_CREATE\x10\x08\x12\x1e\n\x1aREGISTRY_ACTION_KEY_REVOKE\x10\t\x12!\n\x1dREGISTRY_ACTION_TENANT_LIMITS\x10\n\x12\x1a\n\x16REGISTRY_ACTION_REINIT\x10\x0b*_\n\rInstanceState\x12\x1e\n\x1aINSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11INSTANCE_STATE_UP\x10\x01\x12\x17\n\x13INSTANCE_STATE_DEAD\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYCHANGE'].fields_by_name['action']._serialized_options = b'\030\001'
   _globals['_INSTANCEEVENT'].fields_by_name['state']._loaded_options = None
   _globals['_INSTANCEEVENT'].fields_by_name['state']._serialized_options = b'\030\001'
-  _globals['_ERRORCODE']._serialized_start=2298
-  _globals['_ERRORCODE']._serialized_end=2620
-  _globals['_INSTANCEKIND']._serialized_start=2623
-  _globals['_INSTANCEKIND']._serialized_end=2804
-  _globals['_REGISTRYACTION']._serialized_start=2807
-  _globals['_REGISTRYACTION']._serialized_end=3185
-  _globals['_INSTANCESTATE']._serialized_start=3187
-  _globals['_INSTANCESTATE']._serialized_end=3282
-  _globals['_JOB']._serialized_start=68
-  _globals['_JOB']._serialized_end=462
-  _globals['_JOBMESSAGES']._serialized_start=464
-  _globals['_JOBMESSAGES']._serialized_end=521
-  _globals['_SUBMITREPLY']._serialized_start=524
-  _globals['_SUBMITREPLY']._serialized_end=665
-  _globals['_JOBDONE']._serialized_start=667
-  _globals['_JOBDONE']._serialized_end=712
-  _globals['_TOKENCHUNK']._serialized_start=715
-  _globals['_TOKENCHUNK']._serialized_end=1085
-  _globals['_CANCEL']._serialized_start=1087
-  _globals['_CANCEL']._serialized_end=1152
-  _globals['_HEARTBEAT']._serialized_start=1155
-  _globals['_HEARTBEAT']._serialized_end=1728
-  _globals['_MODELLOAD']._serialized_start=1730
-  _globals['_MODELLOAD']._serialized_end=1835
-  _globals['_REGISTRYCHANGE']._serialized_start=1838
-  _globals['_REGISTRYCHANGE']._serialized_end=1984
-  _globals['_MODELREFUSED']._serialized_start=1986
-  _globals['_MODELREFUSED']._serialized_end=2094
-  _globals['_INSTANCEEVENT']._serialized_start=2097
-  _globals['_INSTANCEEVENT']._serialized_end=2295
+  _globals['_ERRORCODE']._serialized_start=2748
+  _globals['_ERRORCODE']._serialized_end=3070
+  _globals['_INSTANCEKIND']._serialized_start=3073
+  _globals['_INSTANCEKIND']._serialized_end=3254
+  _globals['_REGISTRYACTION']._serialized_start=3257
+  _globals['_REGISTRYACTION']._serialized_end=3635
+  _globals['_INSTANCESTATE']._serialized_start=3637
+  _globals['_INSTANCESTATE']._serialized_end=3732
+  _globals['_JOB']._serialized_start=97
+  _globals['_JOB']._serialized_end=491
+  _globals['_JOBMESSAGES']._serialized_start=493
+  _globals['_JOBMESSAGES']._serialized_end=550
+  _globals['_SUBMITREPLY']._serialized_start=553
+  _globals['_SUBMITREPLY']._serialized_end=694
+  _globals['_JOBDONE']._serialized_start=696
+  _globals['_JOBDONE']._serialized_end=741
+  _globals['_TOKENCHUNK']._serialized_start=744
+  _globals['_TOKENCHUNK']._serialized_end=1114
+  _globals['_CANCEL']._serialized_start=1116
+  _globals['_CANCEL']._serialized_end=1181
+  _globals['_HEARTBEAT']._serialized_start=1184
+  _globals['_HEARTBEAT']._serialized_end=1757
+  _globals['_MODELLOAD']._serialized_start=1759
+  _globals['_MODELLOAD']._serialized_end=1864
+  _globals['_REGISTRYCHANGE']._serialized_start=1867
+  _globals['_REGISTRYCHANGE']._serialized_end=2013
+  _globals['_MODELREFUSED']._serialized_start=2015
+  _globals['_MODELREFUSED']._serialized_end=2123
+  _globals['_INSTANCEEVENT']._serialized_start=2126
+  _globals['_INSTANCEEVENT']._serialized_end=2324
+  _globals['_MODELCALL']._serialized_start=2327
+  _globals['_MODELCALL']._serialized_end=2500
+  _globals['_MODELCALLREPLY']._serialized_start=2503
+  _globals['_MODELCALLREPLY']._serialized_end=2745
 # @@protoc_insertion_point(module_scope)

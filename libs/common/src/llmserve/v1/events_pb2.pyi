@@ -1,4 +1,5 @@
 from llmserve.v1 import common_pb2 as _common_pb2
+from llmserve.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -295,3 +296,27 @@ class InstanceEvent(_message.Message):
     model_version: int
     instance_state: InstanceState
     def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., state: _Optional[str] = ..., at: _Optional[float] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., instance_state: _Optional[_Union[InstanceState, str]] = ...) -> None: ...
+
+class ModelCall(_message.Message):
+    __slots__ = ("tokenize", "detokenize", "info")
+    TOKENIZE_FIELD_NUMBER: _ClassVar[int]
+    DETOKENIZE_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    tokenize: _inference_pb2.TokenizeRequest
+    detokenize: _inference_pb2.DetokenizeRequest
+    info: _inference_pb2.GetModelInfoRequest
+    def __init__(self, tokenize: _Optional[_Union[_inference_pb2.TokenizeRequest, _Mapping]] = ..., detokenize: _Optional[_Union[_inference_pb2.DetokenizeRequest, _Mapping]] = ..., info: _Optional[_Union[_inference_pb2.GetModelInfoRequest, _Mapping]] = ...) -> None: ...
+
+class ModelCallReply(_message.Message):
+    __slots__ = ("tokenize", "detokenize", "info", "error_code", "error_message")
+    TOKENIZE_FIELD_NUMBER: _ClassVar[int]
+    DETOKENIZE_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    tokenize: _inference_pb2.TokenizeResponse
+    detokenize: _inference_pb2.DetokenizeResponse
+    info: _inference_pb2.ModelDetails
+    error_code: ErrorCode
+    error_message: str
+    def __init__(self, tokenize: _Optional[_Union[_inference_pb2.TokenizeResponse, _Mapping]] = ..., detokenize: _Optional[_Union[_inference_pb2.DetokenizeResponse, _Mapping]] = ..., info: _Optional[_Union[_inference_pb2.ModelDetails, _Mapping]] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ...) -> None: ...

@@ -25,27 +25,41 @@ _sym_db = _symbol_database.Default()
 from llmserve.v1 import common_pb2 as llmserve_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmserve/v1/inference.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\x99\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1a\n\rmodel_version\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x13\n\x0bmodel_alias\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12-\n\x08messages\x18\x05 \x01(\x0b\x32\x19.llmserve.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x07\n\x05inputB\x10\n\x0e_model_version\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"\xdc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"\xf1\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x08 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"\x13\n\x11ListModelsRequest\"Y\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\r\x12\x10\n\x08versions\x18\x03 \x03(\r\x12\x14\n\x0clive_workers\x18\x04 \x01(\r\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.llmserve.v1.ModelInfo2\xfa\x01\n\tInference\x12G\n\x08Generate\x12\x1c.llmserve.v1.GenerateRequest\x1a\x1d.llmserve.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\x1c.llmserve.v1.GenerateRequest\x1a#.llmserve.v1.GenerateStreamResponse0\x01\x12M\n\nListModels\x12\x1e.llmserve.v1.ListModelsRequest\x1a\x1f.llmserve.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bllmserve/v1/inference.proto\x12\x0bllmserve.v1\x1a\x18llmserve/v1/common.proto\"\\\n\x08ModelRef\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1a\n\rmodel_version\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x13\n\x0bmodel_alias\x18\x03 \x01(\tB\x10\n\x0e_model_version\"\xf7\x01\n\x0fTokenizeRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.llmserve.v1.ModelRef\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12-\n\x08messages\x18\x03 \x01(\x0b\x32\x19.llmserve.v1.ChatMessagesH\x00\x12\x1f\n\x12\x61\x64\x64_special_tokens\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\"\n\x15\x61\x64\x64_generation_prompt\x18\x05 \x01(\x08H\x02\x88\x01\x01\x42\x07\n\x05inputB\x15\n\x13_add_special_tokensB\x18\n\x16_add_generation_prompt\"n\n\x10TokenizeResponse\x12\x0e\n\x06tokens\x18\x01 \x03(\r\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\r\"I\n\x11\x44\x65tokenizeRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.llmserve.v1.ModelRef\x12\x0e\n\x06tokens\x18\x02 \x03(\r\"\"\n\x12\x44\x65tokenizeResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\";\n\x13GetModelInfoRequest\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.llmserve.v1.ModelRef\"\xb9\x01\n\x0cModelDetails\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\r\x12\x13\n\x0bmax_context\x18\x03 \x01(\r\x12\x15\n\rchat_template\x18\x04 \x01(\x08\x12\x10\n\x08numerics\x18\x05 \x01(\t\x12\x17\n\x0fvocabulary_size\x18\x06 \x01(\r\x12\x14\n\x0c\x61rchitecture\x18\x07 \x01(\t\x12\x16\n\x0eserver_version\x18\x08 \x01(\t\"\x99\x02\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x1a\n\rmodel_version\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x13\n\x0bmodel_alias\x18\x03 \x01(\t\x12\x10\n\x06prompt\x18\x04 \x01(\tH\x00\x12-\n\x08messages\x18\x05 \x01(\x0b\x32\x19.llmserve.v1.ChatMessagesH\x00\x12-\n\x08sampling\x18\x06 \x01(\x0b\x32\x1b.llmserve.v1.SamplingParams\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.llmserve.v1.Priority\x12\x12\n\nrequest_id\x18\x08 \x01(\tB\x07\n\x05inputB\x10\n\x0e_model_version\":\n\x0c\x43hatMessages\x12*\n\x08messages\x18\x01 \x03(\x0b\x32\x18.llmserve.v1.ChatMessage\"\xdc\x01\n\x10GenerateResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x04 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12\r\n\x05model\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12+\n\x08logprobs\x18\x07 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"\xf1\x01\n\x16GenerateStreamResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x30\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x19.llmserve.v1.FinishReason\x12!\n\x05usage\x18\x05 \x01(\x0b\x32\x12.llmserve.v1.Usage\x12\r\n\x05model\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\r\x12+\n\x08logprobs\x18\x08 \x03(\x0b\x32\x19.llmserve.v1.TokenLogprob\"\x13\n\x11ListModelsRequest\"Y\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0estable_version\x18\x02 \x01(\r\x12\x10\n\x08versions\x18\x03 \x03(\r\x12\x14\n\x0clive_workers\x18\x04 \x01(\r\"<\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.llmserve.v1.ModelInfo2\xdf\x03\n\tInference\x12G\n\x08Generate\x12\x1c.llmserve.v1.GenerateRequest\x1a\x1d.llmserve.v1.GenerateResponse\x12U\n\x0eGenerateStream\x12\x1c.llmserve.v1.GenerateRequest\x1a#.llmserve.v1.GenerateStreamResponse0\x01\x12M\n\nListModels\x12\x1e.llmserve.v1.ListModelsRequest\x1a\x1f.llmserve.v1.ListModelsResponse\x12G\n\x08Tokenize\x12\x1c.llmserve.v1.TokenizeRequest\x1a\x1d.llmserve.v1.TokenizeResponse\x12M\n\nDetokenize\x12\x1e.llmserve.v1.DetokenizeRequest\x1a\x1f.llmserve.v1.DetokenizeResponse\x12K\n\x0cGetModelInfo\x12 .llmserve.v1.GetModelInfoRequest\x1a\x19.llmserve.v1.ModelDetailsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'llmserve.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GENERATEREQUEST']._serialized_start=71
-  _globals['_GENERATEREQUEST']._serialized_end=352
-  _globals['_CHATMESSAGES']._serialized_start=354
-  _globals['_CHATMESSAGES']._serialized_end=412
-  _globals['_GENERATERESPONSE']._serialized_start=415
-  _globals['_GENERATERESPONSE']._serialized_end=635
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=638
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=879
-  _globals['_LISTMODELSREQUEST']._serialized_start=881
-  _globals['_LISTMODELSREQUEST']._serialized_end=900
-  _globals['_MODELINFO']._serialized_start=902
-  _globals['_MODELINFO']._serialized_end=991
-  _globals['_LISTMODELSRESPONSE']._serialized_start=993
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1053
-  _globals['_INFERENCE']._serialized_start=1056
-  _globals['_INFERENCE']._serialized_end=1306
+  _globals['_MODELREF']._serialized_start=70
+  _globals['_MODELREF']._serialized_end=162
+  _globals['_TOKENIZEREQUEST']._serialized_start=165
+  _globals['_TOKENIZEREQUEST']._serialized_end=412
+  _globals['_TOKENIZERESPONSE']._serialized_start=414
+  _globals['_TOKENIZERESPONSE']._serialized_end=524
+  _globals['_DETOKENIZEREQUEST']._serialized_start=526
+  _globals['_DETOKENIZEREQUEST']._serialized_end=599
+  _globals['_DETOKENIZERESPONSE']._serialized_start=601
+  _globals['_DETOKENIZERESPONSE']._serialized_end=635
+  _globals['_GETMODELINFOREQUEST']._serialized_start=637
+  _globals['_GETMODELINFOREQUEST']._serialized_end=696
+  _globals['_MODELDETAILS']._serialized_start=699
+  _globals['_MODELDETAILS']._serialized_end=884
+  _globals['_GENERATEREQUEST']._serialized_start=887
+  _globals['_GENERATEREQUEST']._serialized_end=1168
+  _globals['_CHATMESSAGES']._serialized_start=1170
+  _globals['_CHATMESSAGES']._serialized_end=1228
+  _globals['_GENERATERESPONSE']._serialized_start=1231
+  _globals['_GENERATERESPONSE']._serialized_end=1451
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=1454
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1695
+  _globals['_LISTMODELSREQUEST']._serialized_start=1697
+  _globals['_LISTMODELSREQUEST']._serialized_end=1716
+  _globals['_MODELINFO']._serialized_start=1718
+  _globals['_MODELINFO']._serialized_end=1807
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1809
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1869
+  _globals['_INFERENCE']._serialized_start=1872
+  _globals['_INFERENCE']._serialized_end=2351
 # @@protoc_insertion_point(module_scope)

@@ -22,17 +22,28 @@ class JobRejected(Exception):
         self.code = code
 
 
+def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Chat messages as text, through the model's chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "this model has no chat template: send a prompt instead of messages")
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except Exception as exc:
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
+
+
+def text_ids(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
 def prompt_ids(job: events_pb2.Job, tokenizer: Any) -> list[int]:
-    """The job's prompt as token ids: chat messages through the model's chat template, or raw text."""
+    """The job's prompt as token ids: chat messages through the model's chat template (which writes
+    the special tokens itself), or raw text with the tokenizer's special tokens."""
     if job.WhichOneof("input") == "messages":
         messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
-        try:
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:
-            raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = text_ids(tokenizer, render_chat(tokenizer, messages), add_special_tokens=False)
     else:
-        ids = tokenizer(job.prompt)["input_ids"]
+        ids = text_ids(tokenizer, job.prompt, add_special_tokens=True)
     if not ids:
         raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "the prompt is empty after tokenization")
     return ids

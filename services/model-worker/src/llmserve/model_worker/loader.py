@@ -29,6 +29,8 @@ class LoadedModel:
     max_context: int
     # The numeric mode the weights run in: "int8", "float32", "bfloat16", "float16".
     numerics: str = "float32"
+    # The architecture its configuration names (e.g. "LlamaForCausalLM").
+    architecture: str = ""
 
     @property
     def flat(self) -> bool:
@@ -129,7 +131,8 @@ def load_model(
         "model_loaded", path=str(path), device=str(dev), numerics=reported, model_impl="llmserve" if reason is None else "transformers",
         cpu_linear=cpu_linear, max_context=max_context,
     )
-    return LoadedModel(model, tokenizer, eos_token_ids(config, tokenizer, path), dev, max_context, reported)
+    architecture = ",".join(getattr(config, "architectures", None) or []) or str(getattr(config, "model_type", ""))
+    return LoadedModel(model, tokenizer, eos_token_ids(config, tokenizer, path), dev, max_context, reported, architecture)
 
 
 def free_model_memory(device: torch.device) -> None:

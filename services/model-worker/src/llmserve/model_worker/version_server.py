@@ -22,6 +22,7 @@ from llmserve.model_worker.engine import Engine, EngineOutput
 from llmserve.model_worker.job_puller import JobPuller
 from llmserve.model_worker.job_request import JobRejected, engine_request
 from llmserve.model_worker.loader import LoadedModel, free_model_memory
+from llmserve.model_worker.model_calls import ModelCallResponder
 from llmserve.v1 import common_pb2, events_pb2, registry_pb2
 
 log = structlog.get_logger()
@@ -55,6 +56,10 @@ class VersionServer:
         self.record = record
         self.instance_id = instance_id
         self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
+        self.model_calls = ModelCallResponder(
+            nc, subjects, record.name, record.version, loaded.tokenizer, min(loaded.max_context, engine.max_kv_tokens), loaded.numerics,
+            loaded.architecture,
+        )
         self._chunks = ChunkPublisher(nc, instance_id, record.version)
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -83,6 +88,7 @@ class VersionServer:
         free_model_memory(device)
 
     async def start(self) -> None:
+        await self.model_calls.start()
         await self.puller.start(on_ring=self._doorbell.set)
         self._pull_task = asyncio.create_task(self._pull_loop(), name=f"pull-loop-v{self.version}")
 
@@ -109,6 +115,7 @@ class VersionServer:
                 log.info("worker_handing_back", requests=len(pending), version=self.version)
                 await asyncio.gather(*pending, return_exceptions=True)
         await self.puller.stop()
+        await self.model_calls.stop()
 
     async def wind_down(self, grace_s: float, settle_s: float) -> None:
         """Finishes this version's work after the worker moved on: keeps taking its queued jobs until

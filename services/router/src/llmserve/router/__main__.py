@@ -25,6 +25,7 @@ from llmserve.router.admin_api import admin_router
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService, StreamTimeouts
 from llmserve.router.grpc_api import InferenceServicer
+from llmserve.router.model_calls import ModelCalls
 from llmserve.router.rest_api import RestBridge, create_app
 from llmserve.router.settings import RouterSettings
 from llmserve.router.validation import JobFactory
@@ -106,11 +107,12 @@ async def run(settings: RouterSettings) -> None:
             rt.redis, rt.keys, settings.common.auth_required, on_refused=lambda reason: metrics.AUTH_FAILURES.labels(reason=reason).inc()
         )
         gate = CallerGate(make_job, RateLimiter(rt.redis, rt.keys))
+        model_calls = ModelCalls(nc, rt.subjects, catalog, settings.common.default_model, settings.submit_timeout_s)
         registry = RegistryClient(settings.common.registry_addr)
         rt.stack.push_async_callback(registry.close)
         # ErrorInterceptor first: it turns the key check's refusals into statuses too.
         server = grpc.aio.server(interceptors=[ErrorInterceptor(), AuthInterceptor(authenticator, _role_of)])
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(gate, generation, catalog, liveness), server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(gate, generation, catalog, liveness, model_calls), server)
         health = add_health_and_reflection(server, [INFERENCE_SERVICE])
         await follow_readiness(health, [INFERENCE_SERVICE], rt.readiness)
         if server.add_insecure_port(settings.grpc_addr) == 0:
@@ -118,7 +120,7 @@ async def run(settings: RouterSettings) -> None:
         await server.start()
         http = HttpServer(
             create_app(
-                RestBridge(gate, generation, catalog, liveness),
+                RestBridge(gate, generation, catalog, liveness, model_calls),
                 rt.readiness,
                 authenticator,
                 admin_router(registry, authenticator, settings.admin_token),

@@ -13,15 +13,19 @@ from llmserve.common.grpc_server import CALLER
 from llmserve.common.liveness import LivenessTable
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
+from llmserve.router.model_calls import ModelCalls
 from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable) -> None:
+    def __init__(
+        self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable, model_calls: ModelCalls
+    ) -> None:
         self._gate = gate
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
+        self._model_calls = model_calls
 
     async def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
         remaining = context.time_remaining()
@@ -84,6 +88,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:
         return await list_models(self._catalog, self._liveness)
+
+    async def Tokenize(self, request: inference_pb2.TokenizeRequest, context: grpc.aio.ServicerContext) -> inference_pb2.TokenizeResponse:
+        return await self._model_calls.tokenize(request)
+
+    async def Detokenize(
+        self, request: inference_pb2.DetokenizeRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.DetokenizeResponse:
+        return await self._model_calls.detokenize(request)
+
+    async def GetModelInfo(self, request: inference_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> inference_pb2.ModelDetails:
+        return await self._model_calls.info(request)
 
 
 async def list_models(catalog: ModelCatalog, liveness: LivenessTable) -> inference_pb2.ListModelsResponse:

@@ -198,6 +198,47 @@ class CompletionRequest(SamplingFields):
         return request
 
 
+class TokenizeBody(BaseModel):
+    """POST /tokenize, in vLLM's shape: a prompt, or chat messages rendered by the model's template."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: str = ""
+    prompt: str | None = None
+    messages: list[ChatMessageIn] | None = None
+    add_special_tokens: bool | None = Field(None, description="Default: true for a prompt, false for messages.")
+    add_generation_prompt: bool = Field(True, description="Messages: end with the assistant's turn opening.")
+
+    def to_request(self) -> inference_pb2.TokenizeRequest:
+        request = inference_pb2.TokenizeRequest(model=inference_pb2.ModelRef(model=self.model))
+        if (self.prompt is None) == (self.messages is None):
+            raise ServiceError.invalid("send either prompt or messages", param="prompt")
+        if self.prompt is not None:
+            request.prompt = self.prompt
+        else:
+            for i, message in enumerate(self.messages or []):
+                role = "system" if message.role == "developer" else message.role
+                request.messages.messages.append(common_pb2.ChatMessage(role=role, content=_text_of(message, i)))
+            request.add_generation_prompt = self.add_generation_prompt
+        if self.add_special_tokens is not None:
+            request.add_special_tokens = self.add_special_tokens
+        return request
+
+
+class DetokenizeBody(BaseModel):
+    """POST /detokenize, in vLLM's shape."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: str = ""
+    tokens: list[int]
+
+    def to_request(self) -> inference_pb2.DetokenizeRequest:
+        if any(t < 0 for t in self.tokens):
+            raise ServiceError.invalid("tokens must be 0 or more", param="tokens")
+        return inference_pb2.DetokenizeRequest(model=inference_pb2.ModelRef(model=self.model), tokens=self.tokens)
+
+
 def check_extra_fields(extra: dict[str, Any]) -> None:
     """Refuses, naming the field, every field beyond the ones llmserve honours, except IGNORED_FIELDS
     and unsupported OpenAI fields whose value asks for nothing."""

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import metadata, resources
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -30,14 +30,18 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.errors import ServiceError, dependency_error
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.startup import Readiness
+from llmserve.common.subjects import MODEL_NAME_RE
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
 from llmserve.router.logprobs import chat_logprobs, completion_logprobs
+from llmserve.router.model_calls import ModelCalls
 from llmserve.router.openai_protocol import (
     FINISH_REASONS,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeBody,
     Kind,
+    TokenizeBody,
     created,
     error_body,
     usage_dict,
@@ -45,6 +49,11 @@ from llmserve.router.openai_protocol import (
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
+
+try:
+    SERVER_VERSION = metadata.version("llmserve-router")
+except metadata.PackageNotFoundError:
+    SERVER_VERSION = "unknown"
 
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -79,11 +88,14 @@ def _sse(payload: dict) -> bytes:
 
 
 class RestBridge:
-    def __init__(self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable) -> None:
+    def __init__(
+        self, gate: CallerGate, generation: GenerationService, catalog: ModelCatalog, liveness: LivenessTable, model_calls: ModelCalls
+    ) -> None:
         self._gate = gate
         self._generation = generation
         self._catalog = catalog
         self._liveness = liveness
+        self.model_calls = model_calls
 
     async def _job(self, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None) -> events_pb2.Job:
         proto = body.to_request()
@@ -199,11 +211,15 @@ class RestBridge:
         data = []
         for name in await self._catalog.model_names():
             try:
-                record = await self._catalog.get_by_alias(name)
+                data.append(await self.model(name))
             except ServiceError:
                 continue  # a model without a stable version cannot be requested by name alone
-            data.append({"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"})
         return {"object": "list", "data": data}
+
+    async def model(self, name: str) -> dict:
+        """One model as OpenAI lists it; NOT_FOUND unless it has a stable version."""
+        record = await self._catalog.get_by_alias(name)
+        return {"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"}
 
 
 @dataclass
@@ -264,7 +280,7 @@ def caller(authenticator: Authenticator, role: int):
 def create_app(bridge: RestBridge, readiness: Readiness, authenticator: Authenticator, admin: APIRouter | None = None) -> FastAPI:
     app = FastAPI(
         title="llmserve",
-        version="0.1.0",
+        version=SERVER_VERSION,
         description="OpenAI-compatible API of an llmserve cluster, plus health, metrics and a playground.",
         docs_url=None,
         redoc_url=None,
@@ -360,6 +376,21 @@ def _add_openai_routes(app: FastAPI, bridge: RestBridge, inference_caller) -> No
     async def models() -> dict:
         return await bridge.models()
 
+    @app.get("/v1/models/{model_id}", tags=["openai"], summary="One model", dependencies=checked)
+    async def model(model_id: str) -> dict:
+        if not MODEL_NAME_RE.match(model_id):
+            raise ServiceError.not_found(f"model {model_id!r} is not published")
+        return await bridge.model(model_id)
+
+    @app.post("/tokenize", tags=["tokenizer"], summary="Token ids of a prompt or chat messages (vLLM's shape)", dependencies=checked)
+    async def tokenize(body: TokenizeBody) -> dict:
+        answer = await bridge.model_calls.tokenize(body.to_request())
+        return {"count": answer.count, "max_model_len": answer.max_model_len, "tokens": list(answer.tokens)}
+
+    @app.post("/detokenize", tags=["tokenizer"], summary="The text of token ids (vLLM's shape)", dependencies=checked)
+    async def detokenize(body: DetokenizeBody) -> dict:
+        return {"prompt": (await bridge.model_calls.detokenize(body.to_request())).text}
+
 
 def _add_operations_routes(app: FastAPI, readiness: Readiness) -> None:
     @app.get("/healthz", tags=["operations"], summary="The router process is alive")
@@ -370,6 +401,10 @@ def _add_operations_routes(app: FastAPI, readiness: Readiness) -> None:
     async def readyz() -> JSONResponse:
         status, body = readiness.probe()
         return JSONResponse(body, status_code=status)
+
+    @app.get("/version", tags=["operations"], summary="The router's version")
+    async def version() -> dict:
+        return {"version": SERVER_VERSION}
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
     async def metrics() -> Response:
