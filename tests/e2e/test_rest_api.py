@@ -75,7 +75,7 @@ def test_models_lists_the_model(client):
         ({"max_tokens": 100000}, openai.BadRequestError, "max_tokens"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, openai.BadRequestError, "messages"),
         ({"extra_body": {"priority": "urgent"}}, openai.BadRequestError, "priority"),
-        ({"response_format": {"type": "json_object"}}, openai.BadRequestError, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, openai.BadRequestError, "response_format"),
         ({"logprobs": True, "top_logprobs": 30}, openai.BadRequestError, "top_logprobs"),
         ({"presence_penalty": 3}, openai.BadRequestError, "presence_penalty"),
         ({"logit_bias": {"5": 200}}, openai.BadRequestError, "logit_bias"),

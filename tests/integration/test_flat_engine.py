@@ -192,3 +192,46 @@ async def test_min_tokens_holds_off_the_end_of_sequence(flat_smollm):
         assert held[: len(free) - 1] == free[:-1]  # the same answer up to where it used to end
     finally:
         await engine.stop()
+
+
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}, "city": {"type": "string"}},
+    "required": ["name", "age", "city"],
+    "additionalProperties": False,
+}
+
+
+def constrained(loaded, rid: str, question: str, schema: dict, max_tokens: int = 60) -> EngineRequest:
+    import json
+
+    from llmserve.model_worker.constraints import ConstraintCompiler
+    from llmserve.model_worker.job_request import _constraint
+    from llmserve.v1 import events_pb2
+
+    compiler = getattr(loaded, "_test_constraints", None) or ConstraintCompiler(loaded.tokenizer, loaded.eos_ids)
+    loaded._test_constraints = compiler
+    job = events_pb2.Job(sampling=common_pb2.SamplingParams(constraint=common_pb2.OutputConstraint(json_schema=json.dumps(schema))))
+    return EngineRequest(rid, chat_ids(loaded, question), SamplingConfig(max_tokens=max_tokens), constraint=_constraint(job, compiler))
+
+
+async def test_constrained_rows_follow_their_schema_beside_free_rows_that_do_not_change(flat_smollm):
+    import json
+
+    loaded = flat_smollm("int8")
+    engine = await started(loaded, max_running=8)
+    try:
+        free_prompts = [chat_ids(loaded, q) for q in QUESTIONS[:4]]
+        alone = [(await collect(engine, EngineRequest(f"alone{i}", p, SamplingConfig(max_tokens=24))))[1] for i, p in enumerate(free_prompts)]
+        people = ["Describe a person called Anna from Paris.", "Invent a character.", "Who is Bob? He is 42.", "Make up a sailor."]
+        results = await asyncio.gather(
+            *(collect(engine, EngineRequest(f"free{i}", p, SamplingConfig(max_tokens=24))) for i, p in enumerate(free_prompts)),
+            *(collect(engine, constrained(loaded, f"json{i}", q, PERSON)) for i, q in enumerate(people)),
+        )
+    finally:
+        await engine.stop()
+    assert [r[1] for r in results[:4]] == alone
+    for outs, _, text in results[4:]:
+        assert outs[-1].finish_reason == common_pb2.FINISH_REASON_STOP, text
+        value = json.loads(text)
+        assert set(value) == {"name", "age", "city"} and isinstance(value["age"], int) and isinstance(value["name"], str)

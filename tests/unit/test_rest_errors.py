@@ -71,7 +71,7 @@ def _chat(**fields) -> ChatCompletionRequest:
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"tool_choice": "required"}, "tool_choice"),
         ({"top_logprobs": 5}, "top_logprobs"),  # without logprobs

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmserve.model_worker.constraints import ConstrainedOutput
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2
 
@@ -30,6 +31,8 @@ class EngineRequest:
     resume_ids: tuple[int, ...] = ()
     # Characters of the resumed tokens' text the client already has.
     resume_text_chars: int = 0
+    # Constrained decoding: the request's position in its grammar (past any resumed tokens), or None.
+    constraint: ConstrainedOutput | None = None
 
     @property
     def context_ids(self) -> tuple[int, ...]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from llmserve.common.grammars import grammar_of
 from llmserve.common.subjects import attempt_key
+from llmserve.model_worker.constraints import ConstrainedOutput, ConstraintCompiler
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import events_pb2
@@ -49,8 +51,9 @@ def prompt_ids(job: events_pb2.Job, tokenizer: Any) -> list[int]:
     return ids
 
 
-def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineRequest:
-    """The engine's request for a job, on a model (and engine) that holds `context` positions at most."""
+def engine_request(job: events_pb2.Job, tokenizer: Any, context: int, constraints: ConstraintCompiler | None = None) -> EngineRequest:
+    """The engine's request for a job, on a model (and engine) that holds `context` positions at most;
+    `constraints` compiles its output constraint, if it has one."""
     ids = prompt_ids(job, tokenizer)
     room = context - len(ids)
     # A migrated request's resumed tokens count against max_tokens; they need room too.
@@ -83,6 +86,7 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineR
         top_logprobs=s.top_logprobs if s.logprobs else 0,
     )
     return EngineRequest(
+        constraint=_constraint(job, constraints),
         request_id=attempt_key(job.request_id, job.attempt),
         prompt_ids=tuple(ids),
         sampling=sampling,
@@ -90,3 +94,22 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int) -> EngineR
         resume_ids=tuple(job.resume_token_ids),
         resume_text_chars=job.resume_text_chars,
     )
+
+
+def _constraint(job: events_pb2.Job, constraints: ConstraintCompiler | None) -> ConstrainedOutput | None:
+    """The job's decoding state in its grammar, past any resumed tokens; None when unconstrained."""
+    try:
+        grammar = grammar_of(job.sampling.constraint)
+    except Exception as exc:
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"response_format: {exc}") from exc
+    if grammar is None:
+        return None
+    if constraints is None:
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "this worker's engine cannot constrain its output")
+    try:
+        state = constraints.start(grammar)
+        for token_id in job.resume_token_ids:
+            state.take(token_id)
+    except ValueError as exc:
+        raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"response_format: {exc}") from exc
+    return state

@@ -102,7 +102,10 @@ def sample_next(
 def choose(logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None, banned: tuple[int, ...] = ()) -> int:
     """The token drawn from adjusted logits: argmax when greedy, else temperature, top-k, top-p."""
     if banned:
-        logits = logits.index_fill(-1, torch.tensor(banned, dtype=torch.long), float("-inf"))
+        without = logits.index_fill(-1, torch.tensor(banned, dtype=torch.long), float("-inf"))
+        # A constraint that allows only end-of-sequence wins over min_tokens.
+        if torch.isfinite(without).any():
+            logits = without
     if config.greedy:
         return int(torch.argmax(logits).item())
     logits = logits / config.temperature

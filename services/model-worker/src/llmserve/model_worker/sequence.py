@@ -48,7 +48,7 @@ class Sequence:
     def fast_greedy(self) -> bool:
         """True when this step's token is the row's argmax: an engine may take it from one batched
         argmax without handing the row's logits to sample()."""
-        return self.request.sampling.plain_greedy and not self._banned()
+        return self.request.sampling.plain_greedy and self.request.constraint is None and not self._banned()
 
     def _banned(self) -> tuple[int, ...]:
         """End-of-sequence ids while min_tokens is not reached."""
@@ -61,7 +61,9 @@ class Sequence:
         sampling = self.request.sampling
         generated = torch.tensor(self.generated, dtype=torch.long) if sampling.presence_penalty or sampling.frequency_penalty else None
         adjusted = adjusted_logits(logits.float().cpu(), sampling, self._seen(), generated if generated is not None else torch.empty(0, dtype=torch.long))
-        token = choose(adjusted, sampling, self.generator, self._banned())
+        constraint = self.request.constraint
+        allowed = constraint.mask(adjusted) if constraint is not None else adjusted
+        token = choose(allowed, sampling, self.generator, self._banned())
         if sampling.logprobs:
             logprob, top = token_logprobs(adjusted, token, sampling.top_logprobs)
             self._logprob = common_pb2.TokenLogprob(
@@ -76,6 +78,8 @@ class Sequence:
     def append(self, token_id: int) -> EngineOutput:
         """Records a sampled token and returns what the client gets for it."""
         self.generated.append(token_id)
+        if self.request.constraint is not None and token_id not in self.eos_ids:
+            self.request.constraint.take(token_id)
         finish = common_pb2.FINISH_REASON_UNSPECIFIED
         text = ""
         if token_id in self.eos_ids and not self.request.ignore_eos:

@@ -18,6 +18,7 @@ from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
 from llmserve.model_worker.chunk_publisher import ChunkPublisher
+from llmserve.model_worker.constraints import ConstraintCompiler
 from llmserve.model_worker.engine import Engine, EngineOutput
 from llmserve.model_worker.job_puller import JobPuller
 from llmserve.model_worker.job_request import JobRejected, engine_request
@@ -56,6 +57,7 @@ class VersionServer:
         self.record = record
         self.instance_id = instance_id
         self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
+        self._constraints = ConstraintCompiler(loaded.tokenizer, loaded.eos_ids)
         self.model_calls = ModelCallResponder(
             nc, subjects, record.name, record.version, loaded.tokenizer, min(loaded.max_context, engine.max_kv_tokens), loaded.numerics,
             loaded.architecture,
@@ -191,7 +193,7 @@ class VersionServer:
         error = None
         try:
             context = min(self._loaded.max_context, self.engine.max_kv_tokens)
-            request = engine_request(job, self._loaded.tokenizer, context)
+            request = engine_request(job, self._loaded.tokenizer, context, self._constraints)
             prepared = time.perf_counter()
             first = 0.0
             if len(request.resume_ids) >= request.sampling.max_tokens:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Literal
 
@@ -37,6 +38,55 @@ class ChatMessageIn(BaseModel):
     content: str | list[ContentPart] | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = ""
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format: free text, any JSON object, or JSON valid under a schema."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(BaseModel):
+    """llmserve extra (vLLM's shape): exactly one of a JSON Schema, a regex or a Lark grammar."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    json_: dict[str, Any] | None = Field(None, alias="json")
+    regex: str | None = None
+    grammar: str | None = None
+
+
+def constraint_of(response_format: ResponseFormat | None, structured: StructuredOutputs | None) -> common_pb2.OutputConstraint | None:
+    """The output constraint a request asks for, if any; a 400 naming the field when it is malformed."""
+    if response_format is not None and response_format.type != "text" and structured is not None:
+        raise ServiceError.invalid("send response_format or structured_outputs, not both", param="structured_outputs")
+    if structured is not None:
+        given = [(k, v) for k, v in (("json", structured.json_), ("regex", structured.regex), ("grammar", structured.grammar)) if v is not None]
+        if len(given) != 1:
+            raise ServiceError.invalid("structured_outputs takes exactly one of json, regex, grammar", param="structured_outputs")
+        kind, value = given[0]
+        if kind == "json":
+            return common_pb2.OutputConstraint(json_schema=json.dumps(value))
+        return common_pb2.OutputConstraint(regex=value) if kind == "regex" else common_pb2.OutputConstraint(lark=value)
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return common_pb2.OutputConstraint(json_object=True)
+    if response_format.json_schema is None:
+        raise ServiceError.invalid("response_format of type json_schema needs json_schema", param="response_format")
+    return common_pb2.OutputConstraint(json_schema=json.dumps(response_format.json_schema.schema_))
+
+
 class StreamOptions(BaseModel):
     model_config = _STRICT
 
@@ -51,7 +101,6 @@ IGNORED_FIELDS = frozenset({"user", "safety_identifier", "store", "metadata", "s
 # OpenAI request fields llmserve does not honour yet, with the values that ask for nothing (what
 # clients send as defaults): any other value is refused with a 400 naming the field.
 _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
-    "response_format": (None, {"type": "text"}),
     "tools": (None, []),
     "tool_choice": (None, "none", "auto"),
     "parallel_tool_calls": (None, True, False),
@@ -88,6 +137,8 @@ class SamplingFields(BaseModel):
     frequency_penalty: float | None = Field(None, description="-2 to 2: lowers a token's logit per time it was generated.")
     logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) → bias from -100 to 100.")
     min_tokens: int | None = Field(None, description="llmserve extra (as vLLM's): end-of-sequence not before this many tokens.")
+    response_format: ResponseFormat | None = Field(None, description="text, json_object, or json_schema (enforced while decoding).")
+    structured_outputs: StructuredOutputs | None = Field(None, description="llmserve extra (vLLM's shape): json, regex or grammar.")
     # llmserve's own fields, accepted the way other OpenAI-compatible servers accept extras.
     top_k: int | None = Field(None, description="llmserve extra: keep only the k most likely tokens.")
     repetition_penalty: float | None = Field(None, description="llmserve extra: > 1 discourages repeats.")
@@ -115,6 +166,9 @@ class SamplingFields(BaseModel):
                 raise ServiceError.invalid(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
             sampling.logit_bias[int(key)] = bias
         sampling.logprobs, sampling.top_logprobs = self._logprobs()
+        constraint = constraint_of(self.response_format, self.structured_outputs)
+        if constraint is not None:
+            sampling.constraint.CopyFrom(constraint)
         if self.seed is not None:
             if self.seed < 0:
                 raise ServiceError.invalid("seed must be 0 or more", param="seed")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.grammars import grammar_error
 from llmserve.common.keys import TENANT_RE
 from llmserve.common.subjects import MODEL_NAME_RE, REQUEST_ID_RE
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2
@@ -59,6 +60,12 @@ def _check_sampling(s: common_pb2.SamplingParams, default_max_tokens: int, max_t
         raise ServiceError.invalid(f"sampling.top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {s.top_logprobs}", param="top_logprobs")
     if s.top_logprobs and not s.logprobs:
         raise ServiceError.invalid("sampling.top_logprobs needs sampling.logprobs", param="top_logprobs")
+    if s.HasField("constraint") and s.constraint.WhichOneof("kind") is not None:
+        why = grammar_error(s.constraint)
+        if why:
+            raise ServiceError.invalid(f"the output constraint cannot be used: {why}", param="response_format")
+        if s.ignore_eos:
+            raise ServiceError.invalid("ignore_eos cannot be combined with an output constraint", param="ignore_eos")
     out.max_tokens = s.max_tokens or default_max_tokens
     if s.min_tokens > out.max_tokens:
         raise ServiceError.invalid(f"sampling.min_tokens ({s.min_tokens}) is above max_tokens ({out.max_tokens})", param="min_tokens")
