@@ -2,6 +2,7 @@
 
     python bench/run.py                     # peer suite: whole stack vs llama-server over OpenAI REST
     python bench/run.py --suite transformers [args]   # engine and stack vs transformers' generate
+    python bench/run.py --suite constrained           # half the batch constrained to a JSON Schema vs none
 
 Writes bench/results/<date>-<suite>.{json,md} (the transformers suite also a .png) and prints the table last.
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("peer", "transformers"), default=os.environ.get("BENCH_SUITE", "peer"))
+    parser.add_argument("--suite", choices=("peer", "transformers", "constrained"), default=os.environ.get("BENCH_SUITE", "peer"))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (peer suite)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -38,6 +39,9 @@ def main() -> int:
 
     from bench import peer_suite
     from llmserve.common.config import default_model_store
+
+    if args.suite == "constrained":
+        return _constrained(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -56,6 +60,27 @@ def main() -> int:
     stem = args.out / f"{dt.date.today().isoformat()}-peer"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
     table = peer_suite.markdown(report)
+    stem.with_suffix(".md").write_text(table)
+    log(f"wrote {stem}.json and .md")
+    print(table)
+    return 0
+
+
+def _constrained(args) -> int:
+    from bench import constrained_suite
+    from llmserve.common.config import default_model_store
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = constrained_suite.run(store, Path(tmp), args.rounds, args.new_tokens, log)
+    report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{dt.date.today().isoformat()}-constrained"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    table = constrained_suite.markdown(report)
     stem.with_suffix(".md").write_text(table)
     log(f"wrote {stem}.json and .md")
     print(table)
