@@ -76,6 +76,11 @@ class EngineStats:
     def slots_free(self) -> int:
         return max(0, self.slots_total - self.slots_busy)
 
+    @property
+    def kv_usage(self) -> float:
+        """Reserved KV positions as a share of capacity (0 without a KV budget)."""
+        return self.kv_reserved / self.kv_capacity if self.kv_capacity else 0.0
+
 
 class Engine(Protocol):
     # The most KV positions (prompt + generated tokens) one request may need: the worker refuses a

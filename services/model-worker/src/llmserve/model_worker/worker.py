@@ -21,6 +21,7 @@ from llmserve.common.catalog import ModelCatalog
 from llmserve.common.heartbeat import HeartbeatPublisher
 from llmserve.common.subjects import Subjects
 from llmserve.model_worker import metrics
+from llmserve.model_worker.engine import EngineStats
 from llmserve.model_worker.gpu_stats import GpuStats
 from llmserve.model_worker.version_server import VersionServer
 from llmserve.v1 import events_pb2, registry_pb2
@@ -65,6 +66,11 @@ class ModelWorker:
         self._swap_lock = asyncio.Lock()
         self._draining = False
         self._gpu = GpuStats(first.device)
+        # Read at every scrape, so /metrics shows the load of that moment, not of the last beat.
+        metrics.SLOTS_TOTAL.set_function(lambda: self.load().slots_total)
+        metrics.SLOTS_BUSY.set_function(lambda: self.load().slots_busy)
+        metrics.KV_RESERVED.set_function(lambda: self.load().kv_reserved)
+        metrics.KV_USAGE.set_function(lambda: self.load().kv_usage)
         self.heartbeat = HeartbeatPublisher(
             nc, subjects, instance_id, events_pb2.INSTANCE_KIND_WORKER, heartbeat_interval_s, self._fill_beat
         )
@@ -76,18 +82,22 @@ class ModelWorker:
     def _servers(self) -> list[VersionServer]:
         return [self.current, *self._winding_down.values()]
 
-    def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
+    def load(self) -> EngineStats:
+        """The engines' load, all versions together."""
         total = busy = kv_reserved = kv_capacity = 0
         for server in self._servers():
+            if server.engine is None:
+                continue  # a wound-down version between drain and close
             stats = server.engine.stats()
             total += stats.slots_total
             busy += stats.slots_busy
             kv_reserved += stats.kv_reserved
             kv_capacity += stats.kv_capacity
-        metrics.SLOTS_TOTAL.set(total)
-        metrics.SLOTS_BUSY.set(busy)
-        metrics.KV_RESERVED.set(kv_reserved)
-        metrics.KV_USAGE.set(kv_reserved / kv_capacity if kv_capacity else 0.0)
+        return EngineStats(total, busy, kv_reserved, kv_capacity)
+
+    def _fill_beat(self, beat: events_pb2.Heartbeat) -> None:
+        load = self.load()
+        total, busy = load.slots_total, load.slots_busy
         beat.model = self.model
         beat.model_version = self.current.version
         beat.numerics = self.current.numerics
