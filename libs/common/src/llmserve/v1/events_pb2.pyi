@@ -84,7 +84,7 @@ INSTANCE_STATE_UP: InstanceState
 INSTANCE_STATE_DEAD: InstanceState
 
 class Job(_message.Message):
-    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars")
+    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars", "tools")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Job(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RESUME_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     model_version: int
@@ -115,7 +116,8 @@ class Job(_message.Message):
     attempt: int
     resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
     resume_text_chars: int
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text_chars: _Optional[int] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text_chars: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ...) -> None: ...
 
 class JobMessages(_message.Message):
     __slots__ = ("messages",)

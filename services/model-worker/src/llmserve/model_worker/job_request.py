@@ -13,7 +13,8 @@ from llmserve.common.subjects import attempt_key
 from llmserve.model_worker.constraints import ConstrainedOutput, ConstraintCompiler
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.sampling import SamplingConfig
-from llmserve.v1 import events_pb2
+from llmserve.model_worker.tool_prompts import chat_turns, knows_tools
+from llmserve.v1 import common_pb2, events_pb2
 
 
 class JobRejected(Exception):
@@ -24,12 +25,15 @@ class JobRejected(Exception):
         self.code = code
 
 
-def render_chat(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    """Chat messages as text, through the model's chat template."""
+def render_chat(
+    tokenizer: Any, messages: list[common_pb2.ChatMessage], add_generation_prompt: bool = True, tools: list[common_pb2.Tool] | None = None
+) -> str:
+    """Chat messages (and the functions the model may call) as text, through the model's chat template."""
     if not getattr(tokenizer, "chat_template", None):
         raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, "this model has no chat template: send a prompt instead of messages")
+    turns, native_tools = chat_turns(list(messages), list(tools or []), knows_tools(tokenizer))
     try:
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        return tokenizer.apply_chat_template(turns, tools=native_tools, add_generation_prompt=add_generation_prompt, tokenize=False)
     except Exception as exc:
         raise JobRejected(events_pb2.ERROR_CODE_INVALID_ARGUMENT, f"messages cannot be rendered: {exc}") from exc
 
@@ -42,8 +46,7 @@ def prompt_ids(job: events_pb2.Job, tokenizer: Any) -> list[int]:
     """The job's prompt as token ids: chat messages through the model's chat template (which writes
     the special tokens itself), or raw text with the tokenizer's special tokens."""
     if job.WhichOneof("input") == "messages":
-        messages = [{"role": m.role, "content": m.content} for m in job.messages.messages]
-        ids = text_ids(tokenizer, render_chat(tokenizer, messages), add_special_tokens=False)
+        ids = text_ids(tokenizer, render_chat(tokenizer, job.messages.messages, tools=job.tools), add_special_tokens=False)
     else:
         ids = text_ids(tokenizer, job.prompt, add_special_tokens=True)
     if not ids:

@@ -88,9 +88,8 @@ class ModelCallResponder:
     def tokenize(self, request: inference_pb2.TokenizeRequest) -> inference_pb2.TokenizeResponse:
         kind = request.WhichOneof("input")
         if kind == "messages":
-            messages = [{"role": m.role, "content": m.content} for m in request.messages.messages]
             generation_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
-            text = render_chat(self._tokenizer, messages, generation_prompt)
+            text = render_chat(self._tokenizer, request.messages.messages, generation_prompt)
             special = request.add_special_tokens if request.HasField("add_special_tokens") else False
         elif kind == "prompt":
             text = request.prompt

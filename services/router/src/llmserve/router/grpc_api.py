@@ -14,7 +14,8 @@ from llmserve.common.liveness import LivenessTable
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
 from llmserve.router.model_calls import ModelCalls
-from llmserve.v1 import events_pb2, inference_pb2, inference_pb2_grpc
+from llmserve.router.tools import ToolCallParser
+from llmserve.v1 import common_pb2, events_pb2, inference_pb2, inference_pb2_grpc
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
@@ -48,18 +49,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         index = 0
         # Logprobs of tokens whose text is held back travel with the next message that has text.
         pending: list = []
+        calls = ToolCallParser() if job.tools else None
         async for chunk in self._chunks(job, context):
             pending.extend(chunk.logprobs)
-            if not chunk.text and not chunk.final:
+            text, found = chunk.text, []
+            if calls is not None:
+                text, found = calls.feed(text)
+                if chunk.final:
+                    text += calls.finish()
+            if not text and not found and not chunk.final:
                 continue  # tokens that produced no text yet (held back): nothing to show
+            finish = chunk.finish_reason
+            if chunk.final and calls is not None and calls.calls:
+                finish = common_pb2.FINISH_REASON_TOOL_CALLS
             response = inference_pb2.GenerateStreamResponse(
                 request_id=job.request_id,
                 index=index,
-                text=chunk.text,
-                finish_reason=chunk.finish_reason,
+                text=text,
+                finish_reason=finish,
                 model=job.model,
                 model_version=chunk.model_version,
                 logprobs=pending,
+                tool_calls=found,
             )
             pending = []
             if chunk.final:
@@ -82,6 +93,13 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 response.usage.CopyFrom(chunk.usage)
                 response.model_version = chunk.model_version
         response.text = "".join(parts)
+        if job.tools:
+            calls = ToolCallParser()
+            said = calls.feed(response.text)[0] + calls.finish()
+            if calls.calls:
+                response.text = said
+                response.tool_calls.extend(calls.calls)
+                response.finish_reason = common_pb2.FINISH_REASON_TOOL_CALLS
         return response
 
     async def ListModels(

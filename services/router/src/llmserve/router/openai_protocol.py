@@ -30,12 +30,64 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    id: str = ""
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")  # name, tool_calls, ... refused by to_request
+    model_config = ConfigDict(strict=True, extra="allow")  # name, audio, ... refused by to_request
 
     role: str
     # A string, or a list of parts of which only text parts are understood.
     content: str | list[ContentPart] | None = None
+    # An assistant turn's calls; a tool turn's answer to one.
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    class _Name(BaseModel):
+        model_config = ConfigDict(strict=True, extra="forbid")
+        name: str
+
+    type: Literal["function"]
+    function: _Name
+
+
+_TOOL_CHOICE_MODES = {
+    "auto": common_pb2.TOOL_CHOICE_MODE_AUTO,
+    "none": common_pb2.TOOL_CHOICE_MODE_NONE,
+    "required": common_pb2.TOOL_CHOICE_MODE_REQUIRED,
+}
 
 
 class JsonSchemaFormat(BaseModel):
@@ -101,9 +153,6 @@ IGNORED_FIELDS = frozenset({"user", "safety_identifier", "store", "metadata", "s
 # OpenAI request fields llmserve does not honour yet, with the values that ask for nothing (what
 # clients send as defaults): any other value is refused with a 400 naming the field.
 _UNSUPPORTED_UNLESS: dict[str, tuple[Any, ...]] = {
-    "tools": (None, []),
-    "tool_choice": (None, "none", "auto"),
-    "parallel_tool_calls": (None, True, False),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
     "modalities": (None, ["text"]),
@@ -200,6 +249,9 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, description="Preferred over max_tokens when both are set.")
     logprobs: bool | None = Field(None, description="Return each generated token's log probability.")
     top_logprobs: int | None = Field(None, description="With logprobs: also the 0 to 20 most likely tokens at each position.")
+    tools: list[ToolIn] | None = Field(None, description="Functions the model may call.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(None, description="Default: auto with tools.")
+    parallel_tool_calls: bool | None = Field(None, description="May one answer hold several calls (default yes).")
 
     def _logprobs(self) -> tuple[bool, int]:
         if self.top_logprobs is not None and not self.logprobs:
@@ -224,9 +276,22 @@ class ChatCompletionRequest(SamplingFields):
                 raise ServiceError.invalid(f"messages[{i}].{field} is not supported", param=f"messages[{i}].{field}")
             # "developer" is OpenAI's newer name for the system role.
             role = "system" if message.role == "developer" else message.role
-            request.messages.messages.append(common_pb2.ChatMessage(role=role, content=_text_of(message, i)))
+            turn = common_pb2.ChatMessage(role=role, content=_text_of(message, i), tool_call_id=message.tool_call_id or "")
+            for call in message.tool_calls or []:
+                turn.tool_calls.add(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            request.messages.messages.append(turn)
         if not self.messages:
             raise ServiceError.invalid("messages must hold at least one message", param="messages")
+        for tool in self.tools or []:
+            parameters = json.dumps(tool.function.parameters) if tool.function.parameters is not None else ""
+            request.tools.add(name=tool.function.name, description=tool.function.description, parameters=parameters)
+        if isinstance(self.tool_choice, NamedToolChoice):
+            request.tool_choice.mode = common_pb2.TOOL_CHOICE_MODE_FUNCTION
+            request.tool_choice.function = self.tool_choice.function.name
+        elif self.tool_choice is not None:
+            request.tool_choice.mode = _TOOL_CHOICE_MODES[self.tool_choice]
+        if self.parallel_tool_calls is not None:
+            request.tool_choice.parallel = self.parallel_tool_calls
         return request
 
 

@@ -46,6 +46,7 @@ from llmserve.router.openai_protocol import (
     error_body,
     usage_dict,
 )
+from llmserve.router.tools import ToolCallParser
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
@@ -135,7 +136,14 @@ class RestBridge:
         finish = FINISH_REASONS.get(final.finish_reason, "stop")
         if kind == "chat":
             logprobs = chat_logprobs(answer.logprobs) if job.sampling.logprobs else None
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": logprobs}
+            message: dict = {"role": "assistant", "content": text}
+            if job.tools:
+                parser = ToolCallParser()
+                said = parser.feed(text)[0] + parser.finish()
+                if parser.calls:
+                    message = {"role": "assistant", "content": said if said.strip() else None, "tool_calls": [_call_dict(c) for c in parser.calls]}
+                    finish = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}
             obj, prefix = "chat.completion", "chatcmpl-"
         else:
             logprobs = completion_logprobs(answer.logprobs) if job.sampling.logprobs else None
@@ -172,6 +180,15 @@ class RestBridge:
         pending: list[common_pb2.TokenLogprob] = []
         sent_chars = 0
 
+        # Calls are found in the text as it streams (chat with tools): text outside calls goes out as
+        # content, each call whole once its closing tag arrived.
+        calls = ToolCallParser() if is_chat and job.tools else None
+
+        def call_piece(found: list[common_pb2.ToolCall]) -> dict:
+            first_index = len(calls.calls) - len(found)
+            deltas = [{"index": first_index + i, **_call_dict(c)} for i, c in enumerate(found)]
+            return {**base, "choices": [{"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": None, "logprobs": None}]}
+
         def piece(text: str | None, finish: str | None, role: bool = False) -> dict:
             nonlocal sent_chars
             logprobs = None
@@ -194,10 +211,18 @@ class RestBridge:
         try:
             while True:
                 pending.extend(chunk.logprobs)
-                if chunk.text:
-                    yield _sse(piece(chunk.text, None))
+                text = chunk.text
+                if calls is not None:
+                    text, found = calls.feed(text)
+                    if chunk.final:
+                        text += calls.finish()
+                    if found:
+                        yield _sse(call_piece(found))
+                if text:
+                    yield _sse(piece(text, None))
                 if chunk.final:
-                    yield _sse(piece(None if is_chat else "", FINISH_REASONS.get(chunk.finish_reason, "stop")))
+                    finish = "tool_calls" if calls is not None and calls.calls else FINISH_REASONS.get(chunk.finish_reason, "stop")
+                    yield _sse(piece(None if is_chat else "", finish))
                     if include_usage:
                         yield _sse({**base, "choices": [], "usage": usage_dict(chunk.usage)})
                     break
@@ -220,6 +245,10 @@ class RestBridge:
         """One model as OpenAI lists it; NOT_FOUND unless it has a stable version."""
         record = await self._catalog.get_by_alias(name)
         return {"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"}
+
+
+def _call_dict(call: common_pb2.ToolCall) -> dict:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
 
 
 @dataclass

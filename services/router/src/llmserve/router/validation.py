@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -13,9 +14,10 @@ from llmserve.common.errors import ServiceError
 from llmserve.common.grammars import grammar_error
 from llmserve.common.keys import TENANT_RE
 from llmserve.common.subjects import MODEL_NAME_RE, REQUEST_ID_RE
+from llmserve.router.tools import check_tools, tool_constraint
 from llmserve.v1 import common_pb2, events_pb2, inference_pb2
 
-ROLES = frozenset({"system", "user", "assistant"})
+ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_LENGTH = 256
 # OpenAI's limits.
@@ -144,9 +146,46 @@ def build_job(
         if not request.messages.messages:
             raise ServiceError.invalid("messages is empty", param="messages")
         for i, message in enumerate(request.messages.messages):
-            if message.role not in ROLES:
-                raise ServiceError.invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}", param="messages")
+            _check_message(i, message)
         job.messages.messages.extend(request.messages.messages)
     else:
         raise ServiceError.invalid("either prompt or messages is required", param="messages")
+    _add_tools(job, request)
     return job
+
+
+def _check_message(i: int, message: common_pb2.ChatMessage) -> None:
+    if message.role not in ROLES:
+        raise ServiceError.invalid(f"messages[{i}].role must be one of {sorted(ROLES)}, got {message.role!r}", param="messages")
+    if message.role == "tool" and not message.tool_call_id:
+        raise ServiceError.invalid(f"messages[{i}]: a tool message needs tool_call_id", param=f"messages[{i}].tool_call_id")
+    if message.tool_calls and message.role != "assistant":
+        raise ServiceError.invalid(f"messages[{i}]: only assistant messages have tool_calls", param=f"messages[{i}].tool_calls")
+    for call in message.tool_calls:
+        try:
+            arguments = json.loads(call.arguments or "{}")
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict) or not call.name:
+            raise ServiceError.invalid(
+                f"messages[{i}].tool_calls: each call needs a function name and arguments as a JSON object", param=f"messages[{i}].tool_calls"
+            )
+
+
+def _add_tools(job: events_pb2.Job, request: inference_pb2.GenerateRequest) -> None:
+    """The tools the model is shown and, for a required or named call, the grammar it answers in."""
+    if not request.tools:
+        if request.tool_choice.mode != common_pb2.TOOL_CHOICE_MODE_AUTO:
+            check_tools([], request.tool_choice)
+        return
+    if job.WhichOneof("input") != "messages":
+        raise ServiceError.invalid("tools need chat messages, not a raw prompt", param="tools")
+    check_tools(list(request.tools), request.tool_choice)
+    if request.tool_choice.mode == common_pb2.TOOL_CHOICE_MODE_NONE:
+        return
+    job.tools.extend(request.tools)
+    constraint = tool_constraint(list(request.tools), request.tool_choice)
+    if constraint is not None:
+        if job.sampling.constraint.WhichOneof("kind") is not None:
+            raise ServiceError.invalid("a required function call cannot be combined with response_format", param="tool_choice")
+        job.sampling.constraint.CopyFrom(constraint)
