@@ -72,8 +72,8 @@ def _chat(**fields) -> ChatCompletionRequest:
     "fields, param",
     [
         ({"response_format": {"type": "json_schema"}}, "response_format"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"audio": {"voice": "alloy"}}, "audio"),
         ({"top_logprobs": 5}, "top_logprobs"),  # without logprobs
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"x": -100}}, "logit_bias"),
