@@ -96,3 +96,38 @@ def test_grpc_logprobs_unary_and_streamed(real_cluster):
         with pytest.raises(grpc.RpcError) as err:
             stub.Generate(inference_pb2.GenerateRequest(prompt="Hi", sampling=bad), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_logprobs" in err.value.details()
+
+
+def test_n_choices_with_a_seed_are_reproducible(client):
+    kwargs = dict(model=MODEL, messages=QUESTION, temperature=1.0, seed=11, max_tokens=16, n=3)
+    first = client.chat.completions.create(**kwargs)
+    again = client.chat.completions.create(**kwargs)
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    texts = [c.message.content for c in first.choices]
+    assert texts == [c.message.content for c in again.choices]
+    assert len(set(texts)) > 1  # each choice draws from its own seed (seed + index)
+    one = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=1.0, seed=11, max_tokens=16)
+    assert one.choices[0].message.content == texts[0]
+    assert first.usage.prompt_tokens == one.usage.prompt_tokens
+    assert first.usage.completion_tokens > one.usage.completion_tokens  # every choice's tokens, the prompt once
+
+
+def test_n_choices_stream_interleaved_with_their_indexes(client):
+    greedy = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=12).choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=12, n=2, stream=True, stream_options={"include_usage": True}
+    ))
+    texts = {0: "", 1: ""}
+    finishes = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == {0: greedy, 1: greedy} and set(finishes) == {0, 1}
+    single = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=12).usage
+    assert chunks[-1].usage.completion_tokens == 2 * single.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == single.prompt_tokens
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, n=17)
+    assert err.value.body["param"] == "n"

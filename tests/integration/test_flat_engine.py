@@ -235,3 +235,33 @@ async def test_constrained_rows_follow_their_schema_beside_free_rows_that_do_not
         assert outs[-1].finish_reason == common_pb2.FINISH_REASON_STOP, text
         value = json.loads(text)
         assert set(value) == {"name", "age", "city"} and isinstance(value["age"], int) and isinstance(value["name"], str)
+
+
+async def test_identical_prompts_arriving_together_share_one_prefill(flat_smollm):
+    """The choices of an n > 1 request: one segment prefills the prompt, the others copy its row;
+    greedy choices equal the request alone, seeded ones follow their own seeds."""
+    loaded = flat_smollm("int8")
+    engine = await started(loaded, max_running=8)
+    prefilled: list[int] = []
+    forward = loaded.model.forward
+
+    def counting(segments, cache):
+        prefilled.extend(len(s.tokens) for s in segments if s.start == 0 and len(s.tokens) > 1)
+        return forward(segments, cache)
+
+    loaded.model.forward = counting
+    try:
+        ids = chat_ids(loaded, QUESTIONS[2])
+        _, alone, _ = await collect(engine, EngineRequest("alone", ids, SamplingConfig(max_tokens=12)))
+        prefilled.clear()
+        greedy = await asyncio.gather(*(collect(engine, EngineRequest(f"g{i}", ids, SamplingConfig(max_tokens=12))) for i in range(3)))
+        assert prefilled == [len(ids)]
+        assert [g[1] for g in greedy] == [alone] * 3
+        seeded = [SamplingConfig(max_tokens=12, temperature=1.0, seed=7 + i) for i in range(3)]
+        first = await asyncio.gather(*(collect(engine, EngineRequest(f"s{i}", ids, c)) for i, c in enumerate(seeded)))
+        again = await asyncio.gather(*(collect(engine, EngineRequest(f"t{i}", ids, c)) for i, c in enumerate(seeded)))
+        assert [f[1] for f in first] == [a[1] for a in again]
+        assert len({tuple(f[1]) for f in first}) > 1
+    finally:
+        loaded.model.forward = forward
+        await engine.stop()

@@ -27,6 +27,7 @@ It costs one step per resumed token instead of a share of one prefill.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,9 +36,18 @@ from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pendi
 from llmserve.model_worker.llama_decoder import LlamaDecoder, Segment
 from llmserve.model_worker.prompt_cache import CachedPrompt, PromptCache
 
+
+@dataclass(frozen=True)
+class _Twin:
+    """A prompt identical to one prefilled in the same pass (the choices of an n > 1 request): it
+    takes a copy of that row's keys and values and that row's logits instead of a segment."""
+
+    row: int
+
+
 # A prompt that completes its prefill this iteration: its cache row, and what the prompt cache kept of
-# it when its whole prompt was there (then it needs no segment).
-_Joining = tuple[_Pending, int, CachedPrompt | None]
+# it when its whole prompt was there, or the row of its twin (then it needs no segment).
+_Joining = tuple[_Pending, int, CachedPrompt | _Twin | None]
 
 
 class FlatBatchingEngine(BatchingEngine):
@@ -74,12 +84,15 @@ class FlatBatchingEngine(BatchingEngine):
         rows = self._batch.rows
         segments = [Segment(i, r.length, [r.next_token]) for i, r in enumerate(rows)]
         joining = self._plan_prefill(segments, first_row=len(rows))
-        longest = max([s.start + len(s.tokens) for s in segments] + [c.kv.shape[3] for _, _, c in joining if c is not None])
+        longest = max([s.start + len(s.tokens) for s in segments] + [c.kv.shape[3] for _, _, c in joining if isinstance(c, CachedPrompt)])
         self._cache.ensure(self._staging + 1 if self._staged is not None else len(rows) + len(joining), longest)
         for _, cache_row, cached in joining:
-            if cached is not None:
+            if isinstance(cached, CachedPrompt):
                 self._cache.write_prefix(cache_row, cached.kv)
         logits = self._model.forward(segments, self._cache) if segments else None
+        for pending, cache_row, twin in joining:
+            if isinstance(twin, _Twin):
+                self._cache.write_prefix(cache_row, self._cache.prefix(twin.row, pending.offset))
         self._advance(logits, joining)
 
     def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[_Joining]:
@@ -87,11 +100,20 @@ class FlatBatchingEngine(BatchingEngine):
         with the cache row each was prefilled into (or is restored into from the prompt cache)."""
         budget = self.prefill_chunk
         joining: list[_Joining] = []
+        # Rows of the whole prompts prefilled in this pass, by their tokens.
+        prefilled: dict[tuple[int, ...], int] = {}
         row = first_row
-        while budget > 0 and self._prefilling:
+        while self._prefilling and (budget > 0 or tuple(self._context(self._prefilling[0])) in prefilled):
             head = self._prefilling[0]
             context = self._context(head)
             remaining = len(context) - head.offset
+            twin = prefilled.get(tuple(context)) if head.offset == 0 else None
+            if twin is not None:
+                self._prefilling.popleft()
+                head.offset = len(context)
+                joining.append((head, row, _Twin(twin)))
+                row += 1
+                continue
             cached = self.prompt_cache.get(tuple(context)) if self.prompt_cache is not None and head.offset == 0 else None
             if cached is not None:
                 self._prefilling.popleft()
@@ -104,6 +126,7 @@ class FlatBatchingEngine(BatchingEngine):
                 segments.append(Segment(row, 0, list(context)))
                 head.offset = len(context)
                 joining.append((head, row, None))
+                prefilled[tuple(context)] = row
                 row += 1
                 budget -= remaining
                 continue
@@ -140,14 +163,18 @@ class FlatBatchingEngine(BatchingEngine):
                 survivors[i] = row
         # Logits rows of the prompts prefilled in this pass follow the running rows'.
         index = len(rows)
+        logits_of_row: dict[int, int] = {}
         for pending, cache_row, cached in joining:
             if cache_row == self._staging:
                 self._staged = None
             if cached is None:
                 row_logits, row_argmax, j = logits, argmax, index
+                logits_of_row[cache_row] = index
                 index += 1
                 if self.prompt_cache is not None:
                     self.prompt_cache.put(tuple(self._context(pending)), self._cache.prefix(cache_row, pending.offset), logits[j])
+            elif isinstance(cached, _Twin):
+                row_logits, row_argmax, j = logits, argmax, logits_of_row[cached.row]
             else:
                 row_logits, row_argmax, j = cached.logits.unsqueeze(0), [cached.argmax], 0
             resumed = list(pending.seq.request.resume_ids) if self.replay_resumed else []

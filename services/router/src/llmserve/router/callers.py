@@ -38,6 +38,10 @@ class CallerGate:
             raise
         return job
 
+    def choices(self, job: events_pb2.Job, n: int) -> list[events_pb2.Job]:
+        """One job per choice of an n > 1 request (see JobFactory.choices); admitted as one request."""
+        return self._make_job.choices(job, n)
+
     async def metered(
         self, chunks: AsyncGenerator[events_pb2.TokenChunk, None], principal: Principal | None
     ) -> AsyncIterator[events_pb2.TokenChunk]:

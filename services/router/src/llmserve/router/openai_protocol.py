@@ -16,6 +16,8 @@ FINISH_REASONS = {
     common_pb2.FINISH_REASON_LENGTH: "length",
     common_pb2.FINISH_REASON_CANCELLED: "stop",
 }
+# Most choices one request may ask for (n).
+MAX_CHOICES = 16
 PRIORITY_NAMES = {"low": 1, "normal": 2, "high": 3, "critical": 4}
 
 
@@ -179,7 +181,7 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, description="Most tokens to generate.")
     stop: str | list[str] | None = Field(None, description="Up to 8 stop sequences.")
     seed: int | None = Field(None, description="Seed for reproducible sampling.")
-    n: int = Field(1, description="Only 1 is supported.")
+    n: int = Field(1, description="Choices to generate (1 to 16); with a seed, choice i uses seed + i.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float | None = Field(None, description="-2 to 2: lowers the logits of tokens already generated.")
@@ -196,8 +198,8 @@ class SamplingFields(BaseModel):
 
     def to_request(self) -> inference_pb2.GenerateRequest:
         check_extra_fields(self.model_extra or {})
-        if self.n != 1:
-            raise ServiceError.invalid("only n=1 is supported", param="n")
+        if not 1 <= self.n <= MAX_CHOICES:
+            raise ServiceError.invalid(f"n must be between 1 and {MAX_CHOICES}, got {self.n}", param="n")
         sampling = common_pb2.SamplingParams(
             temperature=1.0 if self.temperature is None else self.temperature,
             top_p=1.0 if self.top_p is None else self.top_p,

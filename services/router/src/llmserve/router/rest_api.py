@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 from importlib import metadata, resources
 
 import structlog
@@ -33,20 +31,16 @@ from llmserve.common.startup import Readiness
 from llmserve.common.subjects import MODEL_NAME_RE
 from llmserve.router.callers import CallerGate
 from llmserve.router.generation import GenerationService
-from llmserve.router.logprobs import chat_logprobs, completion_logprobs
 from llmserve.router.model_calls import ModelCalls
 from llmserve.router.openai_protocol import (
-    FINISH_REASONS,
     ChatCompletionRequest,
     CompletionRequest,
     DetokenizeBody,
     Kind,
     TokenizeBody,
-    created,
     error_body,
-    usage_dict,
 )
-from llmserve.router.tools import ToolCallParser
+from llmserve.router.openai_stream import Answer, interleave, service_error_body, sse_events, whole_response
 from llmserve.v1 import common_pb2, events_pb2
 
 log = structlog.get_logger()
@@ -55,24 +49,6 @@ try:
     SERVER_VERSION = metadata.version("llmserve-router")
 except metadata.PackageNotFoundError:
     SERVER_VERSION = "unknown"
-
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    409: "invalid_request_error",
-    429: "rate_limit_exceeded",
-    503: "service_unavailable",
-    504: "timeout",
-}
-
-
-def service_error_body(exc: ServiceError) -> dict:
-    # OpenAI's code for every key problem is invalid_api_key (clients match on it).
-    code = "invalid_api_key" if exc.http_status == 401 else exc.code_name
-    return error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, code)
-
 
 def error_response(exc: ServiceError) -> JSONResponse:
     headers = {}
@@ -84,8 +60,6 @@ def error_response(exc: ServiceError) -> JSONResponse:
 
 
 
-def _sse(payload: dict) -> bytes:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
 
 
 class RestBridge:
@@ -114,123 +88,24 @@ class RestBridge:
         self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None
     ) -> Response:
         job = await self._job(body, request, principal)
-        chunks = self._gate.metered(self._generation.stream(job, api="rest", trace_parent=tracing.extract(request.headers)), principal)
+        jobs = self._gate.choices(job, body.n)
+        parent = tracing.extract(request.headers)
+        chunks = interleave([self._gate.metered(self._generation.stream(j, api="rest", trace_parent=parent), principal) for j in jobs])
         headers = {"x-request-id": job.request_id}
         if body.stream:
             # Wait for the first chunk before answering 200: errors before any output keep their status.
             first = await anext(chunks)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                self._sse_stream(kind, job, first, chunks, include_usage),
+                sse_events(kind, job, first, chunks, len(jobs), include_usage),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache"},
             )
-        answer = await collect_unless_gone(chunks, request)
-        if answer is None:
+        answers = await collect_unless_gone(chunks, len(jobs), request)
+        if answers is None:
             # The client left; the request was stopped and logged as cancelled. Nobody reads this.
             return Response(status_code=499)
-        return JSONResponse(self._whole(kind, job, answer), headers=headers)
-
-    def _whole(self, kind: Kind, job: events_pb2.Job, answer: Answer) -> dict:
-        final, text = answer.final, answer.text
-        finish = FINISH_REASONS.get(final.finish_reason, "stop")
-        if kind == "chat":
-            logprobs = chat_logprobs(answer.logprobs) if job.sampling.logprobs else None
-            message: dict = {"role": "assistant", "content": text}
-            if job.tools:
-                parser = ToolCallParser()
-                said = parser.feed(text)[0] + parser.finish()
-                if parser.calls:
-                    message = {"role": "assistant", "content": said if said.strip() else None, "tool_calls": [_call_dict(c) for c in parser.calls]}
-                    finish = "tool_calls"
-            choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": logprobs}
-            obj, prefix = "chat.completion", "chatcmpl-"
-        else:
-            logprobs = completion_logprobs(answer.logprobs) if job.sampling.logprobs else None
-            choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs}
-            obj, prefix = "text_completion", "cmpl-"
-        return {
-            "id": prefix + job.request_id,
-            "object": obj,
-            "created": created(),
-            "model": job.model,
-            "choices": [choice],
-            "usage": usage_dict(final.usage),
-            "system_fingerprint": f"{job.model}-v{final.model_version}",
-        }
-
-    async def _sse_stream(
-        self,
-        kind: Kind,
-        job: events_pb2.Job,
-        first: events_pb2.TokenChunk,
-        rest: AsyncIterator[events_pb2.TokenChunk],
-        include_usage: bool,
-    ) -> AsyncIterator[bytes]:
-        is_chat = kind == "chat"
-        base = {
-            "id": ("chatcmpl-" if is_chat else "cmpl-") + job.request_id,
-            "object": "chat.completion.chunk" if is_chat else "text_completion",
-            "created": created(),
-            "model": job.model,
-        }
-
-        wants_logprobs = job.sampling.logprobs
-        # Logprobs of tokens whose text has not been sent yet (held back), and the text sent so far.
-        pending: list[common_pb2.TokenLogprob] = []
-        sent_chars = 0
-
-        # Calls are found in the text as it streams (chat with tools): text outside calls goes out as
-        # content, each call whole once its closing tag arrived.
-        calls = ToolCallParser() if is_chat and job.tools else None
-
-        def call_piece(found: list[common_pb2.ToolCall]) -> dict:
-            first_index = len(calls.calls) - len(found)
-            deltas = [{"index": first_index + i, **_call_dict(c)} for i, c in enumerate(found)]
-            return {**base, "choices": [{"index": 0, "delta": {"tool_calls": deltas}, "finish_reason": None, "logprobs": None}]}
-
-        def piece(text: str | None, finish: str | None, role: bool = False) -> dict:
-            nonlocal sent_chars
-            logprobs = None
-            if wants_logprobs and not role:
-                logprobs = chat_logprobs(pending) if is_chat else completion_logprobs(pending, sent_chars)
-                pending.clear()
-            sent_chars += len(text or "")
-            if is_chat:
-                delta: dict = {"role": "assistant"} if role else {}
-                if text is not None:
-                    delta["content"] = text
-                choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish, "logprobs": logprobs}
-            return {**base, "choices": [choice]}
-
-        if is_chat:
-            yield _sse(piece("", None, role=True))
-        chunk = first
-        try:
-            while True:
-                pending.extend(chunk.logprobs)
-                text = chunk.text
-                if calls is not None:
-                    text, found = calls.feed(text)
-                    if chunk.final:
-                        text += calls.finish()
-                    if found:
-                        yield _sse(call_piece(found))
-                if text:
-                    yield _sse(piece(text, None))
-                if chunk.final:
-                    finish = "tool_calls" if calls is not None and calls.calls else FINISH_REASONS.get(chunk.finish_reason, "stop")
-                    yield _sse(piece(None if is_chat else "", finish))
-                    if include_usage:
-                        yield _sse({**base, "choices": [], "usage": usage_dict(chunk.usage)})
-                    break
-                chunk = await anext(rest)
-        except ServiceError as exc:
-            # Headers are gone: the error travels as an event, the way OpenAI's API reports one mid-stream.
-            yield _sse(service_error_body(exc))
-        yield b"data: [DONE]\n\n"
+        return JSONResponse(whole_response(kind, job, answers), headers=headers)
 
     async def models(self) -> dict:
         data = []
@@ -247,37 +122,28 @@ class RestBridge:
         return {"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"}
 
 
-def _call_dict(call: common_pb2.ToolCall) -> dict:
-    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
-
-
-@dataclass
-class Answer:
-    """A whole (non-streamed) answer: its text, final chunk and every token's logprobs."""
-
-    text: str
-    final: events_pb2.TokenChunk
-    logprobs: list[common_pb2.TokenLogprob] = field(default_factory=list)
-
-
 async def collect_unless_gone(
-    chunks: AsyncIterator[events_pb2.TokenChunk], request: Request, poll_s: float = 0.25
-) -> Answer | None:
-    """A non-streamed answer: its whole text and final chunk, or None when the client disconnected first.
+    chunks: AsyncGenerator[tuple[int, events_pb2.TokenChunk], None], n: int, request: Request, poll_s: float = 0.25
+) -> list[Answer] | None:
+    """A non-streamed answer of n choices (their texts, final chunks and logprobs), or None when the
+    client disconnected first.
 
     Starlette cancels a streamed response's generator when its client goes, but not a handler that is
     still collecting: without this a client that gave up kept a worker slot busy to its last token.
-    Stopping the collection closes the stream, which cancels the job on its worker.
+    Stopping the collection closes the stream, which cancels the jobs on their workers.
     """
 
-    async def collect() -> Answer:
-        text, logprobs, final = [], [], None
-        async for chunk in chunks:
-            text.append(chunk.text)
-            logprobs.extend(chunk.logprobs)
-            final = chunk
-        assert final is not None and final.final
-        return Answer("".join(text), final, logprobs)
+    async def collect() -> list[Answer]:
+        texts: list[list[str]] = [[] for _ in range(n)]
+        logprobs: list[list[common_pb2.TokenLogprob]] = [[] for _ in range(n)]
+        finals: list[events_pb2.TokenChunk | None] = [None] * n
+        async for index, chunk in chunks:
+            texts[index].append(chunk.text)
+            logprobs[index].extend(chunk.logprobs)
+            if chunk.final:
+                finals[index] = chunk
+        assert all(f is not None for f in finals)
+        return [Answer("".join(t), f, lp) for t, f, lp in zip(texts, finals, logprobs, strict=True)]
 
     task = asyncio.ensure_future(collect())
     try:
@@ -292,6 +158,7 @@ async def collect_unless_gone(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await chunks.aclose()
 
 
 def caller(authenticator: Authenticator, role: int):

@@ -86,6 +86,21 @@ class JobFactory:
         self._max_tokens_limit = max_tokens_limit
         self._reply_subject_for = reply_subject_for
 
+    def choices(self, job: events_pb2.Job, n: int) -> list[events_pb2.Job]:
+        """The job and n - 1 siblings for the other choices of an n > 1 request: each its own request
+        (id `<id>-n<i>`, its own token subject), the seed (when set) moved on by i."""
+        jobs = [job]
+        for i in range(1, n):
+            sibling = events_pb2.Job()
+            sibling.CopyFrom(job)
+            suffix = f"-n{i}"
+            sibling.request_id = job.request_id[: 64 - len(suffix)] + suffix
+            sibling.reply_subject = self._reply_subject_for(sibling.request_id)
+            if job.sampling.HasField("seed"):
+                sibling.sampling.seed = (job.sampling.seed + i) % 2**64
+            jobs.append(sibling)
+        return jobs
+
     def __call__(self, request: inference_pb2.GenerateRequest, deadline: float = 0.0, tenant: str = "") -> events_pb2.Job:
         job = build_job(
             request,
