@@ -17,8 +17,6 @@ from collections import OrderedDict
 from typing import Any
 
 import llguidance
-import llguidance.hf
-import llguidance.torch as llgt
 import torch
 
 
@@ -37,6 +35,8 @@ class ConstraintCompiler:
 
     def _llg_tokenizer(self) -> llguidance.LLTokenizer:
         if self._tokenizer is None:  # about 0.7 s for a 49k vocabulary: only once a constraint is used
+            import llguidance.hf
+
             self._tokenizer = llguidance.hf.from_tokenizer(self._hf_tokenizer, eos_token=self._eos_ids or None)
         return self._tokenizer
 
@@ -60,9 +60,13 @@ class ConstrainedOutput:
     """One request's position in its grammar: which tokens may come next, and the tokens taken."""
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
+        # Imported on first use: llguidance.torch pulls in torch's compiler stack (seconds at start-up).
+        import llguidance.torch
+
+        self._llgt = llguidance.torch
         self._matcher = matcher
         self._vocab_size = vocab_size
-        self._bitmask = llgt.allocate_token_bitmask(1, vocab_size)
+        self._bitmask = self._llgt.allocate_token_bitmask(1, vocab_size)
 
     @property
     def complete(self) -> bool:
@@ -71,11 +75,11 @@ class ConstrainedOutput:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """A copy of the 1-D logits with every token the grammar forbids at -inf."""
-        llgt.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
+        self._llgt.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
         masked = logits.clone().unsqueeze(0)
         if masked.shape[-1] > self._vocab_size:  # padding columns past the tokenizer's vocabulary
             masked[:, self._vocab_size :] = float("-inf")
-        llgt.apply_token_bitmask_inplace(masked[:, : self._vocab_size], self._bitmask)
+        self._llgt.apply_token_bitmask_inplace(masked[:, : self._vocab_size], self._bitmask)
         return masked[0]
 
     def take(self, token_id: int) -> None:
