@@ -3,6 +3,7 @@
     python bench/run.py                     # peer suite: whole stack vs llama-server over OpenAI REST
     python bench/run.py --suite transformers [args]   # engine and stack vs transformers' generate
     python bench/run.py --suite constrained           # half the batch constrained to a JSON Schema vs none
+    python bench/run.py --suite multiturn             # a conversation's second turn TTFT vs its first
 
 Writes bench/results/<date>-<suite>.{json,md} (the transformers suite also a .png) and prints the table last.
 """
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("peer", "transformers", "constrained"), default=os.environ.get("BENCH_SUITE", "peer"))
+    parser.add_argument("--suite", choices=("peer", "transformers", "constrained", "multiturn"), default=os.environ.get("BENCH_SUITE", "peer"))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (peer suite)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -40,8 +41,8 @@ def main() -> int:
     from bench import peer_suite
     from llmserve.common.config import default_model_store
 
-    if args.suite == "constrained":
-        return _constrained(args)
+    if args.suite in ("constrained", "multiturn"):
+        return _in_process_suite(args)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -66,21 +67,26 @@ def main() -> int:
     return 0
 
 
-def _constrained(args) -> int:
-    from bench import constrained_suite
+def _in_process_suite(args) -> int:
+    """The suites that run the engine in-process: constrained decoding, multi-turn TTFT."""
+    from bench import constrained_suite, multiturn_suite
     from llmserve.common.config import default_model_store
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    suite = constrained_suite if args.suite == "constrained" else multiturn_suite
     store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
     with tempfile.TemporaryDirectory() as tmp:
-        report = constrained_suite.run(store, Path(tmp), args.rounds, args.new_tokens, log)
+        if suite is constrained_suite:
+            report = suite.run(store, Path(tmp), args.rounds, args.new_tokens, log)
+        else:
+            report = suite.run(store, Path(tmp), args.rounds, log)
     report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{dt.date.today().isoformat()}-constrained"
+    stem = args.out / f"{dt.date.today().isoformat()}-{args.suite}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    table = constrained_suite.markdown(report)
+    table = suite.markdown(report)
     stem.with_suffix(".md").write_text(table)
     log(f"wrote {stem}.json and .md")
     print(table)

@@ -265,3 +265,39 @@ async def test_identical_prompts_arriving_together_share_one_prefill(flat_smollm
     finally:
         loaded.model.forward = forward
         await engine.stop()
+
+
+MANUAL = (
+    "You are the help desk of a lighthouse museum. The museum opens at nine and closes at five, every day but Monday. "
+    "Tickets cost eight euros, children under twelve enter free, and the tower climb is one hundred and twelve steps. "
+)
+
+
+def conversation_ids(loaded, turns: list[tuple[str, str]]) -> tuple[int, ...]:
+    tok = loaded.tokenizer
+    text = tok.apply_chat_template([{"role": r, "content": c} for r, c in turns], add_generation_prompt=True, tokenize=False)
+    return tuple(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("prefill_chunk", [512, 128])
+async def test_a_follow_up_turn_reuses_the_conversation_with_identical_output(flat_smollm, prefill_chunk):
+    """The second turn's prompt starts with the first's: its whole blocks come from the prefix cache,
+    and its greedy answer is token-identical to a worker that computes everything (whatever the chunking)."""
+    loaded = flat_smollm("int8")
+    cached = await started(loaded, max_running=4, prefix_cache_share=0.05, prefill_chunk=prefill_chunk)
+    plain = await started(loaded, max_running=4)
+    try:
+        first_turn = [("system", MANUAL * 6), ("user", "When does the museum open?")]
+        first = conversation_ids(loaded, first_turn)
+        assert len(first) > 3 * 64
+        _, answer, text = await collect(cached, EngineRequest("t1", first, SamplingConfig(max_tokens=20)))
+        second = conversation_ids(loaded, [*first_turn, ("assistant", text), ("user", "And how much is a ticket?")])
+        assert second[: len(first) - 8] == first[: len(first) - 8]
+        hits_before = cached.prefix_cache.hit_tokens
+        _, reused, _ = await collect(cached, EngineRequest("t2", second, SamplingConfig(max_tokens=24)))
+        _, computed, _ = await collect(plain, EngineRequest("t2-plain", second, SamplingConfig(max_tokens=24)))
+        assert reused == computed
+        assert cached.prefix_cache.hit_tokens - hits_before >= (len(first) // 64 - 1) * 64
+    finally:
+        await cached.stop()
+        await plain.stop()

@@ -37,6 +37,10 @@ class _Pending:
     outputs: asyncio.Queue
     cache: Any = None
     offset: int = 0
+    # The flat engine's: its KV lives in the staging row (prefilled chunk by chunk); keys and values
+    # of its prefix found in the prefix cache, to be written into its row before its first segment.
+    staged: bool = False
+    restore: Any = None
 
 
 @dataclass

@@ -32,9 +32,26 @@ from typing import Any
 
 import torch
 
+from llmserve.model_worker import metrics
 from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pending, _Row
 from llmserve.model_worker.llama_decoder import LlamaDecoder, Segment
+from llmserve.model_worker.prefix_cache import BLOCK, PrefixCache
 from llmserve.model_worker.prompt_cache import CachedPrompt, PromptCache
+
+
+def block_segments(row: int, start: int, tokens: tuple[int, ...] | list[int], logits: bool = True) -> list[Segment]:
+    """Prompt segments for `tokens` at positions start.., split at multiples of BLOCK; the last one
+    returns logits when `logits` is set."""
+    out = []
+    position, index = start, 0
+    while index < len(tokens):
+        n = min(len(tokens) - index, BLOCK - position % BLOCK)
+        out.append(Segment(row, position, list(tokens[index : index + n]), logits=False, prompt=True))
+        position += n
+        index += n
+    if out and logits:
+        out[-1].logits = True
+    return out
 
 
 @dataclass(frozen=True)
@@ -61,12 +78,17 @@ class FlatBatchingEngine(BatchingEngine):
         max_kv_tokens: int = 65536,
         prefill_chunk: int = 512,
         prompt_cache_bytes: int = 0,
+        prefix_cache_share: float = 0.0,
     ) -> None:
-        super().__init__(decoder, tokenizer, eos_ids, device, max_running, max_kv_tokens, prefill_chunk)
+        # A chunk of a long prompt ends at a block boundary: at least one block per iteration.
+        super().__init__(decoder, tokenizer, eos_ids, device, max_running, max_kv_tokens, max(prefill_chunk, BLOCK))
         self.prompt_cache = PromptCache(prompt_cache_bytes) if prompt_cache_bytes > 0 else None
         # One row per running sequence, and the staging row for a prompt prefilled chunk by chunk.
         self._staging = max_running
         self._cache = decoder.new_cache(rows=max_running + 1)
+        # Prefix blocks may take this share of the memory the KV budget stands for.
+        prefix_bytes = int(prefix_cache_share * max_kv_tokens * self._cache.nbytes_per_position())
+        self.prefix_cache = PrefixCache(prefix_bytes) if prefix_bytes > 0 else None
         self._staged: _Pending | None = None
         self.replay_resumed = decoder.numerics == "int8"
 
@@ -83,64 +105,97 @@ class FlatBatchingEngine(BatchingEngine):
             return
         rows = self._batch.rows
         segments = [Segment(i, r.length, [r.next_token]) for i, r in enumerate(rows)]
-        joining = self._plan_prefill(segments, first_row=len(rows))
+        restores: list[tuple[int, torch.Tensor]] = []
+        joining = self._plan_prefill(segments, restores, first_row=len(rows))
         longest = max([s.start + len(s.tokens) for s in segments] + [c.kv.shape[3] for _, _, c in joining if isinstance(c, CachedPrompt)])
         self._cache.ensure(self._staging + 1 if self._staged is not None else len(rows) + len(joining), longest)
         for _, cache_row, cached in joining:
             if isinstance(cached, CachedPrompt):
                 self._cache.write_prefix(cache_row, cached.kv)
+        for cache_row, kv in restores:
+            self._cache.write_prefix(cache_row, kv)
         logits = self._model.forward(segments, self._cache) if segments else None
         for pending, cache_row, twin in joining:
             if isinstance(twin, _Twin):
                 self._cache.write_prefix(cache_row, self._cache.prefix(twin.row, pending.offset))
         self._advance(logits, joining)
 
-    def _plan_prefill(self, segments: list[Segment], first_row: int) -> list[_Joining]:
+    def _plan_prefill(self, segments: list[Segment], restores: list[tuple[int, torch.Tensor]], first_row: int) -> list[_Joining]:
         """Appends prompt segments within the budget; returns the prompts that complete this iteration
-        with the cache row each was prefilled into (or is restored into from the prompt cache)."""
+        with the cache row each was prefilled into (or is restored into from the prompt cache), and
+        adds to `restores` the prefixes found in the prefix cache, with the rows they go into.
+
+        Every prompt is prefilled in segments that end at multiples of BLOCK (prefix_cache.py), and a
+        chunk of a long prompt ends at one too: block k of a prompt is always computed the same way,
+        whether the blocks before it were computed in this pass, in earlier ones, or restored."""
         budget = self.prefill_chunk
         joining: list[_Joining] = []
         # Rows of the whole prompts prefilled in this pass, by their tokens.
         prefilled: dict[tuple[int, ...], int] = {}
         row = first_row
-        while self._prefilling and (budget > 0 or tuple(self._context(self._prefilling[0])) in prefilled):
+        while self._prefilling:
             head = self._prefilling[0]
             context = self._context(head)
-            remaining = len(context) - head.offset
-            twin = prefilled.get(tuple(context)) if head.offset == 0 else None
-            if twin is not None:
+            key = tuple(context)
+            fresh = head.offset == 0 and not head.staged
+            if fresh and key in prefilled:
                 self._prefilling.popleft()
                 head.offset = len(context)
-                joining.append((head, row, _Twin(twin)))
+                joining.append((head, row, _Twin(prefilled[key])))
                 row += 1
                 continue
-            cached = self.prompt_cache.get(tuple(context)) if self.prompt_cache is not None and head.offset == 0 else None
+            if budget <= 0:
+                break
+            cached = self.prompt_cache.get(key) if self.prompt_cache is not None and fresh else None
             if cached is not None:
                 self._prefilling.popleft()
                 head.offset = len(context)
                 joining.append((head, row, cached))
                 row += 1
                 continue
-            if head.offset == 0 and remaining <= budget:
+            if fresh and self.prefix_cache is not None:
+                head.restore = self.prefix_cache.longest(context)
+                metrics.PREFIX_QUERIED_TOKENS.inc(len(context))
+                if head.restore is not None:
+                    head.offset = head.restore.shape[3]
+                    metrics.PREFIX_HIT_TOKENS.inc(head.offset)
+            remaining = len(context) - head.offset
+            if not head.staged and remaining <= budget:
+                # The whole (rest of the) prompt in this pass, in a row of its own.
                 self._prefilling.popleft()
-                segments.append(Segment(row, 0, list(context)))
+                self._restore(head, row, restores)
+                segments.extend(block_segments(row, head.offset, context[head.offset :]))
+                if fresh:
+                    prefilled[key] = row
                 head.offset = len(context)
                 joining.append((head, row, None))
-                prefilled[tuple(context)] = row
                 row += 1
                 budget -= remaining
                 continue
-            # Too long for what is left: prefill it in chunks in the staging row.
-            n = min(remaining, budget)
-            done = n == remaining
-            segments.append(Segment(self._staging, head.offset, list(context[head.offset : head.offset + n]), logits=done))
-            head.offset += n
+            # Too long for what is left: a chunk in the staging row, ending at a block boundary.
+            end = head.offset + min(remaining, budget)
+            if end < len(context):
+                end -= end % BLOCK
+            if end <= head.offset:
+                break  # not a whole block left in this pass's budget
+            self._restore(head, self._staging, restores)
+            done = end == len(context)
+            segments.extend(block_segments(self._staging, head.offset, context[head.offset : end], logits=done))
+            head.offset = end
+            head.staged = True
             self._staged = head
             if done:
                 self._prefilling.popleft()
                 joining.append((head, self._staging, None))
             break
         return joining
+
+    @staticmethod
+    def _restore(head: _Pending, row: int, restores: list[tuple[int, torch.Tensor]]) -> None:
+        """The prefix found in the prefix cache goes into the row the prompt's segments use."""
+        if head.restore is not None:
+            restores.append((row, head.restore))
+            head.restore = None
 
     def _advance(self, logits: torch.Tensor | None, joining: list[_Joining]) -> None:
         rows = self._batch.rows
@@ -173,6 +228,8 @@ class FlatBatchingEngine(BatchingEngine):
                 index += 1
                 if self.prompt_cache is not None:
                     self.prompt_cache.put(tuple(self._context(pending)), self._cache.prefix(cache_row, pending.offset), logits[j])
+                if self.prefix_cache is not None:
+                    self.prefix_cache.put(self._context(pending), self._cache.prefix(cache_row, pending.offset))
             elif isinstance(cached, _Twin):
                 row_logits, row_argmax, j = logits, argmax, logits_of_row[cached.row]
             else:

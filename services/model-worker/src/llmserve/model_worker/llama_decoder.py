@@ -48,6 +48,9 @@ class Segment:
     tokens: list[int]
     # Whether the caller needs the logits after the last token (not for a prompt chunk that is not the last).
     logits: bool = True
+    # A piece of a prompt: attended to on its own, never as part of the decode batch (even when it is
+    # one token in the row of its index), so its numbers do not depend on how the prompt was split.
+    prompt: bool = False
 
 
 def unsupported(config: Any) -> str | None:
@@ -203,7 +206,7 @@ class LlamaDecoder:
         positions = [s.start + j for s in segments for j in range(len(s.tokens))]
         n_decode = 0
         for i, s in enumerate(segments):
-            if len(s.tokens) != 1 or s.row != i:
+            if len(s.tokens) != 1 or s.row != i or s.prompt:
                 break
             n_decode += 1
         ids = torch.tensor(tokens, dtype=torch.long, device=dev)

@@ -14,6 +14,13 @@ QUEUE_TIME = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 GENERATED_TOKENS = Counter("llmserve_worker_generated_tokens_total", "Tokens generated (counted as they are generated, cancelled requests too).")
+PREFIX_QUERIED_TOKENS = Counter(
+    "llmserve_worker_prefix_cache_queried_tokens_total", "Prompt tokens of new requests looked up in the prefix cache."
+)
+PREFIX_HIT_TOKENS = Counter(
+    "llmserve_worker_prefix_cache_hit_tokens_total", "Of those, tokens whose keys and values came from the prefix cache (not computed)."
+)
+PREFIX_CACHE_BYTES = Gauge("llmserve_worker_prefix_cache_bytes", "Memory held by the prefix cache's blocks.")
 SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
 SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
 KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")

@@ -61,7 +61,10 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
     }
     if loaded.flat:
         cache_bytes = int(settings.prompt_cache_mb * 2**20)
-        return FlatBatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, prompt_cache_bytes=cache_bytes, **limits)
+        return FlatBatchingEngine(
+            loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, prompt_cache_bytes=cache_bytes,
+            prefix_cache_share=settings.prefix_cache_share, **limits,
+        )
     return BatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, **limits)
 
 
@@ -73,6 +76,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         raise SystemExit(f"LLMSERVE_WORKER_NUMERICS must be one of {', '.join(NUMERICS)}, got {settings.numerics!r}")
     if settings.model_impl not in MODEL_IMPLS:
         raise SystemExit(f"LLMSERVE_WORKER_MODEL_IMPL must be one of {', '.join(MODEL_IMPLS)}, got {settings.model_impl!r}")
+    if not 0.0 <= settings.prefix_cache_share <= 1.0:
+        raise SystemExit(f"LLMSERVE_WORKER_PREFIX_CACHE_SHARE must be between 0 and 1, got {settings.prefix_cache_share}")
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     for notice in settings.deprecations:

@@ -71,6 +71,7 @@ class ModelWorker:
         metrics.SLOTS_BUSY.set_function(lambda: self.load().slots_busy)
         metrics.KV_RESERVED.set_function(lambda: self.load().kv_reserved)
         metrics.KV_USAGE.set_function(lambda: self.load().kv_usage)
+        metrics.PREFIX_CACHE_BYTES.set_function(self._prefix_cache_bytes)
         self.heartbeat = HeartbeatPublisher(
             nc, subjects, instance_id, events_pb2.INSTANCE_KIND_WORKER, heartbeat_interval_s, self._fill_beat
         )
@@ -81,6 +82,10 @@ class ModelWorker:
 
     def _servers(self) -> list[VersionServer]:
         return [self.current, *self._winding_down.values()]
+
+    def _prefix_cache_bytes(self) -> int:
+        caches = [getattr(server.engine, "prefix_cache", None) for server in self._servers() if server.engine is not None]
+        return sum(cache.nbytes for cache in caches if cache is not None)
 
     def load(self) -> EngineStats:
         """The engines' load, all versions together."""
