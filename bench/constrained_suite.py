@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scenarios
-from bench.stack import publish_default_model
+from bench.stack import default_model_record
 from llmserve.model_worker.constraints import ConstraintCompiler
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
@@ -25,7 +25,6 @@ from llmserve.model_worker.job_request import _constraint
 from llmserve.model_worker.loader import load_model
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2, events_pb2
-from tests.helpers.servers import redis_server
 
 CONCURRENCY = 16
 TARGET = 0.8
@@ -49,12 +48,7 @@ async def _wave(engine: FlatBatchingEngine, loaded: Any, compiler: ConstraintCom
 
 
 def run(store: Path, work: Path, rounds: int, new_tokens: int, log) -> dict:
-    log("publishing the model (converted once, then cached) ...")
-    setup_redis = redis_server(work / "r0")
-    try:
-        record = asyncio.run(publish_default_model(setup_redis.url, "bench-setup:", store))
-    finally:
-        setup_redis.stop()
+    record = default_model_record(store, work, log)
     loaded = load_model(store / record.path, record.sha256, device="cpu", dtype="float32")
     compiler = ConstraintCompiler(loaded.tokenizer, loaded.eos_ids)
 

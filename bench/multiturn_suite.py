@@ -14,13 +14,12 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.stack import publish_default_model
+from bench.stack import default_model_record
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
 from llmserve.model_worker.loader import load_model
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.model_worker.settings import WorkerSettings
-from tests.helpers.servers import redis_server
 
 TARGET = 0.15
 CONVERSATION_TOKENS = 2000
@@ -54,12 +53,7 @@ async def _ttft(engine: FlatBatchingEngine, rid: str, ids: tuple[int, ...]) -> t
 
 
 def run(store: Path, work: Path, rounds: int, log) -> dict:
-    log("publishing the model (converted once, then cached) ...")
-    setup_redis = redis_server(work / "r0")
-    try:
-        record = asyncio.run(publish_default_model(setup_redis.url, "bench-setup:", store))
-    finally:
-        setup_redis.stop()
+    record = default_model_record(store, work, log)
     defaults = WorkerSettings()
     loaded = load_model(store / record.path, record.sha256, device="cpu", dtype="float32")
 

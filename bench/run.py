@@ -38,14 +38,10 @@ def main() -> int:
 
         return transformers_suite.main([*rest, "--new-tokens", str(args.new_tokens), "--out", str(args.out)])
 
-    from bench import peer_suite
-    from llmserve.common.config import default_model_store
-
     if args.suite in ("constrained", "multiturn"):
         return _in_process_suite(args)
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
+    from bench import peer_suite
 
     worker_env = {}
     for item in args.worker_env:
@@ -53,16 +49,30 @@ def main() -> int:
         if not sep or not name.startswith("LLMSERVE_WORKER_"):
             parser.error(f"--worker-env takes LLMSERVE_WORKER_NAME=VALUE, got {item!r}")
         worker_env[name] = value
-    store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
     with tempfile.TemporaryDirectory() as tmp:
-        report = peer_suite.run(store, Path(tmp), args.rounds, args.new_tokens, log, worker_env)
+        report = peer_suite.run(_store(), Path(tmp), args.rounds, args.new_tokens, _log, worker_env)
+    return _write(args, "peer", report, peer_suite.markdown)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _store() -> Path:
+    from llmserve.common.config import default_model_store
+
+    return Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
+
+
+def _write(args, name: str, report: dict, markdown) -> int:
+    """bench/results/<date>-<name>.{json,md}, and the table printed last."""
     report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{dt.date.today().isoformat()}-peer"
+    stem = args.out / f"{dt.date.today().isoformat()}-{name}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    table = peer_suite.markdown(report)
+    table = markdown(report)
     stem.with_suffix(".md").write_text(table)
-    log(f"wrote {stem}.json and .md")
+    _log(f"wrote {stem}.json and .md")
     print(table)
     return 0
 
@@ -70,27 +80,13 @@ def main() -> int:
 def _in_process_suite(args) -> int:
     """The suites that run the engine in-process: constrained decoding, multi-turn TTFT."""
     from bench import constrained_suite, multiturn_suite
-    from llmserve.common.config import default_model_store
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    suite = constrained_suite if args.suite == "constrained" else multiturn_suite
-    store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
     with tempfile.TemporaryDirectory() as tmp:
-        if suite is constrained_suite:
-            report = suite.run(store, Path(tmp), args.rounds, args.new_tokens, log)
-        else:
-            report = suite.run(store, Path(tmp), args.rounds, log)
-    report["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{dt.date.today().isoformat()}-{args.suite}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    table = suite.markdown(report)
-    stem.with_suffix(".md").write_text(table)
-    log(f"wrote {stem}.json and .md")
-    print(table)
-    return 0
+        if args.suite == "constrained":
+            report = constrained_suite.run(_store(), Path(tmp), args.rounds, args.new_tokens, _log)
+            return _write(args, args.suite, report, constrained_suite.markdown)
+        report = multiturn_suite.run(_store(), Path(tmp), args.rounds, _log)
+        return _write(args, args.suite, report, multiturn_suite.markdown)
 
 
 if __name__ == "__main__":

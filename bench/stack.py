@@ -24,6 +24,17 @@ async def publish_default_model(redis_url: str, prefix: str, store: Path):
         await client.aclose()
 
 
+def default_model_record(store: Path, work: Path, log):
+    """The default model's registry record, converted into the store once (a Redis of its own for the
+    registry's bookkeeping, stopped afterwards)."""
+    log("publishing the model (converted once, then cached) ...")
+    setup_redis = redis_server(work / "r0")
+    try:
+        return asyncio.run(publish_default_model(setup_redis.url, "bench-setup:", store))
+    finally:
+        setup_redis.stop()
+
+
 @contextlib.contextmanager
 def running_stack(store: Path, work: Path, **worker_env: str):
     """NATS, Redis and every service with one worker, for the whole run; yields (cluster, worker pid)."""

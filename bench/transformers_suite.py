@@ -8,7 +8,6 @@ request with end-of-sequence ignored. Writes bench/results/<date>.{json,md,png} 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -24,9 +23,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import roofline, scenarios  # noqa: E402
-from bench.stack import publish_default_model, running_stack  # noqa: E402
+from bench.stack import default_model_record, running_stack  # noqa: E402
 from llmserve.common.config import default_model_store  # noqa: E402
-from tests.helpers.servers import redis_server  # noqa: E402
 
 CONCURRENCY = (1, 4, 16, 32)
 
@@ -162,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        log("publishing the model (converted once, then cached) ...")
-        setup_redis = redis_server(work / "r0")
-        try:
-            record = asyncio.run(publish_default_model(setup_redis.url, "bench-setup:", store))
-        finally:
-            setup_redis.stop()
+        record = default_model_record(store, work, log)
         params = model_params(store / record.path)
         n = args.new_tokens
         base = {"path": str(store / record.path), "sha256": record.sha256, "new_tokens": n}
