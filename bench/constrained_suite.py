@@ -21,7 +21,7 @@ from bench.stack import default_model_record
 from llmserve.model_worker.constraints import ConstraintCompiler
 from llmserve.model_worker.engine import EngineRequest
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
-from llmserve.model_worker.job_request import _constraint
+from llmserve.model_worker.job_request import output_constraint
 from llmserve.model_worker.loader import load_model
 from llmserve.model_worker.sampling import SamplingConfig
 from llmserve.v1 import common_pb2, events_pb2
@@ -37,7 +37,7 @@ async def _wave(engine: FlatBatchingEngine, loaded: Any, compiler: ConstraintCom
 
     async def one(i: int) -> int:
         if i < constrained:
-            request = EngineRequest(f"{tag}-{i}", tuple(prompts[i]), SamplingConfig(max_tokens=new_tokens), constraint=_constraint(job, compiler))
+            request = EngineRequest(f"{tag}-{i}", tuple(prompts[i]), SamplingConfig(max_tokens=new_tokens), constraint=output_constraint(job, compiler))
         else:
             request = EngineRequest(f"{tag}-{i}", tuple(prompts[i]), SamplingConfig(max_tokens=new_tokens), ignore_eos=True)
         return sum([len(out.token_ids) async for out in engine.submit(request)])

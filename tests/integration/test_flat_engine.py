@@ -206,13 +206,13 @@ def constrained(loaded, rid: str, question: str, schema: dict, max_tokens: int =
     import json
 
     from llmserve.model_worker.constraints import ConstraintCompiler
-    from llmserve.model_worker.job_request import _constraint
+    from llmserve.model_worker.job_request import output_constraint
     from llmserve.v1 import events_pb2
 
     compiler = getattr(loaded, "_test_constraints", None) or ConstraintCompiler(loaded.tokenizer, loaded.eos_ids)
     loaded._test_constraints = compiler
     job = events_pb2.Job(sampling=common_pb2.SamplingParams(constraint=common_pb2.OutputConstraint(json_schema=json.dumps(schema))))
-    return EngineRequest(rid, chat_ids(loaded, question), SamplingConfig(max_tokens=max_tokens), constraint=_constraint(job, compiler))
+    return EngineRequest(rid, chat_ids(loaded, question), SamplingConfig(max_tokens=max_tokens), constraint=output_constraint(job, compiler))
 
 
 async def test_constrained_rows_follow_their_schema_beside_free_rows_that_do_not_change(flat_smollm):

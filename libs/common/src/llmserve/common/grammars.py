@@ -12,16 +12,20 @@ import llguidance
 
 from llmserve.v1 import common_pb2
 
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# Compact JSON, for every JSON a constraint asks for (function calls' arguments too).
+JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# How a model writes a function call (the Hermes format): the worker teaches it, the router's
+# grammar for a required call produces it, and the router parses it.
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
 
 
 def grammar_of(constraint: common_pb2.OutputConstraint) -> str | None:
     """The llguidance grammar (JSON text) of a constraint; None when it constrains nothing."""
     kind = constraint.WhichOneof("kind")
     if kind == "json_object":
-        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"}), defaults=_JSON_STYLE)
+        return llguidance.LLMatcher.grammar_from_json_schema(json.dumps({"type": "object"}), defaults=JSON_STYLE)
     if kind == "json_schema":
-        return llguidance.LLMatcher.grammar_from_json_schema(constraint.json_schema, defaults=_JSON_STYLE)
+        return llguidance.LLMatcher.grammar_from_json_schema(constraint.json_schema, defaults=JSON_STYLE)
     if kind == "regex":
         return llguidance.LLMatcher.grammar_from_regex(constraint.regex)
     if kind == "lark":

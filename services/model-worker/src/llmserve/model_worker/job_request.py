@@ -89,7 +89,7 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int, constraint
         top_logprobs=s.top_logprobs if s.logprobs else 0,
     )
     return EngineRequest(
-        constraint=_constraint(job, constraints),
+        constraint=output_constraint(job, constraints),
         request_id=attempt_key(job.request_id, job.attempt),
         prompt_ids=tuple(ids),
         sampling=sampling,
@@ -99,7 +99,7 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int, constraint
     )
 
 
-def _constraint(job: events_pb2.Job, constraints: ConstraintCompiler | None) -> ConstrainedOutput | None:
+def output_constraint(job: events_pb2.Job, constraints: ConstraintCompiler | None) -> ConstrainedOutput | None:
     """The job's decoding state in its grammar, past any resumed tokens; None when unconstrained."""
     try:
         grammar = grammar_of(job.sampling.constraint)

@@ -59,8 +59,9 @@ class Sequence:
     def sample(self, logits: torch.Tensor) -> int:
         """Next token from this request's row of logits (1-D, on any device)."""
         sampling = self.request.sampling
-        generated = torch.tensor(self.generated, dtype=torch.long) if sampling.presence_penalty or sampling.frequency_penalty else None
-        adjusted = adjusted_logits(logits.float().cpu(), sampling, self._seen(), generated if generated is not None else torch.empty(0, dtype=torch.long))
+        penalized = sampling.presence_penalty or sampling.frequency_penalty
+        generated = torch.tensor(self.generated if penalized else [], dtype=torch.long)
+        adjusted = adjusted_logits(logits.float().cpu(), sampling, self._seen(), generated)
         constraint = self.request.constraint
         allowed = constraint.mask(adjusted) if constraint is not None else adjusted
         token = choose(allowed, sampling, self.generator, self._banned())

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from llmserve.common.grammars import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from llmserve.v1 import common_pb2
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
+OPEN, CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 
 _INSTRUCTIONS = (
     "You can call these functions. Each is described by a JSON object with its name, description and the JSON Schema of "

@@ -94,11 +94,10 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 response.model_version = chunk.model_version
         response.text = "".join(parts)
         if job.tools:
-            calls = ToolCallParser()
-            said = calls.feed(response.text)[0] + calls.finish()
-            if calls.calls:
+            said, calls = ToolCallParser.split(response.text)
+            if calls:
                 response.text = said
-                response.tool_calls.extend(calls.calls)
+                response.tool_calls.extend(calls)
                 response.finish_reason = common_pb2.FINISH_REASON_TOOL_CALLS
         return response
 

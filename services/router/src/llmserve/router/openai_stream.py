@@ -78,10 +78,9 @@ def _whole_choice(kind: Kind, job: events_pb2.Job, answer: Answer, index: int) -
     logprobs = chat_logprobs(answer.logprobs) if job.sampling.logprobs else None
     message: dict = {"role": "assistant", "content": answer.text}
     if job.tools:
-        parser = ToolCallParser()
-        said = parser.feed(answer.text)[0] + parser.finish()
-        if parser.calls:
-            message = {"role": "assistant", "content": said if said.strip() else None, "tool_calls": [call_dict(c) for c in parser.calls]}
+        said, calls = ToolCallParser.split(answer.text)
+        if calls:
+            message = {"role": "assistant", "content": said if said.strip() else None, "tool_calls": [call_dict(c) for c in calls]}
             finish = "tool_calls"
     return {"index": index, "message": message, "finish_reason": finish, "logprobs": logprobs}
 

@@ -16,14 +16,12 @@ import re
 import uuid
 
 from llmserve.common.errors import ServiceError
-from llmserve.common.grammars import grammar_error
+from llmserve.common.grammars import JSON_STYLE, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, grammar_error
 from llmserve.v1 import common_pb2
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
+OPEN, CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_TOOLS = 128
-# The compact JSON the constrained calls are written in.
-_JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def check_tools(tools: list[common_pb2.Tool], choice: common_pb2.ToolChoice) -> None:
@@ -74,7 +72,7 @@ def tool_constraint(tools: list[common_pb2.Tool], choice: common_pb2.ToolChoice)
         for t in callable_
     ]
     schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    schema["x-guidance"] = _JSON_STYLE
+    schema["x-guidance"] = JSON_STYLE
     parallel = choice.parallel if choice.HasField("parallel") else True
     repeat = "+" if parallel and choice.mode == common_pb2.TOOL_CHOICE_MODE_REQUIRED else ""
     lark = f'start: call{repeat}\ncall: "{OPEN}" %json {json.dumps(schema)} "{CLOSE}"\n'
@@ -127,6 +125,13 @@ class ToolCallParser:
             break
         self.calls.extend(done)
         return "".join(shown), done
+
+    @classmethod
+    def split(cls, text: str) -> tuple[str, list[common_pb2.ToolCall]]:
+        """A whole answer's text outside calls, and its calls."""
+        parser = cls()
+        said = parser.feed(text)[0] + parser.finish()
+        return said, parser.calls
 
     def finish(self) -> str:
         """The text still held back (an unfinished call is shown as text)."""
