@@ -37,8 +37,11 @@ def _body(question: str, new_tokens: int, extra: dict) -> dict:
 SERVER_FIELDS = {"llama-server": {"repeat_penalty": 1.0}, "llmserve": {}}
 
 
-async def _one(client: httpx.AsyncClient, base_url: str, question: str, new_tokens: int, extra: dict) -> RequestTiming:
-    timing = RequestTiming(now())
+async def one_request(
+    client: httpx.AsyncClient, base_url: str, question: str, new_tokens: int, extra: dict, timing: RequestTiming | None = None
+) -> RequestTiming:
+    """One streamed request; its arrivals go into `timing` as they come (a new one when not given)."""
+    timing = timing or RequestTiming(now())
     pieces = 0
     async with client.stream("POST", f"{base_url}/v1/chat/completions", json=_body(question, new_tokens, extra)) as response:
         if response.status_code != 200:
@@ -73,6 +76,6 @@ async def wave(base_url: str, questions: list[str], new_tokens: int, concurrency
 
         async def gated(question: str) -> RequestTiming:
             async with gate:
-                return await _one(client, base_url, question, new_tokens, extra or {})
+                return await one_request(client, base_url, question, new_tokens, extra or {})
 
         return await asyncio.gather(*(gated(q) for q in questions))

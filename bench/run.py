@@ -4,6 +4,7 @@
     python bench/run.py --suite transformers [args]   # engine and stack vs transformers' generate
     python bench/run.py --suite constrained           # half the batch constrained to a JSON Schema vs none
     python bench/run.py --suite multiturn             # a conversation's second turn TTFT vs its first
+    python bench/run.py --suite priority              # a high request's TTFT on a worker saturated by normal work
 
 Writes bench/results/<date>-<suite>.{json,md} (the transformers suite also a .png) and prints the table last.
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=("peer", "transformers", "constrained", "multiturn"), default=os.environ.get("BENCH_SUITE", "peer"))
+    parser.add_argument("--suite", choices=("peer", "transformers", "constrained", "multiturn", "priority"), default=os.environ.get("BENCH_SUITE", "peer"))
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (peer suite)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
@@ -40,6 +41,12 @@ def main() -> int:
 
     if args.suite in ("constrained", "multiturn"):
         return _in_process_suite(args)
+    if args.suite == "priority":
+        from bench import priority_suite
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report = priority_suite.run(_store(), Path(tmp), args.rounds, _log)
+        return _write(args, args.suite, report, priority_suite.markdown)
 
     from bench import peer_suite
 

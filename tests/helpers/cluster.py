@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from llmserve.cli import infra
 
@@ -182,6 +184,15 @@ class Cluster:
                 return sum(m.live_workers for m in models) >= count
 
             self.until(enough, timeout_s, f"fewer than {count} live workers")
+
+    def worker_metric(self, name: str, worker: int | None = None) -> float:
+        """A worker metric's samples named `name` added over their labels, of one worker or of all."""
+        ports = self.worker_metrics_ports if worker is None else [self.worker_metrics_ports[worker]]
+        total = 0.0
+        for port in ports:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            total += sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+        return total
 
     def stop(self) -> None:
         for service in reversed(self.services):

@@ -9,6 +9,8 @@ One engine thread loops over iterations. Each iteration
 
 Admission is bounded by `max_running` sequences and by `max_kv_tokens`, the KV positions reserved for
 prompt + max_tokens of every admitted sequence, so memory use is known before a request starts.
+Waiting requests are admitted by priority level, first come first served within a level; an engine
+that can preempt (the flat one, `_preempt_for`) makes room for a waiting request of a higher level.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ class _Pending:
     # of its prefix found in the prefix cache, to be written into its row before its first segment.
     staged: bool = False
     restore: Any = None
+    # A preempted sequence (the flat engine's): its row and kept keys and values (`parked`), or the tokens
+    # it had generated, to be prefilled again after its prompt (`recompute`).
+    parked: Any = None
+    recompute: tuple[int, ...] | None = None
+
+    @property
+    def priority(self) -> int:
+        return self.seq.request.priority
 
 
 @dataclass
@@ -80,6 +90,8 @@ class BatchingEngine(ThreadedEngine):
         self._prefilling: deque[_Pending] = deque()
         self._batch = _Batch()
         self._reserved_kv = 0
+        # Admissions so far: the next admitted sequence's age rank.
+        self._admissions = 0
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
         self._pad_id = int(pad)
 
@@ -110,7 +122,7 @@ class BatchingEngine(ThreadedEngine):
             while item is not None:
                 if item is STOP:
                     return
-                self._waiting.append(_Pending(*item))
+                self._enqueue(_Pending(*item))
                 try:
                     item = self._inbox.get_nowait()
                 except queue.Empty:
@@ -148,15 +160,40 @@ class BatchingEngine(ThreadedEngine):
         if cancelled:
             self._release_rows(set(cancelled))
 
+    def _enqueue(self, pending: _Pending, first_of_level: bool = False) -> None:
+        """Adds a request to the waiting line behind every request of its level or higher (with
+        first_of_level, ahead of the others of its level: a preempted sequence)."""
+        level = pending.priority
+        index = len(self._waiting)
+        while index > 0:
+            ahead = self._waiting[index - 1].priority
+            if ahead > level or (ahead == level and not first_of_level):
+                break
+            index -= 1
+        self._waiting.insert(index, pending)
+
+    def _fits(self, need: int) -> bool:
+        """True when one more sequence reserving `need` KV positions can be admitted now."""
+        running = len(self._batch.rows) + len(self._prefilling)
+        return running < self.max_running and self._reserved_kv + need <= self.max_kv_tokens
+
+    def _preempt_for(self, pending: _Pending, need: int) -> bool:
+        """Makes room for `pending` by preempting running sequences of lower levels; True when it did.
+        This engine never preempts."""
+        return False
+
     def _admit(self) -> None:
         while self._waiting:
-            running = len(self._batch.rows) + len(self._prefilling)
-            need = _reservation(self._waiting[0].seq)
-            if running >= self.max_running or self._reserved_kv + need > self.max_kv_tokens:
+            head = self._waiting[0]
+            need = _reservation(head.seq)
+            if not self._fits(need) and not self._preempt_for(head, need):
                 return
-            pending = self._waiting.popleft()
+            self._waiting.remove(head)
             self._reserved_kv += need
-            self._prefilling.append(pending)
+            if not head.seq.admitted:
+                self._admissions += 1
+                head.seq.admitted = self._admissions
+            self._prefilling.append(head)
 
     def _forward(self, input_ids: torch.Tensor, cache: Any, **kwargs: Any) -> torch.Tensor:
         out = self._model(input_ids=input_ids, logits_to_keep=1, **self._forward_kwargs(cache), **kwargs)

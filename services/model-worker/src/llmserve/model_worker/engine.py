@@ -33,6 +33,9 @@ class EngineRequest:
     resume_text_chars: int = 0
     # Constrained decoding: the request's position in its grammar (past any resumed tokens), or None.
     constraint: ConstrainedOutput | None = None
+    # The job's priority level (common.Priority): a batching engine may preempt a running sequence of a
+    # lower level to start this one.
+    priority: int = common_pb2.PRIORITY_NORMAL
 
     @property
     def context_ids(self) -> tuple[int, ...]:

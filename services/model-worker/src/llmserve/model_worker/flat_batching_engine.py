@@ -23,6 +23,20 @@ tokens are fed back one decode step each (`replay_resumed`). Prefill and decode 
 different kernels, whose last bits differ; int8 activations can turn such a difference into another
 quantization step, so only recomputing the same steps gives the same tokens as an undisturbed run.
 It costs one step per resumed token instead of a share of one prefill.
+
+Preemption by priority. When the first waiting request cannot be admitted (every slot taken, or the KV
+budget reserved) and running rows of lower levels can make room, the youngest rows of the lowest level
+are preempted at this iteration's start, before its pass is planned: a `high` request then prefills in
+this very pass. A preempted sequence keeps its output queue and sampling state and waits ahead of its
+own level; nothing is sent to its client meanwhile. Its keys and values are
+  - kept (a copy of its row) when the KV budget's memory still holds them: the positions kept for all
+    preempted sequences plus those reserved by admitted ones stay within `max_kv_tokens`. Resuming
+    copies the row back, and the sequence goes on exactly where it stopped;
+  - otherwise dropped, and recomputed when it is admitted again: its prompt and every token it had
+    generated are prefilled as a migrated request's are (the prompt's blocks from the prefix cache
+    when they are still there; in int8 numerics replayed a step each), so greedy output is the same.
+A sequence is preempted at most `max_preemptions` times, only by a strictly higher level (so `low`
+never preempts `low`), and only rows in the running batch are (a prompt being prefilled finishes).
 """
 
 from __future__ import annotations
@@ -30,10 +44,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 import torch
 
 from llmserve.model_worker import metrics
-from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pending, _Row
+from llmserve.model_worker.batching_engine import BatchingEngine, _Batch, _Pending, _reservation, _Row
 from llmserve.model_worker.llama_decoder import LlamaDecoder, Segment
 from llmserve.model_worker.prefix_cache import BLOCK, PrefixCache
 from llmserve.model_worker.prompt_cache import CachedPrompt, PromptCache
@@ -54,6 +69,17 @@ def block_segments(row: int, start: int, tokens: tuple[int, ...] | list[int], lo
     return out
 
 
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class _Parked:
+    """A preempted running row and a copy of its keys and values ([layers, 2, kv_heads, length, head_dim])."""
+
+    row: _Row
+    kv: torch.Tensor
+
+
 @dataclass(frozen=True)
 class _Twin:
     """A prompt identical to one prefilled in the same pass (the choices of an n > 1 request): it
@@ -63,8 +89,9 @@ class _Twin:
 
 
 # A prompt that completes its prefill this iteration: its cache row, and what the prompt cache kept of
-# it when its whole prompt was there, or the row of its twin (then it needs no segment).
-_Joining = tuple[_Pending, int, CachedPrompt | _Twin | None]
+# it when its whole prompt was there, or the row of its twin, or the preempted row it resumes (then it
+# needs no segment).
+_Joining = tuple[_Pending, int, CachedPrompt | _Twin | _Parked | None]
 
 
 class FlatBatchingEngine(BatchingEngine):
@@ -79,6 +106,7 @@ class FlatBatchingEngine(BatchingEngine):
         prefill_chunk: int = 512,
         prompt_cache_bytes: int = 0,
         prefix_cache_share: float = 0.0,
+        max_preemptions: int = 0,
     ) -> None:
         # A chunk of a long prompt ends at a block boundary: at least one block per iteration.
         super().__init__(decoder, tokenizer, eos_ids, device, max_running, max_kv_tokens, max(prefill_chunk, BLOCK))
@@ -91,11 +119,78 @@ class FlatBatchingEngine(BatchingEngine):
         self.prefix_cache = PrefixCache(prefix_bytes) if prefix_bytes > 0 else None
         self._staged: _Pending | None = None
         self.replay_resumed = decoder.numerics == "int8"
+        # How often one sequence may be preempted (0: never), and the positions kept for preempted ones.
+        self.max_preemptions = max_preemptions
+        self._kept_positions = 0
+
+    @staticmethod
+    def _resumed(pending: _Pending) -> tuple[int, ...]:
+        """Tokens a sequence had generated before it came here (migrated) or before it was preempted."""
+        return pending.recompute if pending.recompute is not None else pending.seq.request.resume_ids
 
     def _context(self, pending: _Pending) -> tuple[int, ...]:
         """The tokens prefilled for a sequence (see replay_resumed)."""
-        request = pending.seq.request
-        return request.prompt_ids if self.replay_resumed else request.context_ids
+        prompt = pending.seq.request.prompt_ids
+        return prompt if self.replay_resumed else prompt + self._resumed(pending)
+
+    # -- preemption -----------------------------------------------------------------------------
+    def preemptible_level(self) -> int | None:
+        """The level a new request must be above to preempt a running sequence now; None when none may
+        be preempted or a request is already waiting for room. Read from the event loop's thread: a hint
+        for taking jobs while every slot is busy, which the engine thread checks again at admission."""
+        if self.max_preemptions <= 0 or any(p.parked is None and p.recompute is None for p in tuple(self._waiting)):
+            return None
+        levels = [r.seq.request.priority for r in tuple(self._batch.rows) if r.seq.preemptions < self.max_preemptions]
+        return min(levels, default=None)
+
+    def _preempt_for(self, pending: _Pending, need: int) -> bool:
+        rows = self._batch.rows
+        level = pending.priority
+        candidates = sorted(
+            (i for i, r in enumerate(rows) if r.seq.request.priority < level and r.seq.preemptions < self.max_preemptions and not r.seq.cancelled),
+            key=lambda i: (rows[i].seq.request.priority, -rows[i].seq.admitted),
+        )
+        running = len(rows) + len(self._prefilling)
+        cause = "slots" if running >= self.max_running else "kv_budget"
+        reserved = self._reserved_kv
+        chosen: list[int] = []
+        for i in candidates:
+            if running < self.max_running and reserved + need <= self.max_kv_tokens:
+                break
+            chosen.append(i)
+            running -= 1
+            reserved -= _reservation(rows[i].seq)
+        if not chosen or running >= self.max_running or reserved + need > self.max_kv_tokens:
+            return False
+        for i in chosen:
+            self._park(i, need, cause, pending)
+        self._release_rows(set(chosen))
+        return True
+
+    def _park(self, i: int, need: int, cause: str, by: _Pending) -> None:
+        """Takes running row i out of the batch into the waiting line, ahead of its level."""
+        row = self._batch.rows[i]
+        seq = row.seq
+        seq.preemptions += 1
+        self._reserved_kv -= _reservation(seq)
+        # Kept while the budget's memory holds it next to what is reserved once `by` is admitted.
+        keep = self._kept_positions + row.length + self._reserved_kv + need <= self.max_kv_tokens
+        parked = recompute = None
+        if keep:
+            parked = _Parked(row, self._cache.prefix(i, row.length).clone())
+            self._kept_positions += row.length
+        else:
+            recompute = tuple(seq.generated)
+        self._enqueue(_Pending(seq, row.outputs, parked=parked, recompute=recompute), first_of_level=True)
+        resume = "kept" if keep else "recompute"
+        metrics.PREEMPTIONS.labels(cause=cause, resume=resume).inc()
+        log.info("sequence_preempted", request_id=seq.request_id, priority=seq.request.priority, by=by.seq.request_id,
+                 by_priority=by.priority, cause=cause, resume=resume, positions=row.length, preemptions=seq.preemptions)
+
+    def _unpark(self, pending: _Pending) -> None:
+        if pending.parked is not None:
+            self._kept_positions -= pending.parked.row.length
+            pending.parked = None
 
     def _iteration(self) -> None:
         self._drop_cancelled()
@@ -107,11 +202,11 @@ class FlatBatchingEngine(BatchingEngine):
         segments = [Segment(i, r.length, [r.next_token]) for i, r in enumerate(rows)]
         restores: list[tuple[int, torch.Tensor]] = []
         joining = self._plan_prefill(segments, restores, first_row=len(rows))
-        longest = max([s.start + len(s.tokens) for s in segments] + [c.kv.shape[3] for _, _, c in joining if isinstance(c, CachedPrompt)])
+        copied = [(cache_row, c.kv) for _, cache_row, c in joining if isinstance(c, CachedPrompt | _Parked)]
+        longest = max([s.start + len(s.tokens) for s in segments] + [kv.shape[3] for _, kv in copied])
         self._cache.ensure(self._staging + 1 if self._staged is not None else len(rows) + len(joining), longest)
-        for _, cache_row, cached in joining:
-            if isinstance(cached, CachedPrompt):
-                self._cache.write_prefix(cache_row, cached.kv)
+        for cache_row, kv in copied:
+            self._cache.write_prefix(cache_row, kv)
         for cache_row, kv in restores:
             self._cache.write_prefix(cache_row, kv)
         logits = self._model.forward(segments, self._cache) if segments else None
@@ -135,6 +230,12 @@ class FlatBatchingEngine(BatchingEngine):
         row = first_row
         while self._prefilling:
             head = self._prefilling[0]
+            if head.parked is not None:
+                # A preempted row coming back: its keys and values are copied in, no segment.
+                self._prefilling.popleft()
+                joining.append((head, row, head.parked))
+                row += 1
+                continue
             context = self._context(head)
             key = tuple(context)
             fresh = head.offset == 0 and not head.staged
@@ -222,11 +323,15 @@ class FlatBatchingEngine(BatchingEngine):
         for pending, cache_row, cached in joining:
             if cache_row == self._staging:
                 self._staged = None
+            if isinstance(cached, _Parked):
+                survivors[cache_row] = cached.row
+                self._unpark(pending)
+                continue
             if cached is None:
                 row_logits, row_argmax, j = logits, argmax, index
                 logits_of_row[cache_row] = index
                 index += 1
-                if self.prompt_cache is not None:
+                if self.prompt_cache is not None and pending.recompute is None:
                     self.prompt_cache.put(tuple(self._context(pending)), self._cache.prefix(cache_row, pending.offset), logits[j])
                 if self.prefix_cache is not None:
                     self.prefix_cache.put(self._context(pending), self._cache.prefix(cache_row, pending.offset))
@@ -234,7 +339,7 @@ class FlatBatchingEngine(BatchingEngine):
                 row_logits, row_argmax, j = logits, argmax, logits_of_row[cached.row]
             else:
                 row_logits, row_argmax, j = cached.logits.unsqueeze(0), [cached.argmax], 0
-            resumed = list(pending.seq.request.resume_ids) if self.replay_resumed else []
+            resumed = list(self._resumed(pending)) if self.replay_resumed else []
             if resumed:
                 row = _Row(pending.seq, pending.outputs, length=pending.offset, next_token=resumed[0], forced=resumed[1:])
                 survivors[cache_row] = row
@@ -267,12 +372,17 @@ class FlatBatchingEngine(BatchingEngine):
         self._compact({i: row for i, row in enumerate(self._batch.rows) if i not in indices})
 
     def _drop_cancelled(self) -> None:
+        for pending in (*self._waiting, *self._prefilling):
+            if pending.seq.cancelled:
+                self._unpark(pending)
         staged = self._staged
         super()._drop_cancelled()
         if staged is not None and staged not in self._prefilling:
             self._staged = None
 
     def _fail_all(self, error: str) -> None:
+        for pending in self._prefilling:
+            self._unpark(pending)
         super()._fail_all(error)
         self._staged = None
         self._batch = _Batch()

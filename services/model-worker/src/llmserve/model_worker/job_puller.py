@@ -144,8 +144,9 @@ class JobPuller:
         self._maybe_waiting.add(level)
         self._rings[level] += 1
 
-    async def pull(self, max_jobs: int, timeout_s: float = 2.0) -> list[Msg]:
-        """Up to max_jobs job messages, highest priority first; empty when every queue is empty."""
+    async def pull(self, max_jobs: int, timeout_s: float = 2.0, above: int | None = None) -> list[Msg]:
+        """Up to max_jobs job messages, highest priority first; empty when every queue is empty. With
+        `above`, only jobs of higher levels (a job that may preempt running work of level `above`)."""
         if self._doorbell_sub is None or time.monotonic() - self._swept_at >= _FULL_SWEEP_S:
             self._swept_at = time.monotonic()
             self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
@@ -153,7 +154,7 @@ class JobPuller:
         for priority in self._dispatch_order():
             if len(taken) >= max_jobs:
                 break
-            if priority not in self._maybe_waiting:
+            if priority not in self._maybe_waiting or (above is not None and priority <= above):
                 continue
             rings = self._rings[priority]
             consumer = self._subjects.jobs_consumer(self._model, self._version, priority)

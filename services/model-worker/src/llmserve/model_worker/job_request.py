@@ -96,6 +96,7 @@ def engine_request(job: events_pb2.Job, tokenizer: Any, context: int, constraint
         ignore_eos=s.ignore_eos,
         resume_ids=tuple(job.resume_token_ids),
         resume_text_chars=job.resume_text_chars,
+        priority=job.priority or common_pb2.PRIORITY_NORMAL,
     )
 
 

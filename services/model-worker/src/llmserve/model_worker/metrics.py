@@ -21,6 +21,12 @@ PREFIX_HIT_TOKENS = Counter(
     "llmserve_worker_prefix_cache_hit_tokens_total", "Of those, tokens whose keys and values came from the prefix cache (not computed)."
 )
 PREFIX_CACHE_BYTES = Gauge("llmserve_worker_prefix_cache_bytes", "Memory held by the prefix cache's blocks.")
+PREEMPTIONS = Counter(
+    "llmserve_worker_preemptions_total",
+    "Running sequences preempted for a waiting request of a higher priority, by cause (slots: every slot was busy; "
+    "kv_budget: the KV budget was reserved) and by how they resume (kept: their keys and values were kept; recompute).",
+    ["cause", "resume"],
+)
 SLOTS_TOTAL = Gauge("llmserve_worker_slots", "Sequences this worker can run at once.")
 SLOTS_BUSY = Gauge("llmserve_worker_slots_busy", "Sequences this worker is running or admitting.")
 KV_RESERVED = Gauge("llmserve_worker_kv_reserved_tokens", "KV-cache positions reserved by admitted sequences.")

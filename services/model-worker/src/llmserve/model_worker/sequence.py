@@ -34,6 +34,10 @@ class Sequence:
             self._stops.prime(text, request.resume_text_chars)
         self.cancelled = False
         self.finished = False
+        # Times a batching engine preempted this sequence (bounded), and the order in which it was first
+        # admitted (a preemption takes the youngest of the lowest level).
+        self.preemptions = 0
+        self.admitted = 0
 
     @property
     def request_id(self) -> str:

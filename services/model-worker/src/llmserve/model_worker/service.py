@@ -63,7 +63,7 @@ def build_engine(settings: WorkerSettings, loaded: LoadedModel) -> Engine:
         cache_bytes = int(settings.prompt_cache_mb * 2**20)
         return FlatBatchingEngine(
             loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, prompt_cache_bytes=cache_bytes,
-            prefix_cache_share=settings.prefix_cache_share, **limits,
+            prefix_cache_share=settings.prefix_cache_share, max_preemptions=settings.max_preemptions, **limits,
         )
     return BatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, **limits)
 
@@ -78,6 +78,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         raise SystemExit(f"LLMSERVE_WORKER_MODEL_IMPL must be one of {', '.join(MODEL_IMPLS)}, got {settings.model_impl!r}")
     if not 0.0 <= settings.prefix_cache_share <= 1.0:
         raise SystemExit(f"LLMSERVE_WORKER_PREFIX_CACHE_SHARE must be between 0 and 1, got {settings.prefix_cache_share}")
+    if settings.max_preemptions < 0:
+        raise SystemExit(f"LLMSERVE_WORKER_MAX_PREEMPTIONS must be 0 or more, got {settings.max_preemptions}")
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     for notice in settings.deprecations:

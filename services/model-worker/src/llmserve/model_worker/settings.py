@@ -58,6 +58,10 @@ class WorkerSettings:
     # with them: the next turn of a conversation, a shared system prompt (flat decoder; 0: off). 0.1 of
     # the default budget is about 150 MB for SmolLM2 in int8 numerics: 6,500 positions.
     prefix_cache_share: float = 0.1
+    # LLMSERVE_WORKER_MAX_PREEMPTIONS: how often one running sequence may be preempted for a request of
+    # a higher priority level when every slot (or the KV budget) is taken (flat decoder; 0: never
+    # preempt). The bound keeps a `normal` request from being pushed back forever by a stream of `high`.
+    max_preemptions: int = 3
     # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
     # the worker hands them back to the routers, which resume them on another worker.
     drain_grace_s: float = 30.0
@@ -91,6 +95,7 @@ class WorkerSettings:
             prefill_chunk=env_int(env, "LLMSERVE_WORKER_PREFILL_CHUNK", cls.prefill_chunk),
             prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", cls.prompt_cache_mb),
             prefix_cache_share=env_float(env, "LLMSERVE_WORKER_PREFIX_CACHE_SHARE", cls.prefix_cache_share),
+            max_preemptions=env_int(env, "LLMSERVE_WORKER_MAX_PREEMPTIONS", cls.max_preemptions),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", cls.drain_grace_s),
             metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", cls.metrics_addr),
             priority_aging_s=env_float(env, "LLMSERVE_WORKER_PRIORITY_AGING_S", env_float(env, _OLD_AGING, cls.priority_aging_s)),

@@ -135,19 +135,23 @@ class VersionServer:
     async def _pull_loop(self) -> None:
         while not self._draining:
             free = self.engine.stats().slots_free - self._starting()
-            if free <= 0:
+            # Every slot busy: only a job that can preempt running work is taken, one at a time.
+            above = self._preemptible_level() if free <= 0 else None
+            if free <= 0 and above is None:
                 self._slot_freed.clear()
                 await _wait(self._slot_freed, _IDLE_WAIT_S)
                 continue
             self._doorbell.clear()
+            self._slot_freed.clear()
             try:
-                msgs = await self.puller.pull(free)
+                msgs = await self.puller.pull(max(free, 1), above=above)
             except Exception as exc:  # NATS reconnecting: try again shortly
                 log.warning("pull_failed", error=str(exc))
                 await asyncio.sleep(_IDLE_WAIT_S)
                 continue
             if not msgs:
-                await _wait(self._doorbell, _IDLE_WAIT_S)
+                # A slot freed while full also ends the wait: ordinary jobs may be taken again.
+                await _wait_any((self._doorbell, self._slot_freed) if above is not None else (self._doorbell,), _IDLE_WAIT_S)
                 continue
             for msg in msgs:
                 await msg.ack()
@@ -167,6 +171,12 @@ class VersionServer:
         metrics.JOBS.labels(outcome="expired").inc()
         metrics.QUEUE_TIME.labels(priority=str(job.priority)).observe(max(0.0, time.time() - job.submitted_at))
         await self._chunks.error(job, 0, events_pb2.ERROR_CODE_DEADLINE_EXCEEDED, "deadline passed while the request was queued")
+
+    def _preemptible_level(self) -> int | None:
+        """With every slot busy: the level a job must be above to preempt running work here (None: no
+        job may; see FlatBatchingEngine.preemptible_level)."""
+        level = getattr(self.engine, "preemptible_level", None)
+        return level() if level is not None and self._starting() == 0 else None
 
     def _starting(self) -> int:
         """Jobs taken whose engine request has not been admitted yet (counted against free slots)."""
@@ -259,3 +269,13 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait_for(event.wait(), timeout)
     except TimeoutError:
         pass
+
+
+async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Until one of `events` is set, or `timeout`."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
