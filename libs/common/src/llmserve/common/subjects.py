@@ -5,7 +5,10 @@ Layout (prefix "llm" by default):
   llm.sched.done                        router -> scheduler, JobDone: a request ended (frees its tenant's share)
   llm.jobs.<model>.<version>.p<N>       scheduler -> workers, JetStream work queue (one stream per model,
                                         LLM_JOBS_<model>, so each model's queue has its own bound)
-  llm.doorbell.<model>.<version>        scheduler -> workers, "a job is waiting" doorbell (core NATS)
+  llm.jobs.<model>.<version>.p<N>.<instance>
+                                        the same, for one worker first (cache-aware dispatch)
+  llm.doorbell.<model>.<version>        scheduler -> workers, "a job is waiting" doorbell (core NATS):
+                                        "<N>", or "<N> <instance>" for a job queued for one worker
   llm.tokens.<request_id>               worker -> router, TokenChunk messages
   llm.cancel.<request_id>               router -> workers, Cancel
   llm.hb.<kind>.<instance_id>           every instance -> monitor, schedulers, routers: Heartbeat
@@ -83,6 +86,32 @@ class Subjects:
     def jobs_consumer(self, model: str, version: int, priority: int) -> str:
         """Durable consumer shared by every worker of one model version and priority."""
         return f"{model}_v{version}_p{priority}"
+
+    def jobs_for(self, model: str, version: int, priority: int, instance_id: str) -> str:
+        """Jobs queued for one worker first (it holds the start of their prompts)."""
+        return f"{self.jobs(model, version, priority)}.{instance_id}"
+
+    def jobs_for_any(self, model: str, version: int) -> str:
+        """Every worker's own subjects of one version."""
+        return f"{self.prefix}.jobs.{model}.{version}.*.*"
+
+    def jobs_version_all(self, model: str, version: int) -> str:
+        """One version's jobs: the shared subjects and every worker's own."""
+        return f"{self.prefix}.jobs.{model}.{version}.>"
+
+    def jobs_for_consumer(self, model: str, version: int, priority: int, instance_id: str) -> str:
+        """Durable consumer of one worker's own subject (any worker may pull it once it waited)."""
+        return f"{self.jobs_consumer(model, version, priority)}_{instance_id}"
+
+    def parse_jobs(self, subject: str) -> tuple[int, int, str] | None:
+        """(version, priority, instance id or "") of a job subject; None for anything else."""
+        parts = subject.split(".")
+        if len(parts) not in (5, 6) or parts[0] != self.prefix or parts[1] != "jobs" or not parts[4].startswith("p"):
+            return None
+        try:
+            return int(parts[3]), int(parts[4][1:]), parts[5] if len(parts) == 6 else ""
+        except ValueError:
+            return None
 
     def doorbell(self, model: str, version: int) -> str:
         return f"{self.prefix}.doorbell.{model}.{version}"

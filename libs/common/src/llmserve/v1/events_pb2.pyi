@@ -190,7 +190,7 @@ class Cancel(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., max_attempt: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host", "gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "requests_total", "requests_failed", "recent_ttft_p50_s", "queued_jobs", "draining_versions", "numerics", "generated_tokens_total", "model_loads")
+    __slots__ = ("instance_id", "kind", "sent_at", "interval_s", "ready", "model", "model_version", "slots_total", "slots_busy", "rss_bytes", "cpu_percent", "host", "gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes", "requests_total", "requests_failed", "recent_ttft_p50_s", "queued_jobs", "draining_versions", "numerics", "generated_tokens_total", "model_loads", "prefix_keys")
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +214,7 @@ class Heartbeat(_message.Message):
     NUMERICS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     MODEL_LOADS_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_KEYS_FIELD_NUMBER: _ClassVar[int]
     instance_id: str
     kind: InstanceKind
     sent_at: float
@@ -237,7 +238,8 @@ class Heartbeat(_message.Message):
     numerics: str
     generated_tokens_total: int
     model_loads: _containers.RepeatedCompositeFieldContainer[ModelLoad]
-    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ..., numerics: _Optional[str] = ..., generated_tokens_total: _Optional[int] = ..., model_loads: _Optional[_Iterable[_Union[ModelLoad, _Mapping]]] = ...) -> None: ...
+    prefix_keys: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ..., numerics: _Optional[str] = ..., generated_tokens_total: _Optional[int] = ..., model_loads: _Optional[_Iterable[_Union[ModelLoad, _Mapping]]] = ..., prefix_keys: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelLoad(_message.Message):
     __slots__ = ("model", "ttft_bucket_bounds_s", "ttft_bucket_counts", "queued_jobs")

@@ -10,6 +10,12 @@ one round trip instead of one per level above it. The hint is recorded before `o
 caller, so a pull that follows a doorbell always asks its level. Doorbells are core NATS and may be
 lost, so every level is asked again at least every `_FULL_SWEEP_S`.
 
+Cache-aware dispatch (scheduler/dispatch.py) queues some jobs on a worker's own subject; a worker
+pulls its own subject of a level before the shared one (a doorbell naming it says when). Another
+worker's own subject is pulled by anyone once a job waited there `preferred_wait_s` (its owner is
+busy, stopped or dead): such jobs are found from doorbells naming other workers and from a sweep of
+the stream's subjects every `_FULL_SWEEP_S`, and are taken before the shared queue of their level.
+
 Dispatch order is strict by priority, with aging: a job that has waited `aging_step_s` seconds
 counts one level higher, two steps two levels, and so on (up to critical), so a low-priority job
 is never starved by a steady stream of higher ones. The age of each level's oldest job is sampled
@@ -24,6 +30,7 @@ import json
 import time
 from collections.abc import Callable
 
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -32,6 +39,8 @@ from nats.js.errors import NotFoundError
 from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.subjects import PRIORITIES_HIGH_FIRST, Subjects
 from llmserve.v1 import common_pb2, events_pb2
+
+log = structlog.get_logger()
 
 # Status codes JetStream answers a pull with when it has nothing (more) to give.
 _EMPTY_STATUSES = {"404", "408", "409"}
@@ -59,7 +68,8 @@ def aged_order(head_ages: dict[int, float], aging_step_s: float) -> list[int]:
 
 class JobPuller:
     def __init__(
-        self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0, aging_step_s: float = 0.0
+        self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0, aging_step_s: float = 0.0,
+        instance_id: str = "", preferred_wait_s: float = 0.5,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -82,6 +92,15 @@ class JobPuller:
         self._maybe_waiting: set[int] = set(PRIORITIES_HIGH_FIRST)
         self._rings: dict[int, int] = dict.fromkeys(PRIORITIES_HIGH_FIRST, 0)
         self._swept_at = 0.0
+        # This worker's own subjects (cache-aware dispatch), with the same hints as the shared ones.
+        self._instance = instance_id
+        self._own_waiting: set[int] = set(PRIORITIES_HIGH_FIRST) if instance_id else set()
+        self._own_rings: dict[int, int] = dict.fromkeys(PRIORITIES_HIGH_FIRST, 0)
+        # Other workers' own subjects known to hold jobs, with when that was first known (monotonic);
+        # and those whose consumer this worker made sure of.
+        self._preferred_wait_s = preferred_wait_s
+        self._foreign: dict[str, float] = {}
+        self._foreign_ready: set[str] = set()
 
     async def start(self, on_ring: Callable[[], None] | None = None) -> None:
         """Creates the consumers; with on_ring, follows the doorbell and calls on_ring at each."""
@@ -92,19 +111,11 @@ class JobPuller:
             # The scheduler normally creates it; a worker that starts first creates it with defaults.
             await ensure_jobs_stream(self._nc, self._subjects, self._model, _DEFAULT_MAX_QUEUED)
         for priority in PRIORITIES_HIGH_FIRST:
-            await js.add_consumer(
-                self._stream,
-                ConsumerConfig(
-                    durable_name=self._subjects.jobs_consumer(self._model, self._version, priority),
-                    filter_subject=self._subjects.jobs(self._model, self._version, priority),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=self._ack_wait_s,
-                    max_waiting=512,
-                    # Consumers of a version nobody serves any more go away by themselves.
-                    inactive_threshold=_CONSUMER_IDLE_S,
-                ),
+            await self._add_consumer(
+                self._subjects.jobs_consumer(self._model, self._version, priority), self._subjects.jobs(self._model, self._version, priority)
             )
+            if self._instance:
+                await self._add_consumer(*self._own(priority))
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
         if on_ring is not None:
 
@@ -114,14 +125,39 @@ class JobPuller:
 
             self._doorbell_sub = await self._nc.subscribe(self._subjects.doorbell(self._model, self._version), cb=_ring)
 
+    def _own(self, priority: int, instance_id: str | None = None) -> tuple[str, str]:
+        """Durable consumer and subject of a worker's own queue of one level (this worker's by default)."""
+        instance = instance_id or self._instance
+        return (
+            self._subjects.jobs_for_consumer(self._model, self._version, priority, instance),
+            self._subjects.jobs_for(self._model, self._version, priority, instance),
+        )
+
+    async def _add_consumer(self, durable: str, subject: str) -> None:
+        """Creates a durable pull consumer (the same call again is a no-op: same configuration)."""
+        await self._js.add_consumer(
+            self._stream,
+            ConsumerConfig(
+                durable_name=durable,
+                filter_subject=subject,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._ack_wait_s,
+                max_waiting=512,
+                # Consumers of a version (or a worker) nobody pulls any more go away by themselves.
+                inactive_threshold=_CONSUMER_IDLE_S,
+            ),
+        )
+
     async def _waiting(self) -> dict[str, int]:
         """Jobs of this version waiting in the queue, by subject (one per priority)."""
         info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version(self._model, self._version))
         return info.state.subjects or {}
 
     async def queue_empty(self) -> bool:
-        """True when no job of this version waits in the queue, at any priority."""
-        return not any((await self._waiting()).values())
+        """True when no job of this version waits in the queue, at any priority, for any worker."""
+        info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_version_all(self._model, self._version))
+        return not any((info.state.subjects or {}).values())
 
     async def stop(self) -> None:
         if self._probe is not None:
@@ -131,11 +167,21 @@ class JobPuller:
                 await sub.unsubscribe()
 
     def note_ring(self, payload: bytes) -> None:
-        """A doorbell: the level it names (every level when it names none) may hold a job."""
+        """A doorbell: the level it names (every level when it names none) may hold a job, on the
+        shared subject, or on the own subject of the worker it names."""
+        words = payload.split()
         try:
-            level = int(payload)
+            level = int(words[0]) if words else None
         except ValueError:
             level = None
+        if len(words) > 1 and level in self._rings:
+            target = words[1].decode(errors="replace")
+            if target == self._instance:
+                self._own_waiting.add(level)
+                self._own_rings[level] += 1
+            else:
+                self._foreign.setdefault(self._subjects.jobs_for(self._model, self._version, level, target), time.monotonic())
+            return
         if level not in self._rings:
             self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
             for known in self._rings:
@@ -150,20 +196,85 @@ class JobPuller:
         if self._doorbell_sub is None or time.monotonic() - self._swept_at >= _FULL_SWEEP_S:
             self._swept_at = time.monotonic()
             self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
+            if self._instance:
+                self._own_waiting.update(PRIORITIES_HIGH_FIRST)
+            await self._sweep_foreign()
         taken: list[Msg] = []
+        stale = self._stale_foreign()
         for priority in self._dispatch_order():
-            if len(taken) >= max_jobs:
-                break
-            if priority not in self._maybe_waiting or (above is not None and priority <= above):
+            if above is not None and priority <= above:
                 continue
-            rings = self._rings[priority]
-            consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
-            wanted = max_jobs - len(taken)
-            got = await self._pull_one(consumer, wanted, timeout_s)
-            taken.extend(got)
-            if len(got) < wanted and self._rings[priority] == rings:
-                self._maybe_waiting.discard(priority)
+            if priority in self._own_waiting and len(taken) < max_jobs:
+                taken.extend(await self._pull_hinted(self._own(priority)[0], max_jobs - len(taken), timeout_s, self._own_waiting,
+                                                     self._own_rings, priority))
+            for subject in stale.get(priority, ()):
+                if len(taken) < max_jobs:
+                    taken.extend(await self._pull_foreign(subject, max_jobs - len(taken), timeout_s))
+            if priority in self._maybe_waiting and len(taken) < max_jobs:
+                consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
+                taken.extend(await self._pull_hinted(consumer, max_jobs - len(taken), timeout_s, self._maybe_waiting, self._rings, priority))
         return taken
+
+    async def _pull_hinted(self, consumer: str, wanted: int, timeout_s: float, waiting: set[int], rings: dict[int, int], level: int) -> list[Msg]:
+        """Pulls one level's queue; a queue found empty leaves `waiting` unless a doorbell rang meanwhile."""
+        before = rings[level]
+        got = await self._pull_one(consumer, wanted, timeout_s)
+        if len(got) < wanted and rings[level] == before:
+            waiting.discard(level)
+        return got
+
+    # -- other workers' own subjects ------------------------------------------------------------
+    async def _sweep_foreign(self) -> None:
+        """Notes which other workers' own subjects hold jobs (one stream-info round trip)."""
+        try:
+            info = await self._js.stream_info(self._stream, subjects_filter=self._subjects.jobs_for_any(self._model, self._version))
+        except Exception:  # reconnecting: the next sweep looks again
+            return
+        holding = {subject for subject, count in (info.state.subjects or {}).items() if count}
+        now = time.monotonic()
+        for subject in holding:
+            parsed = self._subjects.parse_jobs(subject)
+            if parsed is not None and parsed[2] != self._instance:
+                self._foreign.setdefault(subject, now)
+        for subject in set(self._foreign) - holding:
+            del self._foreign[subject]
+
+    def _stale_foreign(self) -> dict[int, list[str]]:
+        """Other workers' subjects whose jobs have waited past the bound, by level."""
+        now = time.monotonic()
+        stale: dict[int, list[str]] = {}
+        for subject, since in self._foreign.items():
+            parsed = self._subjects.parse_jobs(subject)
+            if parsed is not None and now - since >= self._preferred_wait_s:
+                stale.setdefault(parsed[1], []).append(subject)
+        return stale
+
+    def foreign_due_s(self) -> float | None:
+        """Seconds until a job known on another worker's subject may be taken here (None: none known)."""
+        if not self._foreign:
+            return None
+        return max(0.0, min(self._foreign.values()) + self._preferred_wait_s - time.monotonic())
+
+    async def _pull_foreign(self, subject: str, wanted: int, timeout_s: float) -> list[Msg]:
+        """Takes jobs another worker did not take in time, through that worker's own consumer (which
+        keeps the work queue's one-delivery guarantee), creating the consumer if it is gone."""
+        _, priority, owner = self._subjects.parse_jobs(subject)
+        consumer, _ = self._own(priority, owner)
+        try:
+            if subject not in self._foreign_ready:
+                await self._add_consumer(consumer, subject)
+                self._foreign_ready.add(subject)
+            got = await self._pull_one(consumer, wanted, timeout_s)
+        except Exception as exc:  # the owner's consumer could not be made: the next sweep tries again
+            log.warning("foreign_pull_failed", subject=subject, error=str(exc))
+            self._foreign.pop(subject, None)
+            return []
+        if got:
+            log.info("jobs_taken_from_other_worker", owner=owner, jobs=len(got))
+        if len(got) < wanted:
+            self._foreign.pop(subject, None)
+            self._foreign_ready.discard(subject)
+        return got
 
     def _dispatch_order(self) -> list[int]:
         """The current order; when it is older than the probe interval a refresh starts in the

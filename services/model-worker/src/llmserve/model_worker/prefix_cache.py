@@ -72,6 +72,10 @@ class PrefixCache:
             if name in self._blocks:  # a block put earlier in this call may have been evicted by a later one
                 self._blocks.move_to_end(name)
 
+    def holds(self, name: bytes) -> bool:
+        """Whether the block named `name` is cached (read from any thread: a dict lookup)."""
+        return name in self._blocks
+
     def put(self, tokens: tuple[int, ...] | list[int], kv: torch.Tensor) -> None:
         """Keeps copies of the full blocks of a prefilled prompt not cached yet; `kv` holds its positions
         (a view of the engine's cache row, [layers, 2, kv_heads, positions, head_dim])."""

@@ -78,6 +78,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         raise SystemExit(f"LLMSERVE_WORKER_MODEL_IMPL must be one of {', '.join(MODEL_IMPLS)}, got {settings.model_impl!r}")
     if not 0.0 <= settings.prefix_cache_share <= 1.0:
         raise SystemExit(f"LLMSERVE_WORKER_PREFIX_CACHE_SHARE must be between 0 and 1, got {settings.prefix_cache_share}")
+    if settings.preferred_wait_s < 0:
+        raise SystemExit(f"LLMSERVE_WORKER_PREFERRED_WAIT_S must be 0 or more, got {settings.preferred_wait_s}")
     if settings.max_preemptions < 0:
         raise SystemExit(f"LLMSERVE_WORKER_MAX_PREEMPTIONS must be 0 or more, got {settings.max_preemptions}")
     if settings.torch_threads > 0:
@@ -100,7 +102,7 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         )
         engine = build_engine(settings, loaded)
         await engine.start()
-        return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s)
+        return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s, settings.preferred_wait_s)
 
     rt.readiness.block("model", f"loading {record.name} version {record.version}")
     try:

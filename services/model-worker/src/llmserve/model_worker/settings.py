@@ -62,6 +62,9 @@ class WorkerSettings:
     # a higher priority level when every slot (or the KV budget) is taken (flat decoder; 0: never
     # preempt). The bound keeps a `normal` request from being pushed back forever by a stream of `high`.
     max_preemptions: int = 3
+    # LLMSERVE_WORKER_PREFERRED_WAIT_S: a job the scheduler queued for another worker (it holds the start
+    # of the job's prompt) is taken by this one after waiting this long: its worker is busy or gone.
+    preferred_wait_s: float = 0.5
     # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
     # the worker hands them back to the routers, which resume them on another worker.
     drain_grace_s: float = 30.0
@@ -96,6 +99,7 @@ class WorkerSettings:
             prompt_cache_mb=env_float(env, "LLMSERVE_WORKER_PROMPT_CACHE_MB", cls.prompt_cache_mb),
             prefix_cache_share=env_float(env, "LLMSERVE_WORKER_PREFIX_CACHE_SHARE", cls.prefix_cache_share),
             max_preemptions=env_int(env, "LLMSERVE_WORKER_MAX_PREEMPTIONS", cls.max_preemptions),
+            preferred_wait_s=env_float(env, "LLMSERVE_WORKER_PREFERRED_WAIT_S", cls.preferred_wait_s),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", cls.drain_grace_s),
             metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", cls.metrics_addr),
             priority_aging_s=env_float(env, "LLMSERVE_WORKER_PRIORITY_AGING_S", env_float(env, _OLD_AGING, cls.priority_aging_s)),

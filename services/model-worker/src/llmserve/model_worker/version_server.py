@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 from nats.aio.client import Client as NATS
 
+from llmserve.common.prefix_keys import job_prefix_keys
 from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
@@ -24,6 +26,7 @@ from llmserve.model_worker.job_puller import JobPuller
 from llmserve.model_worker.job_request import JobRejected, engine_request
 from llmserve.model_worker.loader import LoadedModel, free_model_memory
 from llmserve.model_worker.model_calls import ModelCallResponder
+from llmserve.model_worker.prefix_announcer import PrefixAnnouncer
 from llmserve.v1 import common_pb2, events_pb2, registry_pb2
 
 log = structlog.get_logger()
@@ -47,6 +50,7 @@ class VersionServer:
         record: registry_pb2.ModelVersion,
         instance_id: str,
         priority_aging_s: float = 0.0,
+        preferred_wait_s: float = 0.5,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -56,7 +60,13 @@ class VersionServer:
         self.numerics = loaded.numerics
         self.record = record
         self.instance_id = instance_id
-        self.puller = JobPuller(nc, subjects, record.name, record.version, aging_step_s=priority_aging_s)
+        self.puller = JobPuller(
+            nc, subjects, record.name, record.version, aging_step_s=priority_aging_s, instance_id=instance_id, preferred_wait_s=preferred_wait_s
+        )
+        # Prefix keys of the prompts this version's prefix cache holds, for heartbeats; `on_announce`
+        # is called when a job adds keys not announced before.
+        self.announcer = PrefixAnnouncer(getattr(engine, "prefix_cache", None))
+        self.on_announce: Callable[[], None] | None = None
         self._constraints = ConstraintCompiler(loaded.tokenizer, loaded.eos_ids)
         self.model_calls = ModelCallResponder(
             nc, subjects, record.name, record.version, loaded.tokenizer, min(loaded.max_context, engine.max_kv_tokens), loaded.numerics,
@@ -150,8 +160,11 @@ class VersionServer:
                 await asyncio.sleep(_IDLE_WAIT_S)
                 continue
             if not msgs:
-                # A slot freed while full also ends the wait: ordinary jobs may be taken again.
-                await _wait_any((self._doorbell, self._slot_freed) if above is not None else (self._doorbell,), _IDLE_WAIT_S)
+                # A slot freed while full also ends the wait: ordinary jobs may be taken again. A job
+                # waiting for another worker may be taken here once it waited long enough.
+                due = self.puller.foreign_due_s()
+                wait = _IDLE_WAIT_S if due is None else min(_IDLE_WAIT_S, due + 0.01)
+                await _wait_any((self._doorbell, self._slot_freed) if above is not None else (self._doorbell,), wait)
                 continue
             for msg in msgs:
                 await msg.ack()
@@ -217,6 +230,7 @@ class VersionServer:
                 await self._chunks.output(job, seq, out)
                 if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
+                    self._announce(job, request.prompt_ids)
                     span.add_event("prefill_done", {"prompt_tokens": len(request.prompt_ids), "resumed_tokens": len(request.resume_ids),
                                                     "prefill_s": first - prepared})
                 seq += 1
@@ -257,6 +271,12 @@ class VersionServer:
             await self._chunks.error(job, seq, events_pb2.ERROR_CODE_INTERNAL, error)
         finally:
             end_span(span, error)
+
+
+    def _announce(self, job: events_pb2.Job, prompt_ids: tuple[int, ...]) -> None:
+        """After a prompt's prefill: its prefix keys go into the next heartbeat (at once when new)."""
+        if self.announcer.add(job_prefix_keys(job), prompt_ids) and self.on_announce is not None:
+            self.on_announce()
 
 
 def job_started_wall(perf_at: float) -> float:

@@ -11,6 +11,7 @@ once it has none. No request is dropped. An artifact that fails verification or 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -30,6 +31,8 @@ log = structlog.get_logger()
 
 # Seconds between reads of the alias when no announcement arrives.
 ALIAS_POLL_S = 5.0
+# New prefix keys are announced in a heartbeat of their own, at most this often.
+_ANNOUNCE_EVERY_S = 0.2
 
 # Loads (verifying its checksum) and starts the engine of a version; raises when it cannot.
 VersionOpener = Callable[[registry_pb2.ModelVersion], Awaitable[VersionServer]]
@@ -75,6 +78,21 @@ class ModelWorker:
         self.heartbeat = HeartbeatPublisher(
             nc, subjects, instance_id, events_pb2.INSTANCE_KIND_WORKER, heartbeat_interval_s, self._fill_beat
         )
+        # New prefix keys go out in a heartbeat of their own, at most every _ANNOUNCE_EVERY_S.
+        self._announce_task: asyncio.Task[None] | None = None
+        self._announced_at = 0.0
+        first.on_announce = self._announce_soon
+
+    def _announce_soon(self) -> None:
+        if self._announce_task is None or self._announce_task.done():
+            self._announce_task = asyncio.create_task(self._announce(), name="announce-prefixes")
+
+    async def _announce(self) -> None:
+        wait = self._announced_at + _ANNOUNCE_EVERY_S - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._announced_at = time.monotonic()
+        await self.heartbeat.beat_once()
 
     @property
     def model(self) -> str:
@@ -112,6 +130,8 @@ class ModelWorker:
         beat.slots_busy = busy
         beat.generated_tokens_total = metrics.generated_tokens_total()
         beat.ready = not self._draining
+        if beat.ready:
+            beat.prefix_keys.extend(self.current.announcer.held())
         self._gpu.fill(beat)
 
     async def start(self) -> None:
@@ -149,6 +169,8 @@ class ModelWorker:
         await asyncio.gather(*(server.drain(grace_s) for server in servers))
         for sub in self._subs:
             await sub.unsubscribe()
+        if self._announce_task is not None:
+            self._announce_task.cancel()
         await self.heartbeat.stop()
         for server in servers:
             await server.close()
@@ -188,6 +210,7 @@ class ModelWorker:
                 await self._nc.publish(self._subjects.model_refused, refused.SerializeToString())
                 return False
             old = self.current
+            server.on_announce = self._announce_soon
             self.current = server
             self._winding_down[old.version] = old
             await self.heartbeat.beat_once()  # schedulers see the new version now

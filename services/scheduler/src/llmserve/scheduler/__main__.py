@@ -30,10 +30,13 @@ async def run(settings: SchedulerSettings) -> None:
             redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s
         )
         scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(), queues, tenants)
+        if not settings.cache_aware:
+            scheduler.dispatch = None
         await scheduler.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
         rt.started()
-        log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active)
+        log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active,
+                 cache_aware=settings.cache_aware)
         while not rt.stop.is_set():
             await scheduler.refresh_queue_depth()
             with contextlib.suppress(asyncio.TimeoutError):

@@ -21,4 +21,9 @@ QUEUED_JOBS = Gauge("llmserve_scheduler_queued_jobs", "Jobs waiting in the JetSt
 QUEUE_DEPTH = Gauge(
     "llmserve_scheduler_queue_depth", "Jobs waiting in the queue, by model, version and priority level.", ["model", "version", "priority"]
 )
+PREFERRED_DISPATCHES = Counter(
+    "llmserve_scheduler_preferred_dispatches_total",
+    "Jobs queued for the worker whose prefix cache holds the start of their prompt (cache-aware dispatch).",
+    ["model"],
+)
 TENANT_RELEASES = Counter("llmserve_scheduler_tenant_releases_total", "Requests whose end freed their tenant's share.")

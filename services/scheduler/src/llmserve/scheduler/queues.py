@@ -84,14 +84,19 @@ class JobQueues:
         """After a NATS reconnect the server may have lost its streams: check them again on next use."""
         self._streams.clear()
 
-    async def publish(self, job: events_pb2.Job, trace_headers: dict[str, str] | None = None) -> bool:
-        """Queues the job; returns False when JetStream dropped it as a duplicate of an earlier submission.
-        `trace_headers` (the scheduler's span) travel with the job to the worker that takes it."""
+    async def publish(self, job: events_pb2.Job, trace_headers: dict[str, str] | None = None, worker: str | None = None) -> bool:
+        """Queues the job (on `worker`'s own subject when given: see dispatch.py); returns False when
+        JetStream dropped it as a duplicate of an earlier submission. `trace_headers` (the scheduler's
+        span) travel with the job to the worker that takes it."""
+        if worker:
+            subject = self._subjects.jobs_for(job.model, job.model_version, job.priority, worker)
+        else:
+            subject = self._subjects.jobs(job.model, job.model_version, job.priority)
         for attempt in range(2):
             msg_ttl = await self.ensure(job.model)
             try:
                 ack = await self._js.publish(
-                    self._subjects.jobs(job.model, job.model_version, job.priority),
+                    subject,
                     job.SerializeToString(),
                     timeout=5.0,
                     headers={**(trace_headers or {}), **self._headers(job, msg_ttl)},
@@ -113,8 +118,10 @@ class JobQueues:
                 raise
         if ack.duplicate:
             return False
-        # The level lets workers pull that queue without first asking the (usually empty) higher ones.
-        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), str(job.priority).encode())
+        # The level lets workers pull that queue without first asking the (usually empty) higher ones;
+        # the worker named pulls its own subject.
+        ring = f"{job.priority} {worker}" if worker else str(job.priority)
+        await self._nc.publish(self._subjects.doorbell(job.model, job.model_version), ring.encode())
         return True
 
     def _headers(self, job: events_pb2.Job, msg_ttl: bool) -> dict[str, str]:
@@ -138,7 +145,13 @@ class JobQueues:
             by_subject = dict(info.state.subjects or {})
             emptied = set(state.by_subject) - set(by_subject)
             state.observe(info.state.messages, info.state.last_seq, by_subject, time.monotonic())
+            # Depth per version and level, a worker's own subjects counted with the shared one.
+            depths: dict[tuple[int, int], int] = {}
             for subject in emptied | set(by_subject):
-                _, version, priority = subject.rsplit(".", 2)
-                metrics.QUEUE_DEPTH.labels(model=model, version=version, priority=priority.removeprefix("p")).set(by_subject.get(subject, 0))
+                parsed = self._subjects.parse_jobs(subject)
+                if parsed is not None:
+                    version, priority, _ = parsed
+                    depths[version, priority] = depths.get((version, priority), 0) + by_subject.get(subject, 0)
+            for (version, priority), depth in depths.items():
+                metrics.QUEUE_DEPTH.labels(model=model, version=str(version), priority=str(priority)).set(depth)
         metrics.QUEUED_JOBS.set(self.total_queued)

@@ -19,6 +19,7 @@ from llmserve.common.subjects import Subjects
 from llmserve.common.tracing import Context, Span, SpanKind, end_span, extract, headers_for, start_span
 from llmserve.scheduler import metrics
 from llmserve.scheduler.admission import admit, effective_priority
+from llmserve.scheduler.dispatch import PrefixDispatch
 from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.tenants import TenantPolicy
 from llmserve.v1 import events_pb2
@@ -37,6 +38,8 @@ class Scheduler:
         self.queues = queues
         self._tenants = tenants
         self._subs: list = []
+        # None: every job goes to the shared queue (LLMSERVE_SCHEDULER_CACHE_AWARE=0).
+        self.dispatch: PrefixDispatch | None = PrefixDispatch(liveness)
 
     async def start(self) -> None:
         group = Subjects.SCHEDULER_QUEUE_GROUP
@@ -118,8 +121,11 @@ class Scheduler:
         else:
             allowed = await self._tenants.acquire(job.tenant, job.request_id, job.deadline)
             job.priority = effective_priority(job.priority, allowed)
+        worker = self.dispatch.choose(job) if self.dispatch is not None else None
+        if worker:
+            span.set_attribute("llmserve.preferred_worker", worker)
         try:
-            queued = await self.queues.publish(job, headers_for(span))
+            queued = await self.queues.publish(job, headers_for(span), worker)
         except BaseException:
             if job.attempt == 0:
                 await self._tenants.forget(job.tenant, job.request_id)
@@ -135,7 +141,9 @@ class Scheduler:
                 )
             log.info("job_duplicate_ignored")
             return "duplicate"
-        log.info("job_queued", version=job.model_version, priority=job.priority)
+        log.info("job_queued", version=job.model_version, priority=job.priority, **({"worker": worker} if worker else {}))
+        if worker:
+            metrics.PREFERRED_DISPATCHES.labels(model=job.model).inc()
         return "queued"
 
 

@@ -29,6 +29,10 @@ class SchedulerSettings:
     lease_s: float = 900.0
     # LLMSERVE_SCHEDULER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
     metrics_addr: str = ""
+    # LLMSERVE_SCHEDULER_CACHE_AWARE: 1 sends a job to the worker whose prefix cache holds the longest
+    # start of its prompt (as its heartbeats announce), when it has a free slot; 0 queues every job for
+    # any worker.
+    cache_aware: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> SchedulerSettings:
@@ -40,4 +44,5 @@ class SchedulerSettings:
             tenant_max_priority=priority_level(env_str(env, "LLMSERVE_SCHEDULER_TENANT_MAX_PRIORITY", "high")),
             lease_s=env_float(env, "LLMSERVE_SCHEDULER_LEASE_S", cls.lease_s),
             metrics_addr=env_str(env, "LLMSERVE_SCHEDULER_METRICS_ADDR", ""),
+            cache_aware=env_int(env, "LLMSERVE_SCHEDULER_CACHE_AWARE", 1) != 0,
         )
