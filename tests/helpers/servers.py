@@ -61,3 +61,52 @@ def nats_server(tmp: Path) -> ServerProcess:
 
 def redis_server(tmp: Path) -> ServerProcess:
     return _server("redis", "REDIS_URL", "redis://127.0.0.1:{port}/0", tmp)
+
+
+@dataclass
+class NatsNode:
+    """One server of a loopback NATS cluster, with JetStream; it can be killed and started again."""
+
+    name: str
+    port: int
+    cluster_port: int
+    routes: list[str]
+    data_dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            infra.find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name, "-js", "-sd", str(self.data_dir),
+            "--cluster_name", "llmserve", "--cluster", f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(self.routes),
+        ]
+        log = open(self.data_dir.parent / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        infra.wait_until_reachable("127.0.0.1", self.port, self.proc, "nats-server")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            infra.stop_process(self.proc)
+            self.proc = None
+
+
+def nats_cluster(tmp: Path, size: int = 3) -> list[NatsNode]:
+    """`size` nats-servers clustered on loopback, each with JetStream and a store of its own."""
+    ports = [(infra.free_port(), infra.free_port()) for _ in range(size)]
+    nodes = []
+    for i, (port, cluster_port) in enumerate(ports):
+        routes = [f"nats://127.0.0.1:{c}" for j, (_, c) in enumerate(ports) if j != i]
+        nodes.append(NatsNode(f"n{i}", port, cluster_port, routes, tmp / "nats-cluster" / f"n{i}"))
+    for node in nodes:
+        node.start()
+    return nodes

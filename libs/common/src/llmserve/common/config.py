@@ -53,10 +53,19 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 class CommonSettings:
     """What every service needs to find the cluster."""
 
-    # LLMSERVE_NATS_URL (or NATS_URL): the NATS server with JetStream.
+    # LLMSERVE_NATS_URL (or NATS_URL): the NATS server with JetStream; for a cluster, every server
+    # as a seed, comma-separated (a client moves to another when its own goes away).
     nats_url: str = "nats://127.0.0.1:4222"
-    # LLMSERVE_REDIS_URL (or REDIS_URL): the Redis server that holds the registry.
+    # LLMSERVE_NATS_JS_REPLICAS: replicas of each JetStream stream (the job queues): 1 on one server,
+    # 3 on a cluster of three, where a queue then survives the loss of any one server.
+    nats_js_replicas: int = 1
+    # LLMSERVE_REDIS_URL (or REDIS_URL): the Redis server that holds the registry (with Sentinels:
+    # its database number and password still apply).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # LLMSERVE_REDIS_SENTINELS: Sentinels as host:port,host:port; set, the client connects to the
+    # primary they name for LLMSERVE_REDIS_SENTINEL_MASTER, and follows a failover.
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "llmserve"
     # LLMSERVE_SUBJECT_PREFIX: first token of every NATS subject, so clusters can share a server.
     subject_prefix: str = "llm"
     # LLMSERVE_KEY_PREFIX: prefix of every Redis key.
@@ -86,6 +95,8 @@ class CommonSettings:
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
             raise ValueError(f"LLMSERVE_AUTH must be one of {', '.join(AUTH_MODES)}, got {self.auth!r}")
+        if not 1 <= self.nats_js_replicas <= 5:
+            raise ValueError(f"LLMSERVE_NATS_JS_REPLICAS must be 1 to 5, got {self.nats_js_replicas}")
 
     @property
     def auth_required(self) -> bool:
@@ -96,7 +107,10 @@ class CommonSettings:
         env = os.environ if env is None else env
         return cls(
             nats_url=env_str(env, "LLMSERVE_NATS_URL", env_str(env, "NATS_URL", cls.nats_url)),
+            nats_js_replicas=env_int(env, "LLMSERVE_NATS_JS_REPLICAS", cls.nats_js_replicas),
             redis_url=env_str(env, "LLMSERVE_REDIS_URL", env_str(env, "REDIS_URL", cls.redis_url)),
+            redis_sentinels=env_str(env, "LLMSERVE_REDIS_SENTINELS", cls.redis_sentinels),
+            redis_sentinel_master=env_str(env, "LLMSERVE_REDIS_SENTINEL_MASTER", cls.redis_sentinel_master),
             subject_prefix=env_str(env, "LLMSERVE_SUBJECT_PREFIX", cls.subject_prefix),
             key_prefix=env_str(env, "LLMSERVE_KEY_PREFIX", cls.key_prefix),
             model_store=Path(env_str(env, "LLMSERVE_MODEL_STORE", str(default_model_store()))),

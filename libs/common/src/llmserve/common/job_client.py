@@ -28,10 +28,14 @@ log = structlog.get_logger()
 
 # ServiceError.reason of a submission no scheduler answered (worth retrying; the job may not be queued).
 NO_SCHEDULER = "no_scheduler"
+# A scheduler answered but could not queue the job: JetStream had no stream leader for a moment (a
+# NATS server of a cluster died and the stream is electing a new one).
+QUEUE_UNAVAILABLE = "queue_unavailable"
 
 
 def no_scheduler(exc: ServiceError) -> bool:
-    return exc.reason == NO_SCHEDULER
+    """A refusal worth retrying: nobody could queue the job just now."""
+    return exc.reason in (NO_SCHEDULER, QUEUE_UNAVAILABLE)
 
 
 # Waits between the submissions of a new request while no scheduler answers.
@@ -145,7 +149,7 @@ class JobClient:
             raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "the scheduler did not answer in time", reason=NO_SCHEDULER) from None
         reply = events_pb2.SubmitReply.FromString(msg.data)
         if reply.error_code != events_pb2.ERROR_CODE_UNSPECIFIED:
-            raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None)
+            raise ServiceError(reply.error_code, reply.error_message, reply.retry_after_s or None, reason=reply.reason or None)
         return reply.model, reply.model_version
 
     async def submit_patiently(

@@ -91,12 +91,14 @@ JOBS_DUPLICATE_WINDOW_S = 120.0
 DEFAULT_QUEUE_MAX_BYTES = 1 << 30
 
 
-def jobs_stream_config(subjects: Subjects, model: str, max_queued: int, msg_ttl: bool = True) -> StreamConfig:
+def jobs_stream_config(subjects: Subjects, model: str, max_queued: int, msg_ttl: bool = True, replicas: int = 1) -> StreamConfig:
     """One model's job queue: a message is removed once a worker acks it (work-queue retention).
 
     discard=new makes a full queue refuse publishes, which is the scheduler's hard bound per model.
     Duplicate submissions of one request id within the window are dropped by JetStream itself, and
     a job published with a Nats-TTL header (its deadline) is deleted by JetStream when it expires.
+    On a NATS cluster the stream has `replicas` copies (its consumers as many), so a queue and its
+    acknowledged jobs survive the loss of a server while a majority of the copies lives.
     """
     return StreamConfig(
         name=subjects.jobs_stream(model),
@@ -108,19 +110,20 @@ def jobs_stream_config(subjects: Subjects, model: str, max_queued: int, msg_ttl:
         max_bytes=DEFAULT_QUEUE_MAX_BYTES,
         duplicate_window=JOBS_DUPLICATE_WINDOW_S,
         allow_msg_ttl=msg_ttl or None,
+        num_replicas=replicas,
     )
 
 
-async def ensure_jobs_stream(nc: NATS, subjects: Subjects, model: str, max_queued: int) -> bool:
+async def ensure_jobs_stream(nc: NATS, subjects: Subjects, model: str, max_queued: int, replicas: int = 1, timeout_s: float = 5.0) -> bool:
     """Creates (or brings to these limits) one model's queue. Returns whether per-message TTLs work.
 
     Several schedulers and workers call this with the same values; the last one to update wins, so
     every scheduler must be configured alike. Servers older than 2.11 know no per-message TTL: the
     queue is made without it, and expired jobs are dropped when a worker takes them instead.
     """
-    js = nc.jetstream()
+    js = nc.jetstream(timeout=timeout_s)
     for msg_ttl in (True, False):
-        config = jobs_stream_config(subjects, model, max_queued, msg_ttl)
+        config = jobs_stream_config(subjects, model, max_queued, msg_ttl, replicas)
         try:
             try:
                 await js.add_stream(config)

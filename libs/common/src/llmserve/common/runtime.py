@@ -33,6 +33,7 @@ from llmserve.common.lifecycle import new_instance_id, shutdown_event
 from llmserve.common.liveness import DEAD_AFTER_BEATS, LivenessTable
 from llmserve.common.logging import configure_logging
 from llmserve.common.natsio import NatsEvents, connect_once, usable
+from llmserve.common.redisio import redis_client
 from llmserve.common.startup import Readiness, ShutdownRequested, StartupGate, StartupTimeout
 from llmserve.common.subjects import Subjects
 from llmserve.common.tracing import configure as configure_tracing
@@ -132,7 +133,7 @@ async def service_runtime(common: CommonSettings, kind: int) -> AsyncIterator[Se
         # First in, last out: spans ended by anything closed below are still exported at exit.
         stack.callback(configure_tracing(KIND_NAMES[kind], instance_id))
         # from_url connects on first use only.
-        redis = aioredis.from_url(common.redis_url)
+        redis = redis_client(common)
         stack.push_async_callback(redis.aclose)
         yield ServiceRuntime(
             common=common,

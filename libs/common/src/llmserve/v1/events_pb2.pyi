@@ -126,18 +126,20 @@ class JobMessages(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ...) -> None: ...
 
 class SubmitReply(_message.Message):
-    __slots__ = ("error_code", "error_message", "model_version", "retry_after_s", "model")
+    __slots__ = ("error_code", "error_message", "model_version", "retry_after_s", "model", "reason")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_S_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     error_code: ErrorCode
     error_message: str
     model_version: int
     retry_after_s: float
     model: str
-    def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
+    reason: str
+    def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class JobDone(_message.Message):
     __slots__ = ("request_id", "tenant")
@@ -242,16 +244,18 @@ class Heartbeat(_message.Message):
     def __init__(self, instance_id: _Optional[str] = ..., kind: _Optional[_Union[InstanceKind, str]] = ..., sent_at: _Optional[float] = ..., interval_s: _Optional[float] = ..., ready: _Optional[bool] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., slots_total: _Optional[int] = ..., slots_busy: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., cpu_percent: _Optional[float] = ..., host: _Optional[str] = ..., gpu_utilization_percent: _Optional[float] = ..., gpu_memory_used_bytes: _Optional[int] = ..., gpu_memory_total_bytes: _Optional[int] = ..., requests_total: _Optional[int] = ..., requests_failed: _Optional[int] = ..., recent_ttft_p50_s: _Optional[float] = ..., queued_jobs: _Optional[int] = ..., draining_versions: _Optional[_Iterable[int]] = ..., numerics: _Optional[str] = ..., generated_tokens_total: _Optional[int] = ..., model_loads: _Optional[_Iterable[_Union[ModelLoad, _Mapping]]] = ..., prefix_keys: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelLoad(_message.Message):
-    __slots__ = ("model", "ttft_bucket_bounds_s", "ttft_bucket_counts", "queued_jobs")
+    __slots__ = ("model", "ttft_bucket_bounds_s", "ttft_bucket_counts", "queued_jobs", "queue_drain_per_s")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TTFT_BUCKET_BOUNDS_S_FIELD_NUMBER: _ClassVar[int]
     TTFT_BUCKET_COUNTS_FIELD_NUMBER: _ClassVar[int]
     QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DRAIN_PER_S_FIELD_NUMBER: _ClassVar[int]
     model: str
     ttft_bucket_bounds_s: _containers.RepeatedScalarFieldContainer[float]
     ttft_bucket_counts: _containers.RepeatedScalarFieldContainer[int]
     queued_jobs: int
-    def __init__(self, model: _Optional[str] = ..., ttft_bucket_bounds_s: _Optional[_Iterable[float]] = ..., ttft_bucket_counts: _Optional[_Iterable[int]] = ..., queued_jobs: _Optional[int] = ...) -> None: ...
+    queue_drain_per_s: float
+    def __init__(self, model: _Optional[str] = ..., ttft_bucket_bounds_s: _Optional[_Iterable[float]] = ..., ttft_bucket_counts: _Optional[_Iterable[int]] = ..., queued_jobs: _Optional[int] = ..., queue_drain_per_s: _Optional[float] = ...) -> None: ...
 
 class RegistryChange(_message.Message):
     __slots__ = ("model", "action", "version", "audit_id", "kind", "subject")

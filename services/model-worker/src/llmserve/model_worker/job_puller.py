@@ -69,7 +69,7 @@ def aged_order(head_ages: dict[int, float], aging_step_s: float) -> list[int]:
 class JobPuller:
     def __init__(
         self, nc: NATS, subjects: Subjects, model: str, version: int, ack_wait_s: float = 30.0, aging_step_s: float = 0.0,
-        instance_id: str = "", preferred_wait_s: float = 0.5,
+        instance_id: str = "", preferred_wait_s: float = 0.5, stream_replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._js = nc.jetstream()
@@ -79,6 +79,7 @@ class JobPuller:
         self._version = version
         self._ack_wait_s = ack_wait_s
         self._aging_step_s = aging_step_s
+        self._stream_replicas = stream_replicas
         self._order = list(PRIORITIES_HIGH_FIRST)
         self._order_at = 0.0
         self._probe: asyncio.Task[None] | None = None
@@ -109,7 +110,7 @@ class JobPuller:
             await js.stream_info(self._stream)
         except NotFoundError:
             # The scheduler normally creates it; a worker that starts first creates it with defaults.
-            await ensure_jobs_stream(self._nc, self._subjects, self._model, _DEFAULT_MAX_QUEUED)
+            await ensure_jobs_stream(self._nc, self._subjects, self._model, _DEFAULT_MAX_QUEUED, self._stream_replicas)
         for priority in PRIORITIES_HIGH_FIRST:
             await self._add_consumer(
                 self._subjects.jobs_consumer(self._model, self._version, priority), self._subjects.jobs(self._model, self._version, priority)

@@ -102,7 +102,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         )
         engine = build_engine(settings, loaded)
         await engine.start()
-        return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s, settings.preferred_wait_s)
+        return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s, settings.preferred_wait_s,
+                             common.nats_js_replicas)
 
     rt.readiness.block("model", f"loading {record.name} version {record.version}")
     try:

@@ -31,6 +31,9 @@ from llmserve.v1 import common_pb2, events_pb2, registry_pb2
 
 log = structlog.get_logger()
 
+# How long a job's ack is sent again until JetStream confirms it: well under the consumers' ack wait
+# (30 s), after which an unconfirmed job would be delivered again.
+_ACK_CONFIRM_S = 20.0
 # How long the pull loop sleeps when every queue is empty and no doorbell rings.
 _IDLE_WAIT_S = 0.5
 
@@ -51,6 +54,7 @@ class VersionServer:
         instance_id: str,
         priority_aging_s: float = 0.0,
         preferred_wait_s: float = 0.5,
+        stream_replicas: int = 1,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -61,7 +65,8 @@ class VersionServer:
         self.record = record
         self.instance_id = instance_id
         self.puller = JobPuller(
-            nc, subjects, record.name, record.version, aging_step_s=priority_aging_s, instance_id=instance_id, preferred_wait_s=preferred_wait_s
+            nc, subjects, record.name, record.version, aging_step_s=priority_aging_s, instance_id=instance_id, preferred_wait_s=preferred_wait_s,
+            stream_replicas=stream_replicas,
         )
         # Prefix keys of the prompts this version's prefix cache holds, for heartbeats; `on_announce`
         # is called when a job adds keys not announced before.
@@ -79,6 +84,7 @@ class VersionServer:
         # Request id and attempt (see Job.attempt) of each running job, by job key.
         self._attempts: dict[str, tuple[str, int]] = {}
         self._pull_task: asyncio.Task[None] | None = None
+        self._acks: set[asyncio.Task[None]] = set()
         self._draining = False
 
     @property
@@ -167,7 +173,7 @@ class VersionServer:
                 await _wait_any((self._doorbell, self._slot_freed) if above is not None else (self._doorbell,), wait)
                 continue
             for msg in msgs:
-                await msg.ack()
+                self._confirm_ack(msg)
                 job = events_pb2.Job.FromString(msg.data)
                 if job.deadline and time.time() > job.deadline:
                     await self._drop_expired(job)
@@ -177,6 +183,14 @@ class VersionServer:
                 self._jobs[key] = task
                 self._attempts[key] = (job.request_id, job.attempt)
                 task.add_done_callback(lambda _t, key=key: self._job_done(key))
+
+    def _confirm_ack(self, msg) -> None:
+        """Acks a job taken, in the background, until JetStream confirms it: an ack lost while a NATS
+        cluster elects a new stream leader would let the job be delivered again after the ack wait,
+        and run twice. The job starts at once meanwhile."""
+        task = asyncio.create_task(_ack_until_confirmed(msg), name="ack")
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
 
     async def _drop_expired(self, job: events_pb2.Job) -> None:
         """A job whose deadline passed while queued never runs; its router has already answered the client."""
@@ -289,6 +303,19 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
         await asyncio.wait_for(event.wait(), timeout)
     except TimeoutError:
         pass
+
+
+async def _ack_until_confirmed(msg) -> None:
+    give_up = time.monotonic() + _ACK_CONFIRM_S
+    while True:
+        try:
+            await msg.ack_sync(timeout=1.0)
+            return
+        except Exception as exc:  # no stream leader, or NATS reconnecting: the ack is idempotent
+            if time.monotonic() >= give_up:
+                log.warning("job_ack_unconfirmed", subject=msg.subject, error=f"{type(exc).__name__}: {exc}")
+                return
+            await asyncio.sleep(0.2)
 
 
 async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:

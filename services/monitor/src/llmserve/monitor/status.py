@@ -16,6 +16,7 @@ from llmserve.monitor.alerts import Alerter
 from llmserve.monitor.charts import history_section
 from llmserve.monitor.history import LoadHistory
 from llmserve.monitor.probes import Prober
+from llmserve.monitor.scaling import demand, scaling_view
 from llmserve.v1 import events_pb2
 
 # Metric names the monitor exports (documented in docs/ARCHITECTURE.md).
@@ -29,6 +30,7 @@ GPU_UTIL = "llmserve_instance_gpu_utilization_percent"
 GPU_MEMORY = "llmserve_instance_gpu_memory_used_bytes"
 PROBE_SUCCESS = "llmserve_probe_success"
 PROBE_LATENCY = "llmserve_probe_latency_seconds"
+DESIRED_WORKERS = "llmserve_cluster_desired_workers"
 
 
 class ClusterMetrics:
@@ -47,14 +49,21 @@ class ClusterMetrics:
             registry=self.registry,
         )
         self.probe_latency = Gauge(PROBE_LATENCY, "Duration of the latest probe of a live model version.", ["model", "version"], registry=self.registry)
+        self.desired_workers = Gauge(
+            DESIRED_WORKERS, "Workers each model needs now, from busy slots, queued jobs and the queue's drain rate (scaling.py).", ["model"],
+            registry=self.registry,
+        )
 
     def count_death(self, kind: int) -> None:
         self.deaths.labels(kind=KIND_NAMES.get(kind, "unknown")).inc()
 
     def render(self, table: LivenessTable, prober: Prober | None = None) -> bytes:
-        gauges = (self.instances, self.slots, self.busy, self.rss, self.cpu, self.gpu_util, self.gpu_memory, self.probe_success, self.probe_latency)
+        gauges = (self.instances, self.slots, self.busy, self.rss, self.cpu, self.gpu_util, self.gpu_memory, self.probe_success, self.probe_latency,
+                  self.desired_workers)
         for gauge in gauges:
             gauge.clear()
+        for model, entry in demand(table).items():
+            self.desired_workers.labels(model=model).set(entry.desired_workers)
         live_versions = {(b.model, b.model_version) for b in table.live_workers()}
         for result in (prober.results.values() if prober is not None else ()):
             if (result.model, result.version) in live_versions:  # a version nobody serves any more is not probed
@@ -157,6 +166,10 @@ def create_app(
         ]
         view["alerts"] = alerter.recent[-20:]
         return view
+
+    @app.get("/status/scaling")
+    async def get_scaling() -> dict:
+        return scaling_view(table)
 
     @app.get("/status/history")
     async def get_history() -> dict:

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import grpc
-import redis.asyncio as aioredis
 import structlog
 
 from llmserve.common import api_keys
@@ -25,6 +24,7 @@ from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import AuthInterceptor, ErrorInterceptor, add_health_and_reflection, follow_readiness
 from llmserve.common.keys import RedisKeys
 from llmserve.common.metrics_server import serve_metrics
+from llmserve.common.redisio import redis_client
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.registry import records
 from llmserve.registry.announcer import ChangeAnnouncer
@@ -85,7 +85,7 @@ async def bootstrap_admin_key(common: CommonSettings, secret_file: Path, name: s
     if api_keys.key_id_of(secret) is None:
         print(f"error: {secret_file} does not hold an llmserve key; make one with `llmserve keys generate`", file=sys.stderr)
         return 2
-    redis = aioredis.from_url(common.redis_url)
+    redis = redis_client(common)
     keys = RedisKeys(common.key_prefix)
     try:
         # No guard: keys hold no version numbers, and after Redis lost its data this is how an admin

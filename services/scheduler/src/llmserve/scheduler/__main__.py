@@ -24,7 +24,7 @@ async def run(settings: SchedulerSettings) -> None:
         serve_metrics(settings.metrics_addr, rt.readiness)
         redis = await rt.connect_redis()
         nc = await rt.connect_nats()
-        queues = JobQueues(nc, rt.subjects, settings.max_queued)
+        queues = JobQueues(nc, rt.subjects, settings.max_queued, settings.common.nats_js_replicas)
         rt.reconnect_hooks.append(queues.forget_streams)
         tenants = TenantPolicy(
             redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s

@@ -8,15 +8,19 @@ The queue's depth and drain rate are sampled from the stream's state; the drain 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.errors import APIError, NotFoundError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 
 from llmserve.common.errors import ServiceError
+from llmserve.common.job_client import QUEUE_UNAVAILABLE
 from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.scheduler import metrics
@@ -29,6 +33,11 @@ _STREAM_FULL_CODES = {10077, 10047}
 # Retry-After bounds, in seconds.
 MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 60.0
+# Publishing a job: each try's timeout, and how long a queue without a stream leader is retried (under
+# the router's submit timeout, which then retries itself).
+_PUBLISH_TIMEOUT_S = 1.0
+_PUBLISH_RETRY_S = 4.0
+_PUBLISH_RETRY_WAIT_S = 0.2
 # Weight of the newest sample in the drain-rate average.
 _RATE_SMOOTHING = 0.3
 
@@ -61,11 +70,12 @@ class QueueState:
 
 
 class JobQueues:
-    def __init__(self, nc: NATS, subjects: Subjects, max_queued_per_model: int) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, max_queued_per_model: int, replicas: int = 1) -> None:
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
         self._max_queued = max_queued_per_model
+        self._replicas = replicas
         # Model -> whether its stream takes per-message TTLs; a model is here once its stream exists.
         self._streams: dict[str, bool] = {}
         self.states: dict[str, QueueState] = {}
@@ -76,7 +86,7 @@ class JobQueues:
 
     async def ensure(self, model: str) -> bool:
         if model not in self._streams:
-            self._streams[model] = await ensure_jobs_stream(self._nc, self._subjects, model, self._max_queued)
+            self._streams[model] = await ensure_jobs_stream(self._nc, self._subjects, model, self._max_queued, self._replicas, _PUBLISH_TIMEOUT_S)
             self.states.setdefault(model, QueueState())
         return self._streams[model]
 
@@ -92,30 +102,40 @@ class JobQueues:
             subject = self._subjects.jobs_for(job.model, job.model_version, job.priority, worker)
         else:
             subject = self._subjects.jobs(job.model, job.model_version, job.priority)
-        for attempt in range(2):
-            msg_ttl = await self.ensure(job.model)
+        give_up = time.monotonic() + _PUBLISH_RETRY_S
+        recreated = False
+        while True:
             try:
+                msg_ttl = await self.ensure(job.model)
                 ack = await self._js.publish(
                     subject,
                     job.SerializeToString(),
-                    timeout=5.0,
+                    timeout=_PUBLISH_TIMEOUT_S,
                     headers={**(trace_headers or {}), **self._headers(job, msg_ttl)},
                 )
                 break
             except NotFoundError:
                 # The stream vanished (server restarted with fresh storage, or deleted): make it again.
                 self._streams.pop(job.model, None)
-                if attempt:
+                if recreated:
                     raise
-            except APIError as exc:
-                if exc.err_code in _STREAM_FULL_CODES:
+                recreated = True
+            except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError, APIError) as exc:
+                if isinstance(exc, APIError) and exc.err_code in _STREAM_FULL_CODES:
                     state = self.states.setdefault(job.model, QueueState())
                     raise ServiceError.exhausted(
                         f"the queue of model {job.model} is full ({self._max_queued} jobs); retry later",
                         retry_after_s=state.retry_after_s(),
                         reason="queue_full",
                     ) from exc
-                raise
+                if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError):
+                    raise
+                # No stream leader for a moment (a NATS server of a cluster died): JetStream's duplicate
+                # window makes publishing again harmless if the first one did land.
+                if time.monotonic() >= give_up:
+                    raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "the job queue is not answering; retry", reason=QUEUE_UNAVAILABLE) from exc
+                log.info("job_publish_retrying", model=job.model, error=type(exc).__name__)
+                await asyncio.sleep(_PUBLISH_RETRY_WAIT_S)
         if ack.duplicate:
             return False
         # The level lets workers pull that queue without first asking the (usually empty) higher ones;

@@ -61,7 +61,7 @@ class Scheduler:
     def fill_beat(self, beat: events_pb2.Heartbeat) -> None:
         beat.queued_jobs = self.queues.total_queued
         for model, state in sorted(self.queues.states.items()):
-            beat.model_loads.add(model=model, queued_jobs=state.depth)
+            beat.model_loads.add(model=model, queued_jobs=state.depth, queue_drain_per_s=state.drain_rate or 0.0)
 
     async def _on_submit(self, msg: Msg) -> None:
         reply = await self.submit(msg.data, extract(msg.headers))
@@ -148,7 +148,7 @@ class Scheduler:
 
 
 def _rejected(exc: ServiceError) -> events_pb2.SubmitReply:
-    reply = events_pb2.SubmitReply(error_code=exc.code, error_message=exc.message)
+    reply = events_pb2.SubmitReply(error_code=exc.code, error_message=exc.message, reason=exc.reason)
     if exc.retry_after_s is not None:
         reply.retry_after_s = exc.retry_after_s
     return reply
