@@ -110,3 +110,53 @@ def nats_cluster(tmp: Path, size: int = 3) -> list[NatsNode]:
     for node in nodes:
         node.start()
     return nodes
+
+
+@dataclass
+class SentinelGroup:
+    """A Redis primary, one replica and three Sentinels on loopback, master name "llmserve"."""
+
+    primary: ServerProcess
+    replica: ServerProcess
+    sentinels: list[subprocess.Popen]
+    sentinel_ports: list[int]
+
+    @property
+    def sentinel_spec(self) -> str:
+        return ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+
+    def stop(self) -> None:
+        for proc in self.sentinels:
+            infra.stop_process(proc)
+        self.primary.stop()
+        self.replica.stop()
+
+
+def redis_sentinel_group(tmp: Path, down_after_ms: int = 1000) -> SentinelGroup:
+    primary = ServerProcess("redis", f"redis://127.0.0.1:{infra.free_port()}/0", tmp / "primary")
+    primary.start()
+    replica_port = infra.free_port()
+    replica = ServerProcess("redis", f"redis://127.0.0.1:{replica_port}/0", tmp / "replica")
+    (tmp / "replica").mkdir(parents=True, exist_ok=True)
+    replica.proc = subprocess.Popen(
+        [infra.find_binary("redis-server"), "--bind", "127.0.0.1", "--port", str(replica_port), "--dir", str(tmp / "replica"),
+         "--save", "", "--appendonly", "yes", "--replicaof", "127.0.0.1", str(primary.host_port[1])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    infra.wait_until_reachable("127.0.0.1", replica_port, replica.proc, "redis replica")
+    sentinels, ports = [], []
+    for i in range(3):
+        port = infra.free_port()
+        config = tmp / f"sentinel-{i}.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {tmp}\n"
+            f"sentinel monitor llmserve 127.0.0.1 {primary.host_port[1]} 2\n"
+            f"sentinel down-after-milliseconds llmserve {down_after_ms}\n"
+            "sentinel failover-timeout llmserve 5000\n"
+        )
+        proc = subprocess.Popen([infra.find_binary("redis-server"), str(config), "--sentinel"], stdout=open(tmp / f"sentinel-{i}.log", "ab"),
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        infra.wait_until_reachable("127.0.0.1", port, proc, "redis sentinel")
+        sentinels.append(proc)
+        ports.append(port)
+    return SentinelGroup(primary, replica, sentinels, ports)

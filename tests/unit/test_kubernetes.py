@@ -140,6 +140,8 @@ def test_the_cluster_services_are_replicated(overlay):
     assert "jetstream" in objects(docs, "ConfigMap")["nats-config"]["data"]["nats.conf"]
     assert objects(docs, "StatefulSet")["redis-sentinel"]["spec"]["replicas"] == 3
     assert len(config["LLMSERVE_REDIS_SENTINELS"].split(",")) == 3
+    registry = pod_template(docs, "registry")["spec"]["containers"][0]
+    assert RegistrySettings.from_env(environment(docs, registry)).wait_replicas == 1
     claim = objects(docs, "PersistentVolumeClaim")["llmserve-models"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
 

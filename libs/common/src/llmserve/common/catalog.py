@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 
 from llmserve.common.errors import ServiceError
 from llmserve.common.keys import RedisKeys
+from llmserve.common.redisio import LastKnown
 from llmserve.common.subjects import MODEL_NAME_RE
 from llmserve.v1 import events_pb2, registry_pb2
 
@@ -152,6 +153,8 @@ class ModelCatalog:
         self._rollback = redis.register_script(_ROLLBACK)
         self._canary = redis.register_script(_CANARY)
         self._retire = redis.register_script(_RETIRE)
+        # Aliases resolved before stand in while Redis switches primaries (redisio.LastKnown).
+        self._last_known = LastKnown("model aliases")
 
     async def publish(
         self, name: str, path: str, sha256: str, source: str, actor: str = "cli", make_stable: bool = False
@@ -193,15 +196,20 @@ class ModelCatalog:
         """
         alias = alias or STABLE
         if alias == STABLE and route_key:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hmget(self._keys.aliases(name), [STABLE, CANARY])
-                pipe.hget(self._keys.weights(name), CANARY)
-                (stable, canary), weight = await pipe.execute()
+
+            async def stable_and_canary() -> tuple:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.hmget(self._keys.aliases(name), [STABLE, CANARY])
+                    pipe.hget(self._keys.weights(name), CANARY)
+                    (stable, canary), weight = await pipe.execute()
+                return stable, canary, weight
+
+            stable, canary, weight = await self._last_known.read((name, "routes"), stable_and_canary)
             if canary is not None and weight is not None and traffic_bucket(route_key) < int(weight):
                 return int(canary)
             value = stable
         else:
-            value = await self._redis.hget(self._keys.aliases(name), alias)
+            value = await self._last_known.read((name, alias), lambda: self._redis.hget(self._keys.aliases(name), alias))
         if value is None:
             if not await self._redis.sismember(self._keys.models, name):
                 raise ServiceError.not_found(f"model {name!r} is not published")

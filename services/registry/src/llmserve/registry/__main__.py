@@ -47,7 +47,8 @@ async def run(settings: RegistrySettings) -> None:
         authenticator = Authenticator(rt.redis, rt.keys, common.auth_required)
         server = grpc.aio.server(interceptors=[ErrorInterceptor(), AuthInterceptor(authenticator, role_of)])
         servicer = RegistryServicer(
-            catalog, CatalogBackup(rt.redis, rt.keys, catalog), guard, common.model_store, rt.redis, rt.keys, authenticator
+            catalog, CatalogBackup(rt.redis, rt.keys, catalog), guard, common.model_store, rt.redis, rt.keys, authenticator,
+            settings.wait_replicas, settings.wait_timeout_s,
         )
         registry_pb2_grpc.add_RegistryServicer_to_server(servicer, server)
         health = add_health_and_reflection(server, [REGISTRY_SERVICE])

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import redis.asyncio as aioredis
+import structlog
 from prometheus_client import Counter
 
 from llmserve.common import api_keys
@@ -23,6 +24,7 @@ from llmserve.common.catalog import CatalogBackup, ModelCatalog
 from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import CALLER
 from llmserve.common.keys import RedisKeys
+from llmserve.common.redisio import replicated
 from llmserve.registry import publish, records
 from llmserve.registry.guard import RegistryGuard
 from llmserve.v1 import registry_pb2, registry_pb2_grpc
@@ -35,6 +37,11 @@ REGISTRY_SERVICE = registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_nam
 _READS = frozenset({"ListVersions", "GetVersion", "ListAudit"})
 # Progress messages of PublishStream: at most one per stage and this many seconds (and each stage's end).
 _PROGRESS_EVERY_S = 0.2
+
+log = structlog.get_logger()
+
+# Trailing metadata of a registry change: how many Redis replicas had it when it was answered.
+REPLICAS_METADATA = "llmserve-replicas-acknowledged"
 
 
 def role_of(method: str) -> int | None:
@@ -65,7 +72,11 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         redis: aioredis.Redis,
         keys: RedisKeys,
         authenticator: Authenticator,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 3.0,
     ) -> None:
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_s = wait_timeout_s
         self._catalog = catalog
         self._backup = backup
         self._guard = guard
@@ -116,11 +127,25 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         return registry_pb2.ListKeysResponse(keys=[k for k in found if request.include_inactive or not api_keys.inactive_reason(k, now)])
 
     # -- changes -------------------------------------------------------------------------------
-    async def _write(self, method: str, change: Callable[[], Awaitable]):
-        """Every change: counted, refused by the guard when Redis lost the registry, then made."""
+    async def _write(self, method: str, change: Callable[[], Awaitable], context: grpc.aio.ServicerContext):
+        """Every change: counted, refused by the guard when Redis lost the registry, made, then
+        answered once replicated (see _replicated)."""
         CHANGES.labels(method=method).inc()
         await self._guard.check()
-        return await change()
+        result = await change()
+        await self._replicated(method, context)
+        return result
+
+    async def _replicated(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        """With LLMSERVE_REGISTRY_WAIT_REPLICAS, waits for that many Redis replicas to have the change,
+        so a primary that dies right after cannot take it along, and says in the answer's trailing
+        metadata how many did (fewer after the timeout: the change is made, not yet safe)."""
+        if self._wait_replicas <= 0:
+            return
+        acked = await replicated(self._redis, self._wait_replicas, self._wait_timeout_s)
+        context.set_trailing_metadata(((REPLICAS_METADATA, str(acked)),))
+        if acked < self._wait_replicas:
+            log.warning("registry_change_not_replicated", method=method, replicas=acked, wanted=self._wait_replicas)
 
     async def Import(self, request: registry_pb2.RegistrySnapshot, context: grpc.aio.ServicerContext) -> registry_pb2.ImportResponse:
         CHANGES.labels(method="Import").inc()
@@ -137,7 +162,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
 
     async def Publish(self, request: registry_pb2.PublishRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ModelVersion:
         CHANGES.labels(method="Publish").inc()
-        return await self._publish(request, context, publish._no_progress)
+        version = await self._publish(request, context, publish._no_progress)
+        await self._replicated("Publish", context)
+        return version
 
     async def PublishStream(
         self, request: registry_pb2.PublishRequest, context: grpc.aio.ServicerContext
@@ -163,6 +190,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
                     yield registry_pb2.PublishProgress(stage=getter.result())
                 else:
                     getter.cancel()
+            await self._replicated("PublishStream", context)
             yield registry_pb2.PublishProgress(version=task.result())
         finally:
             task.cancel()
@@ -214,21 +242,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
     async def _change(
         self, method: str, change: Callable[[str], Awaitable[str]], actor: str, context: grpc.aio.ServicerContext
     ) -> registry_pb2.AliasChange:
-        audit_id = await self._write(method, lambda: change(actor_of(actor, context)))
+        audit_id = await self._write(method, lambda: change(actor_of(actor, context)), context)
         return registry_pb2.AliasChange(entry=await self._catalog.audit_entry(audit_id))
 
     async def SetTenantLimits(self, request: registry_pb2.SetTenantLimitsRequest, context: grpc.aio.ServicerContext) -> registry_pb2.TenantLimits:
         actor = actor_of(request.actor, context)
-        return await self._write("SetTenantLimits", lambda: records.set_tenant_limits(self._redis, self._keys, request.limits, actor))
+        return await self._write("SetTenantLimits", lambda: records.set_tenant_limits(self._redis, self._keys, request.limits, actor), context)
 
     async def CreateKey(self, request: registry_pb2.CreateKeyRequest, context: grpc.aio.ServicerContext) -> registry_pb2.CreateKeyResponse:
         actor = actor_of(request.actor, context)
-        key, secret = await self._write("CreateKey", lambda: records.create_key(self._redis, self._keys, request, actor))
+        key, secret = await self._write("CreateKey", lambda: records.create_key(self._redis, self._keys, request, actor), context)
         return registry_pb2.CreateKeyResponse(key=key, secret=secret)
 
     async def RevokeKey(self, request: registry_pb2.RevokeKeyRequest, context: grpc.aio.ServicerContext) -> registry_pb2.ApiKey:
         actor = actor_of(request.actor, context)
-        key = await self._write("RevokeKey", lambda: records.revoke_key(self._redis, self._keys, request.id, actor))
+        key = await self._write("RevokeKey", lambda: records.revoke_key(self._redis, self._keys, request.id, actor), context)
         self._auth.forget(key.id)  # this process at once; routers when the announcement arrives
         return key
 

@@ -21,6 +21,7 @@ import structlog
 from llmserve.common.errors import ServiceError
 from llmserve.common.keys import RedisKeys
 from llmserve.common.natsio import JOBS_DUPLICATE_WINDOW_S
+from llmserve.common.redisio import LastKnown
 from llmserve.common.tenants import ANONYMOUS
 
 log = structlog.get_logger()
@@ -72,6 +73,9 @@ class TenantPolicy:
         self._defaults = defaults
         self._lease_s = lease_s
         self._acquire = redis.register_script(_ACQUIRE)
+        # Each tenant's priority cap as last read: while Redis switches primaries, requests are admitted
+        # unchecked against the tenant's share, at that cap, for up to redisio.STALE_S.
+        self._last_known = LastKnown("tenant shares")
 
     async def acquire(self, tenant: str, request_id: str, deadline: float) -> int:
         """Counts the request against its tenant; returns the highest priority the tenant may use.
@@ -81,10 +85,14 @@ class TenantPolicy:
         tenant = tenant_of(tenant)
         now = time.time()
         lease_end = min(deadline, now + self._lease_s) if deadline else now + self._lease_s
-        admitted, max_priority, active = await self._acquire(
-            keys=[self._keys.tenant_active(tenant), self._keys.tenant_limits(tenant)],
-            args=[f"{now:.6f}", request_id, f"{lease_end:.6f}", self._defaults.max_active, self._defaults.max_priority],
-        )
+
+        async def acquire_share() -> list:
+            return await self._acquire(
+                keys=[self._keys.tenant_active(tenant), self._keys.tenant_limits(tenant)],
+                args=[f"{now:.6f}", request_id, f"{lease_end:.6f}", self._defaults.max_active, self._defaults.max_priority],
+            )
+
+        admitted, max_priority, active = await self._last_known.read(tenant, acquire_share)
         if not admitted:
             raise ServiceError.exhausted(
                 f"tenant {tenant!r} already has {active} requests queued or running, its limit; retry later",
