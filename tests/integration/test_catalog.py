@@ -43,3 +43,13 @@ async def test_every_publish_is_audited(catalog, redis_client, keys):
     assert len(entries) == 1
     fields = {k.decode(): v.decode() for k, v in entries[0][1].items()}
     assert fields["action"] == "publish" and fields["actor"] == "alice" and fields["version"] == "1"
+
+
+async def test_a_number_handed_out_before_is_never_handed_out_again(catalog, redis_client, keys):
+    first = await catalog.publish("m", "m/1", "a" * 64, "test")
+    second = await catalog.publish("m", "m/2", "b" * 64, "test")
+    # A failed-over Redis lost the second publish's counter: the next number still follows the one the
+    # caller knows was handed out.
+    await redis_client.set(keys.version_counter("m"), first.version)
+    third = await catalog.publish("m", "m/3", "c" * 64, "test", after=second.version)
+    assert third.version == second.version + 1

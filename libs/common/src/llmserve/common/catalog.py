@@ -127,6 +127,11 @@ return redis.call('XADD', KEYS[4], '*', 'action', 'retire', 'model', ARGV[1], 'v
 # ARGV: name, path, sha256, source, created_at, actor, make_stable ("1"/"0"), new registry id
 _PUBLISH = """
 redis.call('SETNX', KEYS[7], ARGV[8])
+-- Never below a number handed out before (ARGV[9]): a Redis that lost its last writes in a failover
+-- would otherwise count from an older value.
+if tonumber(redis.call('GET', KEYS[3]) or '0') < tonumber(ARGV[9]) then
+  redis.call('SET', KEYS[3], ARGV[9])
+end
 local version = redis.call('INCR', KEYS[3])
 local vkey = KEYS[4] .. version
 redis.call('HSET', vkey, 'name', ARGV[1], 'version', version, 'path', ARGV[2], 'sha256', ARGV[3],
@@ -157,9 +162,10 @@ class ModelCatalog:
         self._last_known = LastKnown("model aliases")
 
     async def publish(
-        self, name: str, path: str, sha256: str, source: str, actor: str = "cli", make_stable: bool = False
+        self, name: str, path: str, sha256: str, source: str, actor: str = "cli", make_stable: bool = False, after: int = 0
     ) -> registry_pb2.ModelVersion:
-        """Records a new version; it becomes `stable` when asked to or when the model has none yet."""
+        """Records a new version, numbered above `after` (the last number handed out as far as the caller
+        knows); it becomes `stable` when asked to or when the model has none yet."""
         if not MODEL_NAME_RE.match(name):
             raise ServiceError.invalid(f"model name {name!r} must be 1-64 letters, digits, '-' or '_'")
         now = time.time()
@@ -174,7 +180,7 @@ class ModelCatalog:
                 self._keys.audit,
                 self._keys.registry_id,
             ],
-            args=[name, path, sha256, source, f"{now:.6f}", actor, "1" if make_stable else "0", uuid.uuid4().hex],
+            args=[name, path, sha256, source, f"{now:.6f}", actor, "1" if make_stable else "0", uuid.uuid4().hex, str(after)],
         )
         return await self.get(name, int(version))
 

@@ -63,9 +63,12 @@ async def _record(
     catalog: ModelCatalog, guard: RegistryGuard | None, name: str, path: str, digest: str, source: str, make_stable: bool, actor: str
 ) -> registry_pb2.ModelVersion:
     """Records a new version, after making sure Redis still holds the registry the store knows of."""
+    after = 0
     if guard is not None:
         await guard.check()
-    record = await catalog.publish(name, path, digest, source, actor=actor, make_stable=make_stable)
+        # The store remembers the last number handed out, even one a failed-over Redis lost.
+        after = guard.last_versions().get(name, 0)
+    record = await catalog.publish(name, path, digest, source, actor=actor, make_stable=make_stable, after=after)
     if guard is not None:
         guard.note_version(name, record.version)
     return record
