@@ -5,13 +5,11 @@ any other, with the same text."""
 
 import signal
 import time
-import uuid
 
 import openai
 import pytest
 
-from tests.helpers.cluster import Cluster
-from tests.helpers.registry import register
+from tests.helpers.cluster import own_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -22,16 +20,8 @@ TOKENS = "llmserve_worker_generated_tokens_total"
 
 @pytest.fixture(scope="module")
 def two_workers(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
-    prefix = "d" + uuid.uuid4().hex[:10]
-    register(redis_srv.url, prefix, smollm)
-    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path_factory.mktemp("logs"))
-    cluster.extra_env["LLMSERVE_MONITOR_PROBE_INTERVAL_S"] = "0"
-    try:
-        cluster.start(workers=2)
-        cluster.wait_workers(2)
+    with own_cluster(nats_srv.url, redis_srv.url, model_store, smollm, tmp_path_factory.mktemp("logs"), workers=2) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def client(cluster) -> openai.OpenAI:

@@ -5,7 +5,6 @@ with the text of an undisturbed run, no job runs twice, and a new request is ser
 import asyncio
 import json
 import time
-import uuid
 from collections import Counter
 
 import nats
@@ -13,8 +12,7 @@ import openai
 import pytest
 
 from llmserve.common.subjects import Subjects
-from tests.helpers.cluster import Cluster
-from tests.helpers.registry import register
+from tests.helpers.cluster import own_cluster
 from tests.helpers.servers import nats_cluster
 
 pytestmark = pytest.mark.e2e
@@ -60,17 +58,8 @@ def clustered(redis_srv, model_store, smollm, tmp_path_factory):
     try:
         urls = [n.url for n in nodes]
         asyncio.run(jetstream_ready(urls))
-        prefix = "c" + uuid.uuid4().hex[:10]
-        register(redis_srv.url, prefix, smollm)
-        cluster = Cluster(",".join(urls), redis_srv.url, prefix, model_store, work / "logs")
-        cluster.extra_env["LLMSERVE_MONITOR_PROBE_INTERVAL_S"] = "0"
-        cluster.extra_env["LLMSERVE_NATS_JS_REPLICAS"] = "3"
-        try:
-            cluster.start(workers=2)
-            cluster.wait_workers(2)
+        with own_cluster(",".join(urls), redis_srv.url, model_store, smollm, work / "logs", workers=2, LLMSERVE_NATS_JS_REPLICAS="3") as cluster:
             yield cluster, nodes
-        finally:
-            cluster.stop()
     finally:
         for node in nodes:
             node.kill()

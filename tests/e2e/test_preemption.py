@@ -6,13 +6,11 @@ import asyncio
 import json
 import statistics
 import time
-import uuid
 
 import openai
 import pytest
 
-from tests.helpers.cluster import Cluster
-from tests.helpers.registry import register
+from tests.helpers.cluster import own_cluster
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +24,9 @@ HIGH = "What is the capital of France?"
 
 @pytest.fixture(scope="module")
 def small_cluster(nats_srv, redis_srv, model_store, smollm, tmp_path_factory):
-    prefix = "p" + uuid.uuid4().hex[:10]
-    register(redis_srv.url, prefix, smollm)
-    cluster = Cluster(nats_srv.url, redis_srv.url, prefix, model_store, tmp_path_factory.mktemp("logs"))
-    cluster.extra_env["LLMSERVE_MONITOR_PROBE_INTERVAL_S"] = "0"
-    try:
-        yield cluster.start(LLMSERVE_WORKER_MAX_RUNNING=str(SLOTS), LLMSERVE_WORKER_MAX_PREEMPTIONS=str(MAX_PREEMPTIONS))
-    finally:
-        cluster.stop()
+    env = {"LLMSERVE_WORKER_MAX_RUNNING": str(SLOTS), "LLMSERVE_WORKER_MAX_PREEMPTIONS": str(MAX_PREEMPTIONS)}
+    with own_cluster(nats_srv.url, redis_srv.url, model_store, smollm, tmp_path_factory.mktemp("logs"), **env) as cluster:
+        yield cluster
 
 
 class Stream:

@@ -6,7 +6,6 @@ answered as replicated is still there afterwards, and the registry takes changes
 import asyncio
 import threading
 import time
-import uuid
 
 import grpc
 import openai
@@ -14,8 +13,7 @@ import pytest
 
 from llmserve.registry.grpc_api import REPLICAS_METADATA
 from llmserve.v1 import registry_pb2, registry_pb2_grpc
-from tests.helpers.cluster import Cluster
-from tests.helpers.registry import register
+from tests.helpers.cluster import own_cluster
 from tests.helpers.servers import redis_sentinel_group
 
 pytestmark = pytest.mark.e2e
@@ -29,16 +27,9 @@ def sentinel_cluster(nats_srv, model_store, smollm, tmp_path_factory):
     work = tmp_path_factory.mktemp("sentinel")
     group = redis_sentinel_group(work / "redis")
     try:
-        prefix = "s" + uuid.uuid4().hex[:10]
-        register(group.primary.url, prefix, smollm)
-        cluster = Cluster(nats_srv.url, group.primary.url, prefix, model_store, work / "logs")
-        cluster.extra_env.update(
-            LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", LLMSERVE_REDIS_SENTINELS=group.sentinel_spec, LLMSERVE_REGISTRY_WAIT_REPLICAS="1",
-        )
-        try:
-            yield cluster.start(), group
-        finally:
-            cluster.stop()
+        env = {"LLMSERVE_REDIS_SENTINELS": group.sentinel_spec, "LLMSERVE_REGISTRY_WAIT_REPLICAS": "1"}
+        with own_cluster(nats_srv.url, group.primary.url, model_store, smollm, work / "logs", **env) as cluster:
+            yield cluster, group
     finally:
         group.stop()
 

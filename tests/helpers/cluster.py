@@ -6,11 +6,13 @@ and one Redis without seeing each other.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,3 +200,21 @@ class Cluster:
         for service in reversed(self.services):
             service.stop()
         self.services.clear()
+
+
+@contextlib.contextmanager
+def own_cluster(nats_url: str, redis_url: str, model_store: Path, record, log_dir: Path, workers: int = 1, **env: str):
+    """A cluster of its own (the model registered under a fresh prefix, no synthetic probes, `env` for
+    every service), started with `workers` workers all seen live, and stopped afterwards."""
+    from tests.helpers.registry import register
+
+    prefix = "t" + uuid.uuid4().hex[:10]
+    register(redis_url, prefix, record)
+    cluster = Cluster(nats_url, redis_url, prefix, model_store, log_dir)
+    cluster.extra_env.update(LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", **env)
+    try:
+        cluster.start(workers=workers)
+        cluster.wait_workers(workers)
+        yield cluster
+    finally:
+        cluster.stop()
