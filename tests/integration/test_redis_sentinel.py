@@ -6,12 +6,9 @@ import asyncio
 import time
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from llmserve.common.config import CommonSettings
-from llmserve.common.redisio import redis_client, replicated, sentinel_hosts
+from llmserve.common.redisio import SWITCHING_ERRORS, redis_client, replicated, sentinel_hosts
 from tests.helpers.servers import redis_sentinel_group
 
 pytestmark = pytest.mark.integration
@@ -33,7 +30,7 @@ async def test_the_client_follows_a_failover_to_the_promoted_replica(tmp_path):
             try:
                 await client.set("after", "yes")
                 break
-            except (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError):
+            except SWITCHING_ERRORS:
                 assert time.monotonic() - killed < 20, "no primary after 20 s"
                 await asyncio.sleep(0.2)
         assert await client.get("acknowledged") == b"yes"

@@ -31,7 +31,7 @@ T = TypeVar("T")
 _SOCKET_TIMEOUT_S = 2.0
 # What Redis answers while it is away or switching primaries: no connection, no answer in time, or a
 # write sent to the old primary that has just become a replica.
-SWITCHING_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, ConnectionError, OSError)
+SWITCHING_ERRORS = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 # How old an answer remembered from Redis may be when it stands in for Redis (LastKnown).
 STALE_S = 60.0
 

@@ -172,10 +172,14 @@ class BatchingEngine(ThreadedEngine):
             index -= 1
         self._waiting.insert(index, pending)
 
+    def _room(self, running: int, reserved: int, need: int) -> bool:
+        """True when one more sequence reserving `need` KV positions fits beside `running` sequences
+        that reserve `reserved`."""
+        return running < self.max_running and reserved + need <= self.max_kv_tokens
+
     def _fits(self, need: int) -> bool:
         """True when one more sequence reserving `need` KV positions can be admitted now."""
-        running = len(self._batch.rows) + len(self._prefilling)
-        return running < self.max_running and self._reserved_kv + need <= self.max_kv_tokens
+        return self._room(len(self._batch.rows) + len(self._prefilling), self._reserved_kv, need)
 
     def _preempt_for(self, pending: _Pending, need: int) -> bool:
         """Makes room for `pending` by preempting running sequences of lower levels; True when it did.
@@ -188,7 +192,8 @@ class BatchingEngine(ThreadedEngine):
             need = _reservation(head.seq)
             if not self._fits(need) and not self._preempt_for(head, need):
                 return
-            self._waiting.remove(head)
+            # Still the head: a sequence preempted for it waits behind it (a lower level).
+            self._waiting.popleft()
             self._reserved_kv += need
             if not head.seq.admitted:
                 self._admissions += 1

@@ -155,12 +155,12 @@ class FlatBatchingEngine(BatchingEngine):
         reserved = self._reserved_kv
         chosen: list[int] = []
         for i in candidates:
-            if running < self.max_running and reserved + need <= self.max_kv_tokens:
+            if self._room(running, reserved, need):
                 break
             chosen.append(i)
             running -= 1
             reserved -= _reservation(rows[i].seq)
-        if not chosen or running >= self.max_running or reserved + need > self.max_kv_tokens:
+        if not chosen or not self._room(running, reserved, need):
             return False
         for i in chosen:
             self._park(i, need, cause, pending)

@@ -29,6 +29,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 from nats.aio.client import Client as NATS
@@ -52,6 +53,15 @@ _CONSUMER_IDLE_S = 24 * 3600.0
 _DEFAULT_MAX_QUEUED = 1000
 # Longest time a level found empty is skipped without a doorbell naming it.
 _FULL_SWEEP_S = 1.0
+
+
+@dataclass(frozen=True)
+class _Foreign:
+    """Another worker's own subject of one level, known to hold jobs since `since` (monotonic)."""
+
+    level: int
+    owner: str
+    since: float
 
 
 def aged_order(head_ages: dict[int, float], aging_step_s: float) -> list[int]:
@@ -100,7 +110,7 @@ class JobPuller:
         # Other workers' own subjects known to hold jobs, with when that was first known (monotonic);
         # and those whose consumer this worker made sure of.
         self._preferred_wait_s = preferred_wait_s
-        self._foreign: dict[str, float] = {}
+        self._foreign: dict[str, _Foreign] = {}
         self._foreign_ready: set[str] = set()
 
     async def start(self, on_ring: Callable[[], None] | None = None) -> None:
@@ -181,7 +191,8 @@ class JobPuller:
                 self._own_waiting.add(level)
                 self._own_rings[level] += 1
             else:
-                self._foreign.setdefault(self._subjects.jobs_for(self._model, self._version, level, target), time.monotonic())
+                subject = self._subjects.jobs_for(self._model, self._version, level, target)
+                self._foreign.setdefault(subject, _Foreign(level, target, time.monotonic()))
             return
         if level not in self._rings:
             self._maybe_waiting.update(PRIORITIES_HIGH_FIRST)
@@ -208,9 +219,9 @@ class JobPuller:
             if priority in self._own_waiting and len(taken) < max_jobs:
                 taken.extend(await self._pull_hinted(self._own(priority)[0], max_jobs - len(taken), timeout_s, self._own_waiting,
                                                      self._own_rings, priority))
-            for subject in stale.get(priority, ()):
+            for subject, known in stale.get(priority, ()):
                 if len(taken) < max_jobs:
-                    taken.extend(await self._pull_foreign(subject, max_jobs - len(taken), timeout_s))
+                    taken.extend(await self._pull_foreign(subject, known, max_jobs - len(taken), timeout_s))
             if priority in self._maybe_waiting and len(taken) < max_jobs:
                 consumer = self._subjects.jobs_consumer(self._model, self._version, priority)
                 taken.extend(await self._pull_hinted(consumer, max_jobs - len(taken), timeout_s, self._maybe_waiting, self._rings, priority))
@@ -236,31 +247,30 @@ class JobPuller:
         for subject in holding:
             parsed = self._subjects.parse_jobs(subject)
             if parsed is not None and parsed[2] != self._instance:
-                self._foreign.setdefault(subject, now)
+                self._foreign.setdefault(subject, _Foreign(parsed[1], parsed[2], now))
         for subject in set(self._foreign) - holding:
             del self._foreign[subject]
 
-    def _stale_foreign(self) -> dict[int, list[str]]:
+    def _stale_foreign(self) -> dict[int, list[tuple[str, _Foreign]]]:
         """Other workers' subjects whose jobs have waited past the bound, by level."""
         now = time.monotonic()
-        stale: dict[int, list[str]] = {}
-        for subject, since in self._foreign.items():
-            parsed = self._subjects.parse_jobs(subject)
-            if parsed is not None and now - since >= self._preferred_wait_s:
-                stale.setdefault(parsed[1], []).append(subject)
+        stale: dict[int, list[tuple[str, _Foreign]]] = {}
+        for subject, known in self._foreign.items():
+            if now - known.since >= self._preferred_wait_s:
+                stale.setdefault(known.level, []).append((subject, known))
         return stale
 
     def foreign_due_s(self) -> float | None:
         """Seconds until a job known on another worker's subject may be taken here (None: none known)."""
         if not self._foreign:
             return None
-        return max(0.0, min(self._foreign.values()) + self._preferred_wait_s - time.monotonic())
+        return max(0.0, min(known.since for known in self._foreign.values()) + self._preferred_wait_s - time.monotonic())
 
-    async def _pull_foreign(self, subject: str, wanted: int, timeout_s: float) -> list[Msg]:
+    async def _pull_foreign(self, subject: str, known: _Foreign, wanted: int, timeout_s: float) -> list[Msg]:
         """Takes jobs another worker did not take in time, through that worker's own consumer (which
         keeps the work queue's one-delivery guarantee), creating the consumer if it is gone."""
-        _, priority, owner = self._subjects.parse_jobs(subject)
-        consumer, _ = self._own(priority, owner)
+        owner = known.owner
+        consumer, _ = self._own(known.level, owner)
         try:
             if subject not in self._foreign_ready:
                 await self._add_consumer(consumer, subject)

@@ -144,7 +144,7 @@ class VersionServer:
             if time.monotonic() - started >= settle_s and not self._jobs and await self.puller.queue_empty():
                 break
             self._slot_freed.clear()
-            await _wait(self._slot_freed, 0.25)
+            await _wait(0.25, self._slot_freed)
         await self.drain(0.0 if self._jobs and time.monotonic() - started >= grace_s else grace_s)
 
     # -- taking jobs --------------------------------------------------------------------------
@@ -155,7 +155,7 @@ class VersionServer:
             above = self._preemptible_level() if free <= 0 else None
             if free <= 0 and above is None:
                 self._slot_freed.clear()
-                await _wait(self._slot_freed, _IDLE_WAIT_S)
+                await _wait(_IDLE_WAIT_S, self._slot_freed)
                 continue
             self._doorbell.clear()
             self._slot_freed.clear()
@@ -170,7 +170,7 @@ class VersionServer:
                 # waiting for another worker may be taken here once it waited long enough.
                 due = self.puller.foreign_due_s()
                 wait = _IDLE_WAIT_S if due is None else min(_IDLE_WAIT_S, due + 0.01)
-                await _wait_any((self._doorbell, self._slot_freed) if above is not None else (self._doorbell,), wait)
+                await _wait(wait, self._doorbell, *((self._slot_freed,) if above is not None else ()))
                 continue
             for msg in msgs:
                 self._confirm_ack(msg)
@@ -286,7 +286,6 @@ class VersionServer:
         finally:
             end_span(span, error)
 
-
     def _announce(self, job: events_pb2.Job, prompt_ids: tuple[int, ...]) -> None:
         """After a prompt's prefill: its prefix keys go into the next heartbeat (at once when new)."""
         if self.announcer.add(job_prefix_keys(job), prompt_ids) and self.on_announce is not None:
@@ -298,11 +297,14 @@ def job_started_wall(perf_at: float) -> float:
     return time.time() - (time.perf_counter() - perf_at)
 
 
-async def _wait(event: asyncio.Event, timeout: float) -> None:
+async def _wait(timeout: float, *events: asyncio.Event) -> None:
+    """Until one of `events` is set, or `timeout`."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        await asyncio.wait_for(event.wait(), timeout)
-    except TimeoutError:
-        pass
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def _ack_until_confirmed(msg) -> None:
@@ -316,13 +318,3 @@ async def _ack_until_confirmed(msg) -> None:
                 log.warning("job_ack_unconfirmed", subject=msg.subject, error=f"{type(exc).__name__}: {exc}")
                 return
             await asyncio.sleep(0.2)
-
-
-async def _wait_any(events: tuple[asyncio.Event, ...], timeout: float) -> None:
-    """Until one of `events` is set, or `timeout`."""
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

@@ -29,9 +29,7 @@ async def run(settings: SchedulerSettings) -> None:
         tenants = TenantPolicy(
             redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s
         )
-        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(), queues, tenants)
-        if not settings.cache_aware:
-            scheduler.dispatch = None
+        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(), queues, tenants, settings.cache_aware)
         await scheduler.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
         rt.started()

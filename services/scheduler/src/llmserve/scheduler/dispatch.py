@@ -54,7 +54,8 @@ class PrefixDispatch:
             matched = next((i + 1 for i in range(len(keys) - 1, -1, -1) if keys[i] in held), 0)
             if matched and (best is None or (matched, free) > best[:2]):
                 best = (matched, free, beat.instance_id)
-        live = {beat.instance_id for beat in workers}
+        # Forget workers that died (not those of other versions, which the next job may need).
+        live = {beat.instance_id for beat in self._liveness.live_workers()}
         for gone in set(self._announced) - live:
             del self._announced[gone]
         return best[2] if best else None

@@ -29,7 +29,8 @@ log = structlog.get_logger()
 
 class Scheduler:
     def __init__(
-        self, nc: NATS, subjects: Subjects, catalog: ModelCatalog, liveness: LivenessTable, queues: JobQueues, tenants: TenantPolicy
+        self, nc: NATS, subjects: Subjects, catalog: ModelCatalog, liveness: LivenessTable, queues: JobQueues, tenants: TenantPolicy,
+        cache_aware: bool = True,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -39,7 +40,7 @@ class Scheduler:
         self._tenants = tenants
         self._subs: list = []
         # None: every job goes to the shared queue (LLMSERVE_SCHEDULER_CACHE_AWARE=0).
-        self.dispatch: PrefixDispatch | None = PrefixDispatch(liveness)
+        self._dispatch = PrefixDispatch(liveness) if cache_aware else None
 
     async def start(self) -> None:
         group = Subjects.SCHEDULER_QUEUE_GROUP
@@ -121,7 +122,7 @@ class Scheduler:
         else:
             allowed = await self._tenants.acquire(job.tenant, job.request_id, job.deadline)
             job.priority = effective_priority(job.priority, allowed)
-        worker = self.dispatch.choose(job) if self.dispatch is not None else None
+        worker = self._dispatch.choose(job) if self._dispatch is not None else None
         if worker:
             span.set_attribute("llmserve.preferred_worker", worker)
         try:
