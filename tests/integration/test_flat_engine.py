@@ -241,7 +241,7 @@ async def test_identical_prompts_arriving_together_share_one_prefill(flat_smollm
     """The choices of an n > 1 request: one segment prefills the prompt, the others copy its row;
     greedy choices equal the request alone, seeded ones follow their own seeds."""
     loaded = flat_smollm("int8")
-    engine = await started(loaded, max_running=8)
+    engine = FlatBatchingEngine(loaded.model, loaded.tokenizer, loaded.eos_ids, loaded.device, max_running=8)
     prefilled: list[int] = []
     forward = loaded.model.forward
 
@@ -252,10 +252,18 @@ async def test_identical_prompts_arriving_together_share_one_prefill(flat_smollm
     loaded.model.forward = counting
     try:
         ids = chat_ids(loaded, QUESTIONS[2])
-        _, alone, _ = await collect(engine, EngineRequest("alone", ids, SamplingConfig(max_tokens=12)))
-        prefilled.clear()
-        greedy = await asyncio.gather(*(collect(engine, EngineRequest(f"g{i}", ids, SamplingConfig(max_tokens=12))) for i in range(3)))
+        # The three arrive together for certain: they are queued before the engine thread runs.
+        engine._loop = asyncio.get_running_loop()
+        together = [asyncio.ensure_future(collect(engine, EngineRequest(f"g{i}", ids, SamplingConfig(max_tokens=12)))) for i in range(3)]
+        for _ in range(100):
+            if engine._inbox.qsize() == 3:
+                break
+            await asyncio.sleep(0)
+        assert engine._inbox.qsize() == 3
+        await engine.start()
+        greedy = await asyncio.wait_for(asyncio.gather(*together), 60)
         assert prefilled == [len(ids)]
+        _, alone, _ = await collect(engine, EngineRequest("alone", ids, SamplingConfig(max_tokens=12)))
         assert [g[1] for g in greedy] == [alone] * 3
         seeded = [SamplingConfig(max_tokens=12, temperature=1.0, seed=7 + i) for i in range(3)]
         first = await asyncio.gather(*(collect(engine, EngineRequest(f"s{i}", ids, c)) for i, c in enumerate(seeded)))
