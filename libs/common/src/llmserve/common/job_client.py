@@ -100,6 +100,12 @@ class TokenStream:
         self.worker_id = ""
         self._early.clear()
 
+    def preload(self, chunks) -> None:
+        """Chunks a worker sent before this stream was opened (a re-attach), read before later ones;
+        the live copies of the same chunks are dropped as repeats."""
+        for chunk in chunks:
+            self._queue.put_nowait(chunk)
+
     def interrupt(self, worker_id: str, reason: str) -> None:
         """Wakes the reader with WorkerLost if worker_id runs the current attempt (monitor said it died)."""
         self._queue.put_nowait(WorkerLost(worker_id, reason))
@@ -178,6 +184,40 @@ class JobClient:
                     log.info("submit_retrying", reason=exc.message)
             attempt += 1
             await asyncio.sleep(delay)
+
+    async def find(self, request_id: str, wait_s: float, gather_s: float = 0.1) -> events_pb2.AttachReply | None:
+        """Asks every worker who holds the request (for a re-attach); None when none answers within
+        wait_s. The question is asked again every half second meanwhile (the request may be between
+        two workers), and the answers of gather_s after the first are compared: a worker that gave
+        the request up may still hold an earlier attempt, the highest attempt wins."""
+        replies: list[events_pb2.AttachReply] = []
+        answered = asyncio.Event()
+
+        async def _on_reply(msg: Msg) -> None:
+            try:
+                replies.append(events_pb2.AttachReply.FromString(msg.data))
+            except Exception:
+                return
+            answered.set()
+
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox, cb=_on_reply)
+        question = events_pb2.AttachRequest(request_id=request_id).SerializeToString()
+        give_up = time.monotonic() + wait_s
+        try:
+            while not replies:
+                await self.nc.publish(self._subjects.attach, question, reply=inbox)
+                remaining = give_up - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(answered.wait(), min(0.5, remaining))
+                except TimeoutError:
+                    continue
+            await asyncio.sleep(gather_s)  # a window for the other holders' answers, not a wait for an event
+            return max(replies, key=lambda r: (r.job.attempt, len(r.chunks)))
+        finally:
+            await sub.unsubscribe()
 
     async def done(self, job: events_pb2.Job) -> None:
         """Tells the schedulers the request ended, so its tenant's share is free again."""

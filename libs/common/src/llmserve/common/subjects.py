@@ -127,6 +127,11 @@ class Subjects:
     def tokens(self, request_id: str) -> str:
         return f"{self.prefix}.tokens.{request_id}"
 
+    @property
+    def attach(self) -> str:
+        """Routers ask every worker who holds a request (AttachRequest), to re-attach a client to it."""
+        return f"{self.prefix}.attach"
+
     def cancel(self, request_id: str) -> str:
         return f"{self.prefix}.cancel.{request_id}"
 

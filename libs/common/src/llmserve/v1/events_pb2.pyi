@@ -84,7 +84,7 @@ INSTANCE_STATE_UP: InstanceState
 INSTANCE_STATE_DEAD: InstanceState
 
 class Job(_message.Message):
-    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars", "tools")
+    __slots__ = ("request_id", "model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "reply_subject", "deadline", "submitted_at", "tenant", "attempt", "resume_token_ids", "resume_text_chars", "tools", "resume_chunks", "crashes")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class Job(_message.Message):
     RESUME_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RESUME_TEXT_CHARS_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    CRASHES_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     model_version: int
@@ -117,7 +119,9 @@ class Job(_message.Message):
     resume_token_ids: _containers.RepeatedScalarFieldContainer[int]
     resume_text_chars: int
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text_chars: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ...) -> None: ...
+    resume_chunks: int
+    crashes: int
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[JobMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., reply_subject: _Optional[str] = ..., deadline: _Optional[float] = ..., submitted_at: _Optional[float] = ..., tenant: _Optional[str] = ..., attempt: _Optional[int] = ..., resume_token_ids: _Optional[_Iterable[int]] = ..., resume_text_chars: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., resume_chunks: _Optional[int] = ..., crashes: _Optional[int] = ...) -> None: ...
 
 class JobMessages(_message.Message):
     __slots__ = ("messages",)
@@ -150,7 +154,7 @@ class JobDone(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
-    __slots__ = ("request_id", "seq", "text", "token_ids", "final", "finish_reason", "usage", "error_code", "error_message", "worker_id", "model_version", "attempt", "handed_back", "logprobs")
+    __slots__ = ("request_id", "seq", "text", "token_ids", "final", "finish_reason", "usage", "error_code", "error_message", "worker_id", "model_version", "attempt", "handed_back", "logprobs", "on_trial", "index")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +169,8 @@ class TokenChunk(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     HANDED_BACK_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    ON_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     seq: int
     text: str
@@ -179,7 +185,23 @@ class TokenChunk(_message.Message):
     attempt: int
     handed_back: bool
     logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
-    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[bool] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_version: _Optional[int] = ..., attempt: _Optional[int] = ..., handed_back: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ...) -> None: ...
+    on_trial: bool
+    index: int
+    def __init__(self, request_id: _Optional[str] = ..., seq: _Optional[int] = ..., text: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ..., final: _Optional[bool] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., worker_id: _Optional[str] = ..., model_version: _Optional[int] = ..., attempt: _Optional[int] = ..., handed_back: _Optional[bool] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., on_trial: _Optional[bool] = ..., index: _Optional[int] = ...) -> None: ...
+
+class AttachRequest(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class AttachReply(_message.Message):
+    __slots__ = ("job", "chunks")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    job: Job
+    chunks: _containers.RepeatedCompositeFieldContainer[TokenChunk]
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[TokenChunk, _Mapping]]] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("request_id", "reason", "max_attempt")

@@ -86,7 +86,7 @@ class ModelDetails(_message.Message):
     def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., max_context: _Optional[int] = ..., chat_template: _Optional[bool] = ..., numerics: _Optional[str] = ..., vocabulary_size: _Optional[int] = ..., architecture: _Optional[str] = ..., server_version: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "request_id", "tools", "tool_choice")
+    __slots__ = ("model", "model_version", "model_alias", "prompt", "messages", "sampling", "priority", "request_id", "tools", "tool_choice", "resume_from_index")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MODEL_ALIAS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: int
     model_alias: str
@@ -107,7 +108,8 @@ class GenerateRequest(_message.Message):
     request_id: str
     tools: _containers.RepeatedCompositeFieldContainer[_common_pb2.Tool]
     tool_choice: _common_pb2.ToolChoice
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., request_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_common_pb2.ToolChoice, _Mapping]] = ...) -> None: ...
+    resume_from_index: int
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[int] = ..., model_alias: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Union[ChatMessages, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., priority: _Optional[_Union[_common_pb2.Priority, str]] = ..., request_id: _Optional[str] = ..., tools: _Optional[_Iterable[_Union[_common_pb2.Tool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_common_pb2.ToolChoice, _Mapping]] = ..., resume_from_index: _Optional[int] = ...) -> None: ...
 
 class ChatMessages(_message.Message):
     __slots__ = ("messages",)

@@ -2,7 +2,9 @@
 
 seq 0 says "taken by this worker" (no tokens); every engine output becomes the next seq; the last
 chunk is final, with the finish reason and usage, or an error code and message; a `handed_back`
-chunk tells the router to resume the request elsewhere. Every chunk names the worker, the model
+chunk tells the router to resume the request elsewhere; an `on_trial` chunk (no tokens) says a
+suspect job is about to run (see Job.crashes). Every chunk is also noted in the worker's AttachBook,
+for routers that re-attach a client to the request. Every chunk names the worker, the model
 version and the attempt, so routers can drop chunks of an attempt they gave up on.
 """
 
@@ -10,15 +12,17 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
+from llmserve.model_worker.attach_book import AttachBook
 from llmserve.model_worker.engine import EngineOutput
 from llmserve.v1 import common_pb2, events_pb2
 
 
 class ChunkPublisher:
-    def __init__(self, nc: NATS, instance_id: str, model_version: int) -> None:
+    def __init__(self, nc: NATS, instance_id: str, model_version: int, book: AttachBook | None = None) -> None:
         self._nc = nc
         self._instance_id = instance_id
         self._model_version = model_version
+        self.book = book if book is not None else AttachBook()
 
     def _chunk(self, job: events_pb2.Job, seq: int) -> events_pb2.TokenChunk:
         return events_pb2.TokenChunk(
@@ -26,10 +30,25 @@ class ChunkPublisher:
         )
 
     async def _publish(self, job: events_pb2.Job, chunk: events_pb2.TokenChunk) -> None:
+        self.book.record(job, chunk)
         await self._nc.publish(job.reply_subject, chunk.SerializeToString())
 
     async def started(self, job: events_pb2.Job) -> None:
         await self._publish(job, self._chunk(job, 0))
+
+    async def on_trial(self, job: events_pb2.Job, seq: int, flush_timeout_s: float = 2.0) -> None:
+        """Says a suspect job starts now, and waits until NATS has it: if this worker dies while the
+        job runs, its router must know the job was on trial."""
+        chunk = self._chunk(job, seq)
+        chunk.on_trial = True
+        await self._publish(job, chunk)
+        await self.flush(flush_timeout_s)
+
+    async def flush(self, timeout_s: float = 2.0) -> None:
+        try:
+            await self._nc.flush(timeout=timeout_s)
+        except Exception:  # NATS reconnecting: the chunk goes out with the reconnection
+            pass
 
     async def output(self, job: events_pb2.Job, seq: int, out: EngineOutput) -> None:
         chunk = self._chunk(job, seq)

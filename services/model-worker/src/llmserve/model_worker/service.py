@@ -14,6 +14,7 @@ from llmserve.common.errors import ServiceError
 from llmserve.common.modelstore import ChecksumMismatch
 from llmserve.common.runtime import ServiceRuntime
 from llmserve.common.startup import ShutdownRequested
+from llmserve.model_worker.attach_book import AttachBook
 from llmserve.model_worker.batching_engine import BatchingEngine
 from llmserve.model_worker.engine import Engine
 from llmserve.model_worker.flat_batching_engine import FlatBatchingEngine
@@ -92,6 +93,10 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
     record = await wait_for_version(catalog, settings, rt.stop)
     # Jobs are pulled only after NATS is connected; the model loads meanwhile.
     nc = rt.nats
+    # One book for every version this worker serves: a request is found whichever version runs it.
+    book = AttachBook(settings.attach_retention_s)
+    if settings.test_crash_marker:
+        log.warning("test_crash_marker_set", notice="a job containing the marker aborts this worker (tests only)")
 
     async def open_version(record: registry_pb2.ModelVersion) -> VersionServer:
         path = common.model_store / record.path
@@ -103,7 +108,7 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         engine = build_engine(settings, loaded)
         await engine.start()
         return VersionServer(nc, rt.subjects, engine, loaded, record, rt.instance_id, settings.priority_aging_s, settings.preferred_wait_s,
-                             common.nats_js_replicas)
+                             common.nats_js_replicas, book, settings.test_crash_marker)
 
     rt.readiness.block("model", f"loading {record.name} version {record.version}")
     try:

@@ -68,6 +68,12 @@ class WorkerSettings:
     # LLMSERVE_WORKER_DRAIN_GRACE_S: on SIGTERM, how long running requests may take to finish before
     # the worker hands them back to the routers, which resume them on another worker.
     drain_grace_s: float = 30.0
+    # LLMSERVE_WORKER_ATTACH_RETENTION_S: how long the chunks of a finished request are kept for a client
+    # that re-attaches to it through another router (its router died mid-stream).
+    attach_retention_s: float = 120.0
+    # LLMSERVE_WORKER_TEST_CRASH_MARKER: for tests only, never in production: a job whose input contains
+    # this text aborts the worker process as it starts (a "query of death"). Empty: off.
+    test_crash_marker: str = ""
     # LLMSERVE_WORKER_METRICS_ADDR: host:port of the Prometheus /metrics endpoint; empty: off.
     metrics_addr: str = ""
     # LLMSERVE_WORKER_PRIORITY_AGING_S: a queued job counts one priority level higher for every this
@@ -101,6 +107,8 @@ class WorkerSettings:
             max_preemptions=env_int(env, "LLMSERVE_WORKER_MAX_PREEMPTIONS", cls.max_preemptions),
             preferred_wait_s=env_float(env, "LLMSERVE_WORKER_PREFERRED_WAIT_S", cls.preferred_wait_s),
             drain_grace_s=env_float(env, "LLMSERVE_WORKER_DRAIN_GRACE_S", cls.drain_grace_s),
+            attach_retention_s=env_float(env, "LLMSERVE_WORKER_ATTACH_RETENTION_S", cls.attach_retention_s),
+            test_crash_marker=env_str(env, "LLMSERVE_WORKER_TEST_CRASH_MARKER", cls.test_crash_marker),
             metrics_addr=env_str(env, "LLMSERVE_WORKER_METRICS_ADDR", cls.metrics_addr),
             priority_aging_s=env_float(env, "LLMSERVE_WORKER_PRIORITY_AGING_S", env_float(env, _OLD_AGING, cls.priority_aging_s)),
             deprecations=(f"{_OLD_AGING} is deprecated: use LLMSERVE_WORKER_PRIORITY_AGING_S",) if env.get(_OLD_AGING) else (),

@@ -4,11 +4,18 @@ The pull loop takes jobs when the engine has free slots; each job runs as a task
 engine's request (job_request.py), relays the engine's outputs as chunks (chunk_publisher.py) and
 counts the outcome in the metrics. Drain stops the loop and hands back what does not finish in time;
 `wind_down` is how a version the worker moved away from finishes its queue first.
+
+Suspect jobs (Job.crashes > 0: a worker died or stalled while running them before) run "on trial",
+one at a time: a suspect starts only when no other suspect on this worker is still without its first
+token, and its router is told (TokenChunk.on_trial, flushed) before it starts. If this worker dies
+now, the router knows which request was on trial and quarantines it rather than let it take down
+one worker after another; the other requests migrate as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Callable
 
@@ -19,6 +26,7 @@ from llmserve.common.prefix_keys import job_prefix_keys
 from llmserve.common.subjects import Subjects, attempt_key
 from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
+from llmserve.model_worker.attach_book import AttachBook
 from llmserve.model_worker.chunk_publisher import ChunkPublisher
 from llmserve.model_worker.constraints import ConstraintCompiler
 from llmserve.model_worker.engine import Engine, EngineOutput
@@ -55,6 +63,8 @@ class VersionServer:
         priority_aging_s: float = 0.0,
         preferred_wait_s: float = 0.5,
         stream_replicas: int = 1,
+        book: AttachBook | None = None,
+        crash_marker: str = "",
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -77,7 +87,11 @@ class VersionServer:
             nc, subjects, record.name, record.version, loaded.tokenizer, min(loaded.max_context, engine.max_kv_tokens), loaded.numerics,
             loaded.architecture,
         )
-        self._chunks = ChunkPublisher(nc, instance_id, record.version)
+        self._chunks = ChunkPublisher(nc, instance_id, record.version, book)
+        # Held by the suspect job on trial until its first token is out (see the module's docstring).
+        self._trial = asyncio.Lock()
+        # Tests only: a job whose input contains this marker aborts the worker as it starts.
+        self._crash_marker = crash_marker
         self._doorbell = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._jobs: dict[str, asyncio.Task[None]] = {}
@@ -86,6 +100,11 @@ class VersionServer:
         self._pull_task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._draining = False
+
+    @property
+    def book(self) -> AttachBook:
+        """Every chunk published for each running (and lately finished) request."""
+        return self._chunks.book
 
     @property
     def version(self) -> int:
@@ -228,7 +247,15 @@ class VersionServer:
         taken = time.perf_counter()
         out = None
         error = None
+        on_trial = False
         try:
+            if job.crashes:
+                await self._trial.acquire()
+                on_trial = True
+                log.info("suspect_on_trial", attempt=job.attempt, crashes=job.crashes)
+                await self._chunks.on_trial(job, seq)
+                seq += 1
+            await self._crash_if_marked(job)
             context = min(self._loaded.max_context, self.engine.max_kv_tokens)
             request = engine_request(job, self._loaded.tokenizer, context, self._constraints)
             prepared = time.perf_counter()
@@ -242,6 +269,11 @@ class VersionServer:
             async for out in self.engine.submit(request):
                 metrics.GENERATED_TOKENS.inc(len(out.token_ids))
                 await self._chunks.output(job, seq, out)
+                if on_trial:
+                    # Its first tokens are out (flushed): the next suspect may start.
+                    await self._chunks.flush()
+                    self._trial.release()
+                    on_trial = False
                 if seq == 1:  # seq 0 was the "started" chunk
                     first = time.perf_counter()
                     self._announce(job, request.prompt_ids)
@@ -284,7 +316,22 @@ class VersionServer:
             metrics.JOBS.labels(outcome="failed").inc()
             await self._chunks.error(job, seq, events_pb2.ERROR_CODE_INTERNAL, error)
         finally:
+            if on_trial:
+                self._trial.release()
+            self._chunks.book.ended(job)
             end_span(span, error)
+
+    async def _crash_if_marked(self, job: events_pb2.Job) -> None:
+        """Tests only (LLMSERVE_WORKER_TEST_CRASH_MARKER): a "query of death" that aborts the process as
+        its prefill would start (what the worker published so far has gone out, as it would have in
+        the milliseconds a real prefill takes)."""
+        if not self._crash_marker:
+            return
+        texts = [job.prompt] if job.WhichOneof("input") == "prompt" else [m.content for m in job.messages.messages]
+        if any(self._crash_marker in text for text in texts):
+            log.warning("test_crash_marker_found", attempt=job.attempt)
+            await self._chunks.flush()
+            os.abort()
 
     def _announce(self, job: events_pb2.Job, prompt_ids: tuple[int, ...]) -> None:
         """After a prompt's prefill: its prefix keys go into the next heartbeat (at once when new)."""

@@ -140,7 +140,18 @@ class ModelWorker:
             for server in self._servers():
                 server.cancel(request)
 
+        async def _attach(msg: Msg) -> None:
+            try:
+                request_id = events_pb2.AttachRequest.FromString(msg.data).request_id
+            except Exception:
+                return
+            # Every worker hears the question; only the one holding the request answers.
+            found = self.current.book.reply(request_id)
+            if found is not None and msg.reply:
+                await msg.respond(found.SerializeToString())
+
         self._subs.append(await self._nc.subscribe(self._subjects.cancel_all, cb=_cancel))
+        self._subs.append(await self._nc.subscribe(self._subjects.attach, cb=_attach))
         await self.current.start()
         if self._alias and self._catalog is not None and self._open_version is not None:
 

@@ -137,6 +137,7 @@ async def run(settings: RouterSettings) -> None:
             nonlocal stopped
             if not stopped:
                 stopped = True
+                generation.leaving = True
                 rt.readiness.block("stopping", "shutting down")
                 await asyncio.gather(server.stop(SHUTDOWN_GRACE_S), http.stop())
 

@@ -23,14 +23,18 @@ class CallerGate:
         self._limiter = limiter
 
     async def job(
-        self, request: inference_pb2.GenerateRequest, principal: Principal | None, deadline: float = 0.0, tenant_header: str = ""
+        self, request: inference_pb2.GenerateRequest, principal: Principal | None, deadline: float = 0.0, tenant_header: str = "",
+        admit: bool = True,
     ) -> events_pb2.Job:
-        """The validated job, admitted by the key's limits (RESOURCE_EXHAUSTED with Retry-After when over one)."""
+        """The validated job, admitted by the key's limits (RESOURCE_EXHAUSTED with Retry-After when over
+        one); without `admit` (a re-attach to a request admitted before) the limits are not asked."""
         if principal is None:
             return self._make_job(request, deadline=deadline, tenant=tenant_header)
         job = self._make_job(request, deadline=deadline, tenant=principal.tenant)
         requested = job.priority or common_pb2.PRIORITY_NORMAL
         job.priority = min(requested, principal.max_priority)
+        if not admit:
+            return job
         try:
             await self._limiter.admit(principal.key_id, principal.tenant, principal.requests_per_minute, principal.tokens_per_minute)
         except ServiceError as exc:

@@ -2,11 +2,20 @@
 
 The router owns a request from submission to its final chunk: it subscribes to the token subject
 first, submits, relays chunks in order, and tells the worker to stop when the client goes away.
+
+A client whose router died mid-stream re-attaches through any other router (`stream(...,
+attach=True)`): that router asks the workers who holds the request id, takes the job and the chunks
+so far from the holder, and owns the request from there, migrations included. Every relayed chunk
+carries its index among the request's pieces (TokenChunk.index), the position clients resume from.
+
+A request whose workers died or stalled twice while it ran is quarantined rather than migrated
+again (see version_server.py in the worker for how the second worker names it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,6 +57,8 @@ class StreamTimeouts:
     stall_s: float
     # How long a first submission is retried while no scheduler answers (bounded by the deadline too).
     submit_retry_s: float = 10.0
+    # How long a re-attach looks for the worker holding the request (it may be between two workers).
+    attach_s: float = 3.0
 
 
 @dataclass
@@ -56,9 +67,16 @@ class _Progress:
 
     ids: list[int] = field(default_factory=list)
     chars: int = 0
+    # Pieces (chunks with tokens, or the final one) delivered, every attempt together: the next index.
+    chunks: int = 0
     migrations: int = 0
     submitted: bool = False
     finished: bool = False
+    # Re-attached to a request another router started (its first token was timed there).
+    attached: bool = False
+    # The current attempt: pieces delivered, and whether its worker runs it on trial (Job.crashes).
+    attempt_pieces: int = 0
+    on_trial: bool = False
     started: float = field(default_factory=time.monotonic)
     # When the previous chunk was delivered (the start, before the first).
     last: float = 0.0
@@ -67,7 +85,10 @@ class _Progress:
         self.last = self.started
 
     def deliver(self, chunk: events_pb2.TokenChunk, now: float, model: str, span: Span) -> None:
-        if not self.ids and self.migrations == 0:
+        chunk.index = self.chunks
+        self.chunks += 1
+        self.attempt_pieces += 1
+        if not self.ids and self.migrations == 0 and not self.attached:
             metrics.TIME_TO_FIRST_TOKEN.labels(model=model).observe(now - self.started)
             metrics.RECENT.first_token(now - self.started)
             span.add_event("first_token", {"ttft_s": now - self.started, "worker": chunk.worker_id})
@@ -87,6 +108,9 @@ class GenerationService:
         self._timeouts = timeouts
         self._max_migrations = max_migrations
         self._streams: set[TokenStream] = set()
+        # Set when the router shuts down: requests its streams leave unfinished keep running on their
+        # workers, for their clients to re-attach to through another router.
+        self.leaving = False
 
     async def watch_instances(self) -> None:
         """Listens for the monitor's verdicts: streams on a dead worker migrate at once."""
@@ -110,18 +134,23 @@ class GenerationService:
         return data
 
     async def stream(
-        self, job: events_pb2.Job, api: str = "grpc", trace_parent: Context | None = None
+        self, job: events_pb2.Job, api: str = "grpc", trace_parent: Context | None = None, attach: bool = False
     ) -> AsyncIterator[events_pb2.TokenChunk]:
-        """Yields the job's chunks in order, the final one last. Error finals become ServiceError.
+        """Yields the job's chunks in order, the final one last, each with its index. Error finals
+        become ServiceError.
 
         The router owns the request until its final chunk: when its worker dies, stalls or hands it
         back, the request is resubmitted as a continuation (prompt + tokens so far, same request id and
         settings, raised priority) and the client's stream goes on without a gap or a repeat.
         `trace_parent` is the client's trace context, if it sent one: the request's span joins it.
+
+        With `attach`, nothing is submitted: the running (or lately finished) request of job's id and
+        tenant is found on its worker and relayed from its first piece (NOT_FOUND when no worker holds
+        it); the caller skips the pieces its client already has.
         """
         if not usable(self._nc):
             raise ServiceError.unavailable("the router is not connected to NATS (yet); its /readyz says why")
-        data = self.check_size(job)
+        data = b"" if attach else self.check_size(job)
         span = start_span(
             "router.generate", trace_parent, SpanKind.SERVER, **{
                 "llmserve.request_id": job.request_id, "llmserve.model": job.model, "llmserve.tenant": job.tenant,
@@ -139,10 +168,14 @@ class GenerationService:
         stop_reason = "client_gone"
         metrics.IN_FLIGHT.inc()
         try:
-            give_up = time.monotonic() + self._wait_limit(job, self._timeouts.submit_retry_s)
-            job.model, job.model_version = await self._jobs.submit_patiently(data, give_up, headers=trace_headers)
+            if attach:
+                job = await self._adopt(job, tokens, progress)
+                span.add_event("attached", {"llmserve.attempt": job.attempt, "from_worker": tokens.worker_id})
+            else:
+                give_up = time.monotonic() + self._wait_limit(job, self._timeouts.submit_retry_s)
+                job.model, job.model_version = await self._jobs.submit_patiently(data, give_up, headers=trace_headers)
+                span.add_event("queued", {"llmserve.model": job.model, "llmserve.version": job.model_version})
             progress.submitted = True
-            span.add_event("queued", {"llmserve.model": job.model, "llmserve.version": job.model_version})
             timeout = self._wait_limit(job, self._timeouts.first_chunk_s)
             while True:
                 try:
@@ -153,7 +186,9 @@ class GenerationService:
                     continue
                 timeout = self._wait_limit(job, self._timeouts.stall_s)
                 if not chunk.token_ids and not chunk.final:
-                    continue  # "taken by worker X" marker, or tokens still held back
+                    # "taken by worker X" or "on trial" marker, or tokens still held back
+                    progress.on_trial = progress.on_trial or chunk.on_trial
+                    continue
                 progress.deliver(chunk, time.monotonic(), job.model, span)
                 if chunk.final:
                     progress.finished = True
@@ -182,6 +217,23 @@ class GenerationService:
             end_span(span, error=None if outcome in ("ok", "cancelled") else outcome)
             await asyncio.shield(self._settle(job, progress, outcome, stop_reason))
 
+    async def _adopt(self, job: events_pb2.Job, tokens: TokenStream, progress: _Progress) -> events_pb2.Job:
+        """Re-attach: the job as its worker runs it, with the chunks so far queued on `tokens`."""
+        found = await self._jobs.find(job.request_id, self._wait_limit(job, self._timeouts.attach_s))
+        if found is None or found.job.tenant != job.tenant:
+            # Another tenant's request is not found either: ids are not secrets.
+            raise ServiceError.not_found(f"no request {job.request_id} is running or finished lately for this caller")
+        held = found.job
+        tokens.new_attempt(held.attempt)
+        tokens.preload(found.chunks)
+        progress.ids = list(held.resume_token_ids)
+        progress.chars = held.resume_text_chars
+        progress.chunks = held.resume_chunks
+        progress.migrations = held.attempt
+        progress.attached = True
+        log.info("request_attached", request_id=held.request_id, attempt=held.attempt, chunks=len(found.chunks))
+        return held
+
     async def _migrate(
         self, job: events_pb2.Job, tokens: TokenStream, progress: _Progress, lost: Exception, span: Span, trace_headers: dict[str, str]
     ) -> events_pb2.Job:
@@ -189,13 +241,18 @@ class GenerationService:
         self._check_deadline(job)
         if isinstance(lost, StreamStalled) and not tokens.worker_id:
             raise ServiceError.unavailable("no worker started the request in time") from None
+        cause = lost.cause if isinstance(lost, WorkerLost) else "stalled"
+        crashed = cause in ("worker_dead", "stalled")
+        if crashed and progress.on_trial and progress.attempt_pieces == 0:
+            self._quarantine(job, tokens.worker_id)
         if progress.migrations >= self._max_migrations:
             raise ServiceError.unavailable(f"the request failed on {progress.migrations + 1} workers") from None
         progress.migrations += 1
-        cause = lost.cause if isinstance(lost, WorkerLost) else "stalled"
         metrics.MIGRATIONS.labels(model=job.model, cause=cause).inc()
         await self._jobs.cancel(job.request_id, "migrated", job.attempt)
-        job = continuation(job, progress.ids, progress.chars)
+        job = continuation(job, progress.ids, progress.chars, progress.chunks, crashed)
+        progress.attempt_pieces = 0
+        progress.on_trial = False
         log.info("request_migrated", request_id=job.request_id, attempt=job.attempt, reason=str(lost), resumed_tokens=len(progress.ids))
         span.add_event("migration", {"cause": cause, "reason": str(lost), "attempt": job.attempt, "resumed_tokens": len(progress.ids),
                                      "from_worker": tokens.worker_id})
@@ -203,9 +260,25 @@ class GenerationService:
         await self._resubmit(job, trace_headers)
         return job
 
+    def _quarantine(self, job: events_pb2.Job, worker_id: str) -> None:
+        """A suspect request's worker died while it ran on trial: it is not migrated again."""
+        crashes = job.crashes + 1
+        metrics.QUARANTINED.labels(model=job.model).inc()
+        # The input's hash, not its text: operators find the request without logs holding user data.
+        log.error("request_quarantined", request_id=job.request_id, input_sha256=input_hash(job), crashes=crashes,
+                  last_worker=worker_id, tenant=job.tenant)
+        raise ServiceError(
+            events_pb2.ERROR_CODE_INTERNAL,
+            f"request {job.request_id} was stopped: the workers running it crashed or stalled {crashes} times, the last time while "
+            "it ran alone on trial; it is quarantined and will not be retried",
+            reason="quarantined",
+        )
+
     async def _settle(self, job: events_pb2.Job, progress: _Progress, outcome: str, stop_reason: str) -> None:
         """After the stream ended, however: stop the worker if it still runs the job, free the tenant's share."""
-        if progress.submitted and not progress.finished:
+        if progress.submitted and not progress.finished and self.leaving and stop_reason == "client_gone":
+            log.info("request_left_running", request_id=job.request_id, reason="router_stopping")
+        elif progress.submitted and not progress.finished:
             # Client gone, deadline hit or stream failed: the worker must stop spending compute on it.
             await self._jobs.cancel(job.request_id, stop_reason, job.attempt)
         elif not progress.submitted:
@@ -238,13 +311,30 @@ class GenerationService:
             raise
 
 
-def continuation(job: events_pb2.Job, delivered_ids: list[int], delivered_chars: int) -> events_pb2.Job:
-    """The same request, to be resumed after the tokens the client already has, on the same model version."""
+def continuation(
+    job: events_pb2.Job, delivered_ids: list[int], delivered_chars: int, delivered_chunks: int = 0, crashed: bool = False
+) -> events_pb2.Job:
+    """The same request, to be resumed after the tokens the client already has, on the same model
+    version; `crashed`: the attempt ended because its worker died or stalled (it counts in Job.crashes)."""
     resumed = events_pb2.Job()
     resumed.CopyFrom(job)
     resumed.attempt = job.attempt + 1
     resumed.resume_token_ids[:] = delivered_ids
     resumed.resume_text_chars = delivered_chars
+    resumed.resume_chunks = delivered_chunks
+    resumed.crashes = job.crashes + int(crashed)
     # Migrated work goes ahead of new work of the same level: its client has been waiting longest.
     resumed.priority = min(common_pb2.PRIORITY_CRITICAL, max(job.priority, common_pb2.PRIORITY_NORMAL) + 1)
     return resumed
+
+
+def input_hash(job: events_pb2.Job) -> str:
+    """SHA-256 of a job's input (prompt, or chat turns and tools), for logs that must not hold the text."""
+    digest = hashlib.sha256()
+    if job.WhichOneof("input") == "prompt":
+        digest.update(job.prompt.encode())
+    else:
+        digest.update(job.messages.SerializeToString(deterministic=True))
+    for tool in job.tools:
+        digest.update(tool.SerializeToString(deterministic=True))
+    return digest.hexdigest()

@@ -9,6 +9,7 @@ import grpc
 
 from llmserve.common import tracing
 from llmserve.common.catalog import ModelCatalog
+from llmserve.common.errors import ServiceError
 from llmserve.common.grpc_server import CALLER
 from llmserve.common.liveness import LivenessTable
 from llmserve.router.callers import CallerGate
@@ -28,54 +29,57 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self._liveness = liveness
         self._model_calls = model_calls
 
-    async def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext) -> events_pb2.Job:
+    async def _job(self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext, admit: bool = True) -> events_pb2.Job:
         remaining = context.time_remaining()
         return await self._gate.job(
             request,
             CALLER.get(),
             deadline=time.time() + remaining if remaining is not None else 0.0,
             tenant_header=_metadata(context, "x-tenant"),
+            admit=admit,
         )
 
-    def _chunks(self, job: events_pb2.Job, context: grpc.aio.ServicerContext) -> AsyncIterator[events_pb2.TokenChunk]:
-        stream = self._generation.stream(job, trace_parent=tracing.extract(context.invocation_metadata()))
+    def _chunks(self, job: events_pb2.Job, context: grpc.aio.ServicerContext, attach: bool = False) -> AsyncIterator[events_pb2.TokenChunk]:
+        stream = self._generation.stream(job, trace_parent=tracing.extract(context.invocation_metadata()), attach=attach)
         return self._gate.metered(stream, CALLER.get())
 
     async def GenerateStream(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateStreamResponse]:
-        job = await self._job(request, context)
+        # Re-attach (the client's earlier router died): the same request again, with its id and the
+        # index of the first message the client lacks; not a new request, so no rate-limit admission.
+        attach = request.HasField("resume_from_index")
+        if attach and not request.request_id:
+            raise ServiceError.invalid("resume_from_index needs the request_id of the request to re-attach to", param="request_id")
+        job = await self._job(request, context, admit=not attach)
         await context.send_initial_metadata((("x-request-id", job.request_id),))
-        index = 0
-        # Logprobs of tokens whose text is held back travel with the next message that has text.
-        pending: list = []
+        skip_below = request.resume_from_index if attach else 0
         calls = ToolCallParser() if job.tools else None
-        async for chunk in self._chunks(job, context):
-            pending.extend(chunk.logprobs)
+        # One message per piece of the answer, numbered by the piece's index, so that a client
+        # re-attaching through another router resumes exactly after the last message it has.
+        async for chunk in self._chunks(job, context, attach):
             text, found = chunk.text, []
             if calls is not None:
                 text, found = calls.feed(text)
                 if chunk.final:
                     text += calls.finish()
-            if not text and not found and not chunk.final:
-                continue  # tokens that produced no text yet (held back): nothing to show
+            if chunk.index < skip_below:
+                continue  # the client has it (the parser above still saw it)
             finish = chunk.finish_reason
             if chunk.final and calls is not None and calls.calls:
                 finish = common_pb2.FINISH_REASON_TOOL_CALLS
             response = inference_pb2.GenerateStreamResponse(
                 request_id=job.request_id,
-                index=index,
+                index=chunk.index,
                 text=text,
                 finish_reason=finish,
                 model=job.model,
                 model_version=chunk.model_version,
-                logprobs=pending,
+                logprobs=chunk.logprobs,
                 tool_calls=found,
             )
-            pending = []
             if chunk.final:
                 response.usage.CopyFrom(chunk.usage)
-            index += 1
             yield response
 
     async def Generate(

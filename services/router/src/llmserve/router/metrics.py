@@ -48,6 +48,11 @@ MIGRATIONS = Counter(
     "Requests resumed on another worker, by model and cause (worker_dead, stalled, handed_back).",
     ["model", "cause"],
 )
+QUARANTINED = Counter(
+    "llmserve_router_quarantined_requests_total",
+    "Requests stopped because their workers died or stalled twice while running them (a \"query of death\"), by model.",
+    ["model"],
+)
 TENANT_REQUESTS = Counter(
     "llmserve_router_tenant_requests_total",
     "Requests finished per tenant (the first 100 tenants a router sees by name, later ones as _other).",

@@ -33,8 +33,10 @@ def service_error_body(exc: ServiceError) -> dict:
     return error_body(exc.message, _ERROR_TYPES.get(exc.http_status, "server_error"), exc.param, code)
 
 
-def sse(payload: dict) -> bytes:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode()
+def sse(payload: dict, event_id: int | None = None) -> bytes:
+    """One server-sent event; with event_id, an `id:` field a reconnecting client sends back as Last-Event-ID."""
+    data = f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+    return (data if event_id is None else f"id: {event_id}\n{data}").encode()
 
 
 def call_dict(call: common_pb2.ToolCall) -> dict:
@@ -138,9 +140,13 @@ class _ChoiceStream:
 
 async def sse_events(
     kind: Kind, job: events_pb2.Job, first: tuple[int, events_pb2.TokenChunk], rest: AsyncIterator[tuple[int, events_pb2.TokenChunk]],
-    n: int, include_usage: bool,
+    n: int, include_usage: bool, resume_from: int = 0,
 ) -> AsyncIterator[bytes]:
-    """The SSE stream of n choices, from their interleaved chunks (the first already in hand)."""
+    """The SSE stream of n choices, from their interleaved chunks (the first already in hand).
+
+    With one choice, the last event of each piece of the answer carries the piece's index as its
+    `id`; a client re-attaching with Last-Event-ID gets the pieces from `resume_from` on (the
+    earlier ones still pass through the choice's state: tool calls, offsets)."""
     is_chat = kind == "chat"
     base = {
         "id": ("chatcmpl-" if is_chat else "cmpl-") + job.request_id,
@@ -149,7 +155,7 @@ async def sse_events(
         "model": job.model,
     }
     choices = [_ChoiceStream(kind, job, i) for i in range(n)]
-    if is_chat:
+    if is_chat and resume_from == 0:
         for choice in choices:
             yield sse({**base, "choices": [choice.opening()]})
     item = first
@@ -157,8 +163,11 @@ async def sse_events(
     try:
         while True:
             index, chunk = item
-            for piece in choices[index].pieces(chunk):
-                yield sse({**base, "choices": [piece]})
+            pieces = choices[index].pieces(chunk)
+            if n == 1 and chunk.index < resume_from:
+                pieces = []
+            for i, piece in enumerate(pieces):
+                yield sse({**base, "choices": [piece]}, chunk.index if n == 1 and i == len(pieces) - 1 else None)
             if chunk.final:
                 finished += 1
                 if finished == n:

@@ -72,7 +72,9 @@ class RestBridge:
         self._liveness = liveness
         self.model_calls = model_calls
 
-    async def _job(self, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None) -> events_pb2.Job:
+    async def _job(
+        self, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None, admit: bool = True
+    ) -> events_pb2.Job:
         proto = body.to_request()
         proto.request_id = request.headers.get("x-request-id", "")
         timeout = request.headers.get("x-request-timeout")
@@ -82,22 +84,26 @@ class RestBridge:
                 deadline = time.time() + float(timeout)
             except ValueError:
                 raise ServiceError.invalid("X-Request-Timeout must be a number of seconds", param="X-Request-Timeout") from None
-        return await self._gate.job(proto, principal, deadline=deadline, tenant_header=request.headers.get("x-tenant", ""))
+        return await self._gate.job(proto, principal, deadline=deadline, tenant_header=request.headers.get("x-tenant", ""), admit=admit)
 
     async def complete(
         self, kind: Kind, body: ChatCompletionRequest | CompletionRequest, request: Request, principal: Principal | None
     ) -> Response:
-        job = await self._job(body, request, principal)
+        resume_from = resume_index(request, body)
+        attach = resume_from is not None
+        job = await self._job(body, request, principal, admit=not attach)
         jobs = self._gate.choices(job, body.n)
         parent = tracing.extract(request.headers)
-        chunks = interleave([self._gate.metered(self._generation.stream(j, api="rest", trace_parent=parent), principal) for j in jobs])
+        chunks = interleave([
+            self._gate.metered(self._generation.stream(j, api="rest", trace_parent=parent, attach=attach), principal) for j in jobs
+        ])
         headers = {"x-request-id": job.request_id}
         if body.stream:
             # Wait for the first chunk before answering 200: errors before any output keep their status.
             first = await anext(chunks)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                sse_events(kind, job, first, chunks, len(jobs), include_usage),
+                sse_events(kind, job, first, chunks, len(jobs), include_usage, resume_from or 0),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache"},
             )
@@ -120,6 +126,28 @@ class RestBridge:
         """One model as OpenAI lists it; NOT_FOUND unless it has a stable version."""
         record = await self._catalog.get_by_alias(name)
         return {"id": name, "object": "model", "created": int(record.created_at), "owned_by": "llmserve"}
+
+
+def resume_index(request: Request, body: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """A re-attach (the client's earlier router died mid-stream): the same request again with its
+    X-Request-Id and the id of the last event it has in Last-Event-ID (empty: none yet). Returns the
+    index of the first piece to send, or None for an ordinary request."""
+    last = request.headers.get("last-event-id")
+    if last is None:
+        return None
+    if not request.headers.get("x-request-id"):
+        raise ServiceError.invalid("Last-Event-ID re-attaches to a request: send its X-Request-Id too", param="X-Request-Id")
+    if not body.stream or body.n != 1:
+        raise ServiceError.invalid("only a streamed request of one choice can be re-attached to (stream=true, n=1)", param="Last-Event-ID")
+    if not last.strip():
+        return 0
+    try:
+        index = int(last)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise ServiceError.invalid("Last-Event-ID must be the id of an event of the stream (a whole number)", param="Last-Event-ID")
+    return index + 1
 
 
 async def collect_unless_gone(
