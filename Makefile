@@ -12,7 +12,7 @@ PYPROJECTS := $(addsuffix /pyproject.toml,$(MEMBERS))
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install proto proto-check up test test-unit bench lint fmt clean
+.PHONY: help install proto proto-check up test test-unit bench soak lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-18s %s\n", $$1, $$2}'
@@ -52,6 +52,11 @@ test-unit: $(STAMP) ## Run the unit tests only
 SUITE ?= peer
 bench: $(STAMP) ## Benchmarks: the stack vs llama.cpp's server (SUITE=transformers: vs transformers)
 	$(PY) bench/run.py --suite $(SUITE)
+
+SOAK_MINUTES ?= 10
+SOAK_SEED ?= 1
+soak: $(STAMP) ## Chaos soak: mixed load and faults from a seed, every request's history checked (SOAK_MINUTES, SOAK_SEED)
+	SOAK_MINUTES=$(SOAK_MINUTES) SOAK_SEED=$(SOAK_SEED) $(PY) bench/soak.py
 
 lint: $(STAMP) ## Static checks
 	$(PY) -m ruff check .

@@ -1,0 +1,552 @@
+"""Chaos soak: a bounded run of mixed load on a whole local cluster with faults drawn from a seed,
+then a check of every request's history.
+
+Cluster: NATS and Redis of its own, registry, monitor, two schedulers, three workers, two routers.
+Load: clients that each loop over requests drawn from the seed (gRPC and REST, streamed and whole,
+greedy and seeded, every priority, three tenants, short and long prompts, client cancels, deadlines).
+Faults, one at a time: worker kill -9 (restarted), worker SIGSTOP for 10 s, worker SIGTERM (drains,
+restarted), scheduler kill -9, router kill -9 (its clients re-attach through the other router by
+request id and index), Redis restart, NATS restart. The same seed replays the same schedule and load.
+
+The check: every request has a final outcome; a stream's indexes have no repeat and (gRPC) no gap;
+every greedy answer equals the undisturbed reference for its prompt; every error is of a documented
+kind and falls in a fault's window. Figures and the history's verdict go to bench/results as JSON and
+Markdown, with an SVG chart of tokens/s and the fault windows.
+
+    make soak                       # 10 minutes, seed 1
+    SOAK_MINUTES=3 SOAK_SEED=7 make soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+
+from bench.stack import publish_default_model  # noqa: E402
+from llmserve.cli import infra  # noqa: E402
+from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc  # noqa: E402
+from tests.helpers.cluster import Cluster  # noqa: E402
+from tests.helpers.servers import nats_server, redis_server  # noqa: E402
+
+MODEL = "SmolLM2-135M-Instruct"
+SHORT = ["What is the capital of France?", "Name three colours.", "Why is the sky blue?", "Who wrote Hamlet?"]
+LONG = [
+    "Here are the museum's rules. " + "Visitors keep to the marked paths, leave bags at the desk and do not touch the exhibits. " * 8
+    + "Summarise them.",
+    "A recipe: " + "mix flour, water and salt, knead for ten minutes, rest the dough for an hour, shape it and bake it. " * 8
+    + "What is the first step?",
+]
+PRIORITIES = ["low", "normal", "normal", "high", "critical"]
+TENANTS = ["acme", "globex", "initech"]
+FAULTS = ["worker_kill", "worker_stop", "worker_term", "scheduler_kill", "router_kill", "redis_restart", "nats_restart"]
+# Errors a client may see during a fault, and after it while the cluster recovers (seconds).
+DOCUMENTED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "503", "504", "429"}
+RECOVERY_GRACE_S = 20.0
+# A fault's own length: how long a SIGSTOPped worker stays stopped; a restart's pause.
+STOP_S = 10.0
+RESTART_AFTER_S = 1.0
+
+
+@dataclass
+class Fault:
+    at_s: float
+    kind: str
+    target: str = ""
+    ended_s: float = 0.0
+    recovered_s: float | None = None
+
+
+@dataclass
+class Outcome:
+    rid: str
+    api: str
+    stream: bool
+    greedy: bool
+    prompt: int
+    max_tokens: int
+    priority: str
+    tenant: str
+    started_s: float
+    first_s: float | None = None
+    ended_s: float | None = None
+    status: str | None = None
+    message: str = ""
+    indexes: list = field(default_factory=list)
+    text: str = ""
+    tokens: int = 0
+    attaches: int = 0
+    cancelled_by_client: bool = False
+
+
+class Soak:
+    def __init__(self, minutes: float, seed: int, work: Path, store: Path, log) -> None:
+        self.minutes = minutes
+        self.seed = seed
+        self.work = work
+        self.store = store
+        self.log = log
+        self.t0 = 0.0
+        self.faults: list[Fault] = []
+        self.outcomes: list[Outcome] = []
+        self.references: dict[tuple[int, int], str] = {}
+        self.services: dict[str, tuple[str, dict]] = {}
+        self.routers: list[tuple[str, str]] = []
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    # -- the cluster ------------------------------------------------------------------------------
+    def start_cluster(self) -> None:
+        self.nats, self.redis = nats_server(self.work / "n"), redis_server(self.work / "r")
+        if self.nats.external or self.redis.external:
+            raise SystemExit("the soak restarts NATS and Redis: unset NATS_URL / REDIS_URL")
+        prefix = "soak" + uuid.uuid4().hex[:6]
+        asyncio.run(publish_default_model(self.redis.url, f"{prefix}:", self.store))
+        c = self.cluster = Cluster(self.nats.url, self.redis.url, prefix, self.store, self.work / "logs")
+        c.extra_env.update(LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", LLMSERVE_WORKER_DRAIN_GRACE_S="5", LLMSERVE_WORKER_MAX_RUNNING="8")
+        c.log_dir.mkdir(parents=True, exist_ok=True)
+        self._start("registry", "registry", LLMSERVE_REGISTRY_GRPC_ADDR=c.registry_addr,
+                    LLMSERVE_REGISTRY_METRICS_ADDR=f"127.0.0.1:{c.registry_metrics_port}")
+        for i in range(2):
+            self._start("scheduler", f"scheduler-{i}")
+        self._start("monitor", "monitor")
+        for i in range(3):
+            self._start("model_worker", f"worker-{i}")
+        for i in range(2):
+            grpc_port, http_port = (c.grpc_port, c.http_port) if i == 0 else (infra.free_port(), infra.free_port())
+            self._start("router", f"router-{i}", LLMSERVE_ROUTER_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
+                        LLMSERVE_ROUTER_HTTP_ADDR=f"127.0.0.1:{http_port}")
+            self.routers.append((f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}"))
+        c.wait_ready(180)
+        c.wait_workers(3, 180)
+        for _, http in self.routers:
+            c.until(lambda url=http: _ready(url), 60, "router not ready")
+
+    def _start(self, module: str, name: str, **env: str) -> None:
+        self.services[name] = (module, env)
+        self.cluster.start_service(module, name, **env)
+
+    def _process(self, name: str):
+        return next(s for s in self.cluster.services if s.name == name and s.proc is not None and s.proc.poll() is None)
+
+    def _restart(self, name: str) -> None:
+        self.cluster.services[:] = [s for s in self.cluster.services if s.name != name]
+        module, env = self.services[name]
+        self.cluster.start_service(module, name, **env)
+
+    def stop_cluster(self) -> None:
+        self.cluster.stop()
+        self.nats.stop()
+        self.redis.stop()
+
+    def rss_mb(self) -> dict[str, dict]:
+        out = {}
+        for service in self.cluster.services:
+            if service.proc is None or service.proc.poll() is not None:
+                continue
+            try:
+                for line in Path(f"/proc/{service.proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        out[service.name] = {"pid": service.proc.pid, "rss_mb": int(line.split()[1]) / 1024}
+            except OSError:
+                pass
+        return out
+
+    # -- faults -----------------------------------------------------------------------------------
+    def schedule(self, rng: random.Random, length_s: float) -> list[Fault]:
+        """One fault every 25-35 s from 20 s on, none in the last 40 s; kinds in a shuffled cycle."""
+        faults, at, kinds = [], 20.0, []
+        while at < length_s - 40.0:
+            if not kinds:
+                kinds = rng.sample(FAULTS, len(FAULTS))
+            kind = kinds.pop()
+            target = {"worker_kill": "worker", "worker_stop": "worker", "worker_term": "worker", "scheduler_kill": "scheduler",
+                      "router_kill": "router"}.get(kind, kind.split("_")[0])
+            if target in ("worker", "scheduler", "router"):
+                target = f"{target}-{rng.randrange(3 if target == 'worker' else 2)}"
+            faults.append(Fault(round(at, 1), kind, target))
+            at += rng.uniform(25.0, 35.0)
+        return faults
+
+    def inject(self, fault: Fault) -> None:
+        """Runs one fault to its end (the service restarted, resumed or back)."""
+        kind, name = fault.kind, fault.target
+        if kind in ("worker_kill", "scheduler_kill", "router_kill"):
+            self._process(name).signal(signal.SIGKILL)
+            time.sleep(RESTART_AFTER_S)
+            self._restart(name)
+        elif kind == "worker_stop":
+            service = self._process(name)
+            service.signal(signal.SIGSTOP)
+            time.sleep(STOP_S)
+            service.signal(signal.SIGCONT)
+        elif kind == "worker_term":
+            service = self._process(name)
+            service.signal(signal.SIGTERM)
+            service.proc.wait(60)
+            self._restart(name)
+        elif kind == "redis_restart":
+            self.redis.stop()
+            time.sleep(RESTART_AFTER_S)
+            self.redis.start()
+        elif kind == "nats_restart":
+            self.nats.stop()
+            time.sleep(RESTART_AFTER_S)
+            self.nats.start()
+
+    async def run_faults(self, faults: list[Fault], end_s: float) -> None:
+        for fault in faults:
+            await asyncio.sleep(max(0.0, fault.at_s - self.now()))
+            fault.at_s = round(self.now(), 2)
+            self.log(f"  {fault.at_s:6.1f} s  fault {fault.kind} {fault.target}")
+            await asyncio.to_thread(self.inject, fault)
+            fault.ended_s = round(self.now(), 2)
+            fault.recovered_s = await self.recovered(end_s)
+
+    async def recovered(self, end_s: float) -> float | None:
+        """Seconds from the fault's start until a probe request through each router succeeds."""
+        while self.now() < end_s:
+            try:
+                for grpc_addr, _ in self.routers:
+                    async with grpc.aio.insecure_channel(grpc_addr) as channel:
+                        request = _request(0, 4, "critical", "probe", None)
+                        await inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=5)
+                return round(self.now(), 2)
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.5)
+        return None
+
+    # -- load -------------------------------------------------------------------------------------
+    async def reference_texts(self) -> None:
+        grpc_addr = self.routers[0][0]
+        async with grpc.aio.insecure_channel(grpc_addr) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+
+            async def one(prompt: int, max_tokens: int) -> None:
+                answer = await stub.Generate(_request(prompt, max_tokens, "normal", "acme", None), timeout=120)
+                self.references[(prompt, max_tokens)] = answer.text
+
+            await asyncio.gather(*(one(p, m) for p in range(len(SHORT) + len(LONG)) for m in (16, 48)))
+
+    async def client(self, index: int, end_s: float) -> None:
+        rng = random.Random(self.seed * 1000 + index)
+        n = 0
+        while self.now() < end_s:
+            n += 1
+            greedy = rng.random() < 0.75
+            outcome = Outcome(
+                rid=f"soak{self.seed}-{index}-{n}", api=rng.choice(["grpc", "rest"]), stream=rng.random() < 0.7, greedy=greedy,
+                prompt=rng.randrange(len(SHORT) + len(LONG)), max_tokens=rng.choice((16, 48)), priority=rng.choice(PRIORITIES),
+                tenant=rng.choice(TENANTS), started_s=self.now(),
+            )
+            seed = None if greedy else rng.randrange(1 << 30)
+            cancel_after = rng.randrange(2, 6) if outcome.stream and rng.random() < 0.08 else None
+            router = rng.randrange(2)
+            self.outcomes.append(outcome)
+            if outcome.api == "grpc":
+                await self.grpc_call(outcome, seed, cancel_after, router)
+            else:
+                await self.rest_call(outcome, seed, cancel_after, router)
+            outcome.ended_s = self.now()
+
+    async def grpc_call(self, o: Outcome, seed: int | None, cancel_after: int | None, router: int) -> None:
+        request = _request(o.prompt, o.max_tokens, o.priority, o.tenant, seed)
+        request.request_id = o.rid
+        for attempt in range(3):
+            addr = self.routers[(router + attempt) % 2][0]
+            try:
+                async with grpc.aio.insecure_channel(addr) as channel:
+                    stub = inference_pb2_grpc.InferenceStub(channel)
+                    if not o.stream:
+                        answer = await stub.Generate(request, timeout=120)
+                        o.text, o.tokens, o.status, o.first_s = answer.text, answer.usage.completion_tokens, "ok", self.now()
+                        return
+                    if o.indexes:
+                        request.resume_from_index = o.indexes[-1] + 1
+                        o.attaches += 1
+                    async for response in stub.GenerateStream(request, timeout=120):
+                        o.first_s = o.first_s or self.now()
+                        o.indexes.append(response.index)
+                        o.text += response.text
+                        if response.finish_reason:
+                            o.tokens = response.usage.completion_tokens
+                        if cancel_after is not None and len(o.indexes) >= cancel_after:
+                            o.status, o.cancelled_by_client = "cancelled", True
+                            return
+                    o.status = "ok"
+                    return
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND and o.attaches:
+                    return  # nobody holds it any more: the error that cut the stream stands
+                o.status, o.message = exc.code().name, (exc.details() or "")[:200]
+                # The router died under a stream: re-attach through the other one. A whole answer
+                # cannot be re-attached to; any other error is the answer.
+                if not (o.stream and exc.code() == grpc.StatusCode.UNAVAILABLE and o.indexes):
+                    return
+
+    async def rest_call(self, o: Outcome, seed: int | None, cancel_after: int | None, router: int) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": _prompt(o.prompt)}], "max_tokens": o.max_tokens,
+                "ignore_eos": True, "priority": o.priority, "stream": o.stream}
+        if seed is None:
+            body["temperature"] = 0
+        else:
+            body.update(temperature=0.8, seed=seed)
+        headers = {"x-request-id": o.rid, "x-tenant": o.tenant}
+        last_id = None
+        for attempt in range(3):
+            url = self.routers[(router + attempt) % 2][1]
+            cut = (o.status, o.message)
+            o.status = None
+            try:
+                async with httpx.AsyncClient(timeout=120) as http:
+                    if not o.stream:
+                        r = await http.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+                        if r.status_code != 200:
+                            o.status, o.message = str(r.status_code), r.text[:200]
+                            return
+                        answer = r.json()
+                        o.text, o.tokens, o.status, o.first_s = answer["choices"][0]["message"]["content"], answer["usage"]["completion_tokens"], "ok", self.now()
+                        return
+                    if last_id is not None:
+                        headers["last-event-id"] = str(last_id)
+                        o.attaches += 1
+                    async with http.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
+                        if r.status_code != 200:
+                            if r.status_code == 404 and o.attaches:
+                                o.status, o.message = cut  # nobody holds it any more: what cut the stream stands
+                                return
+                            o.status, o.message = str(r.status_code), (await r.aread()).decode()[:200]
+                            return
+                        event_id = None
+                        async for line in r.aiter_lines():
+                            if line.startswith("id: "):
+                                event_id = int(line[4:])
+                            elif line == "data: [DONE]":
+                                o.status = o.status or "ok"
+                                return
+                            elif line.startswith("data: "):
+                                payload = json.loads(line[6:])
+                                if "error" in payload:
+                                    error = payload["error"]
+                                    o.status, o.message = str(error.get("code") or error.get("type")).upper(), str(error)[:200]
+                                    continue
+                                o.first_s = o.first_s or self.now()
+                                choices = payload.get("choices") or []
+                                if choices:
+                                    o.text += choices[0]["delta"].get("content") or ""
+                                if payload.get("usage"):
+                                    o.tokens = payload["usage"]["completion_tokens"]
+                                if event_id is not None:
+                                    o.indexes.append(event_id)
+                                    last_id = event_id
+                                    event_id = None
+                                if cancel_after is not None and len(o.indexes) >= cancel_after:
+                                    o.status, o.cancelled_by_client = "cancelled", True
+                                    return
+                o.status, o.message = "cut", "stream ended without [DONE]"
+            except httpx.HTTPError as exc:
+                o.status, o.message = "cut" if o.stream else "connection", f"{type(exc).__name__}: {exc}"[:200]
+                if not o.stream or last_id is None:
+                    return
+
+    # -- the run ----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        self.log(f"soak: {self.minutes} min, seed {self.seed}: starting the cluster ...")
+        self.start_cluster()
+        try:
+            return asyncio.run(self._run())
+        finally:
+            self.stop_cluster()
+
+    async def _run(self) -> dict:
+        await self.reference_texts()
+        rng = random.Random(self.seed)
+        length_s = self.minutes * 60.0
+        self.faults = self.schedule(rng, length_s)
+        rss_start = self.rss_mb()
+        self.t0 = time.monotonic()
+        self.log(f"soak: load for {length_s:.0f} s with {len(self.faults)} faults")
+        clients = [asyncio.create_task(self.client(i, length_s)) for i in range(6)]
+        await self.run_faults(self.faults, length_s)
+        await asyncio.wait_for(asyncio.gather(*clients), 300)
+        return self.report(rss_start, self.rss_mb(), length_s)
+
+    # -- the check and the figures ----------------------------------------------------------------
+    def window(self, t: float) -> Fault | None:
+        for fault in self.faults:
+            end = (fault.recovered_s or fault.ended_s) + RECOVERY_GRACE_S
+            if fault.at_s - 1.0 <= t <= end:
+                return fault
+        return None
+
+    def report(self, rss_start: dict, rss_end: dict, length_s: float) -> dict:
+        problems: list[str] = []
+        lost = [o.rid for o in self.outcomes if o.status is None]
+        repeats = []
+        for o in self.outcomes:
+            if len(o.indexes) != len(set(o.indexes)) or o.indexes != sorted(o.indexes):
+                repeats.append(o.rid)
+            elif o.api == "grpc" and o.stream and o.indexes != list(range(len(o.indexes))):
+                repeats.append(o.rid)
+        differ = [o.rid for o in self.outcomes if o.status == "ok" and o.greedy and o.text != self.references[(o.prompt, o.max_tokens)]]
+        errors = [o for o in self.outcomes if o.status not in ("ok", "cancelled")]
+        unexplained = [f"{o.rid} {o.status} at {o.ended_s:.1f} s: {o.message}" for o in errors
+                       if o.status not in DOCUMENTED or self.window(o.ended_s or o.started_s) is None]
+        for name, items in (("lost", lost), ("repeated or missing pieces", repeats), ("greedy answers differing", differ),
+                            ("unexplained errors", unexplained)):
+            if items:
+                problems.append(f"{len(items)} {name}: {items[:10]}")
+        ok = [o for o in self.outcomes if o.status == "ok"]
+
+        def figures(rows: list[Outcome]) -> dict:
+            ttft = sorted(o.first_s - o.started_s for o in rows if o.first_s is not None and o.stream)
+            rates = [o.tokens / (o.ended_s - o.started_s) for o in rows if o.ended_s and o.ended_s > o.started_s and o.tokens]
+            return {"requests": len(rows), "ttft_p50_s": _pct(ttft, 50), "ttft_p99_s": _pct(ttft, 99),
+                    "tokens_per_s_per_request_p50": round(statistics.median(rates), 2) if rates else None}
+
+        during = [o for o in ok if self.window(o.started_s) is not None]
+        outside = [o for o in ok if self.window(o.started_s) is None]
+        migrations = sum(_count_events(path, "request_migrated") for path in self.cluster.log_dir.glob("router-*.log"))
+        attached = sum(_count_events(path, "request_attached") for path in self.cluster.log_dir.glob("router-*.log"))
+        growth = {}
+        for name, start in rss_start.items():
+            end = rss_end.get(name)
+            if end and end["pid"] == start["pid"]:
+                growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1),
+                                "growth_mb_per_hour": round((end["rss_mb"] - start["rss_mb"]) * 3600 / length_s, 1)}
+            else:
+                growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1) if end else None,
+                                "growth_mb_per_hour": None, "note": "restarted during the run"}
+        buckets = [0.0] * (int(length_s // 5) + 1)
+        for o in ok:
+            if o.ended_s is not None and o.tokens:
+                buckets[min(len(buckets) - 1, int(o.ended_s // 5))] += o.tokens / 5
+        return {
+            "minutes": self.minutes, "seed": self.seed, "verdict": "pass" if not problems else "fail", "problems": problems,
+            "requests": len(self.outcomes), "completed": len(ok), "cancelled_by_clients": sum(o.cancelled_by_client for o in self.outcomes),
+            "errors": {status: sum(1 for o in errors if o.status == status) for status in sorted({o.status for o in errors})},
+            "lost": len(lost), "repeated_or_missing": len(repeats), "greedy_checked": sum(1 for o in ok if o.greedy),
+            "greedy_differing": len(differ), "unexplained_errors": len(unexplained), "re_attaches": attached, "migrations": migrations,
+            "during_faults": figures(during), "outside_faults": figures(outside),
+            "faults": [asdict(f) | {"recovery_s": round(f.recovered_s - f.at_s, 2) if f.recovered_s else None} for f in self.faults],
+            "rss": growth, "tokens_per_s_5s": [round(b, 1) for b in buckets],
+            "history": [asdict(o) for o in self.outcomes],
+        }
+
+
+def _request(prompt: int, max_tokens: int, priority: str, tenant: str, seed: int | None) -> inference_pb2.GenerateRequest:
+    sampling = common_pb2.SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    if seed is not None:
+        sampling.temperature = 0.8
+        sampling.seed = seed
+    return inference_pb2.GenerateRequest(
+        model=MODEL,
+        messages=inference_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content=_prompt(prompt))]),
+        sampling=sampling,
+        priority=common_pb2.Priority.Value(f"PRIORITY_{priority.upper()}"),
+    )
+
+
+def _prompt(index: int) -> str:
+    return (SHORT + LONG)[index]
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _pct(values: list[float], p: int) -> float | None:
+    if not values:
+        return None
+    return round(values[min(len(values) - 1, int(len(values) * p / 100))], 3)
+
+
+def _count_events(path: Path, event: str) -> int:
+    needle = f'"event": "{event}"'
+    return sum(1 for line in path.read_text(errors="replace").splitlines() if needle in line)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# Chaos soak: {report['minutes']} minutes, seed {report['seed']}: **{report['verdict']}**", "",
+        f"- Requests {report['requests']}, completed {report['completed']}, cancelled by their clients {report['cancelled_by_clients']}, "
+        f"errors {report['errors'] or 'none'}",
+        f"- Lost {report['lost']}; repeated or missing pieces {report['repeated_or_missing']}; greedy answers checked "
+        f"{report['greedy_checked']}, differing {report['greedy_differing']}; unexplained errors {report['unexplained_errors']}",
+        f"- Migrations {report['migrations']}, re-attaches after a router died {report['re_attaches']}", "",
+        "| | requests | TTFT p50 | TTFT p99 | tokens/s per request (p50) |", "|---|---|---|---|---|",
+    ]
+    for name in ("during_faults", "outside_faults"):
+        f = report[name]
+        lines.append(f"| {name.replace('_', ' ')} | {f['requests']} | {f['ttft_p50_s']} s | {f['ttft_p99_s']} s | {f['tokens_per_s_per_request_p50']} |")
+    lines += ["", "| at | fault | target | recovered after |", "|---|---|---|---|"]
+    lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['recovery_s']} s |" for f in report["faults"]]
+    lines += ["", "| service | RSS at start | at end | growth per hour |", "|---|---|---|---|"]
+    lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {r['growth_mb_per_hour'] if r['growth_mb_per_hour'] is not None else r.get('note')} |"
+              for name, r in sorted(report["rss"].items())]
+    if report["problems"]:
+        lines += ["", "## Problems", *[f"- {p}" for p in report["problems"]]]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict) -> str:
+    """Tokens/s delivered per 5 s, fault windows shaded: an SVG with no dependency."""
+    values = report["tokens_per_s_5s"]
+    width, height, pad = 800, 240, 30
+    top = max(values + [1.0])
+    step = (width - 2 * pad) / max(1, len(values) - 1)
+    points = " ".join(f"{pad + i * step:.1f},{height - pad - v / top * (height - 2 * pad):.1f}" for i, v in enumerate(values))
+    shades = []
+    for f in report["faults"]:
+        x0 = pad + f["at_s"] / 5 * step
+        x1 = pad + ((f["at_s"] + (f["recovery_s"] or 0)) / 5) * step
+        shades.append(f'<rect x="{x0:.1f}" y="{pad}" width="{max(2.0, x1 - x0):.1f}" height="{height - 2 * pad}" fill="#f4b4b4">'
+                      f'<title>{f["kind"]} {f["target"]}</title></rect>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">'
+            f'<rect width="100%" height="100%" fill="white"/>{"".join(shades)}'
+            f'<polyline points="{points}" fill="none" stroke="#1f5fa8" stroke-width="1.5"/>'
+            f'<text x="{pad}" y="18">tokens/s delivered (peak {top:.0f}); shaded: fault until recovery</text></svg>\n')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=float(os.environ.get("SOAK_MINUTES", "10")))
+    parser.add_argument("--seed", type=int, default=int(os.environ.get("SOAK_SEED", "1")))
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    from llmserve.common.config import default_model_store
+
+    store = Path(os.environ.get("LLMSERVE_MODEL_STORE") or default_model_store())
+    with tempfile.TemporaryDirectory(prefix="llmserve-soak-") as work:
+        report = Soak(args.minutes, args.seed, Path(work), store, lambda m: print(m, flush=True)).run()
+    name = f"{dt.date.today().isoformat()}-soak"
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.results / f"{name}.md").write_text(markdown(report))
+    (args.results / f"{name}.svg").write_text(chart(report))
+    print(markdown(report))
+    return 0 if report["verdict"] == "pass" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
