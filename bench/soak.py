@@ -5,8 +5,11 @@ Cluster: NATS and Redis of its own, registry, monitor, two schedulers, three wor
 Load: clients that each loop over requests drawn from the seed (gRPC and REST, streamed and whole,
 greedy and seeded, every priority, three tenants, short and long prompts, client cancels, deadlines).
 Faults, one at a time: worker kill -9 (restarted), worker SIGSTOP for 10 s, worker SIGTERM (drains,
-restarted), scheduler kill -9, router kill -9 (its clients re-attach through the other router by
-request id and index), Redis restart, NATS restart. The same seed replays the same schedule and load.
+restarted), a worker's network stalled for 10 s (it reaches NATS through a TCP proxy the soak
+pauses), scheduler kill -9, router kill -9 (its clients re-attach through the other router by
+request id and index), Redis restart, NATS restart, and promote / rollback between two versions of
+the model (the same weights, so greedy answers stay comparable while every worker swaps versions
+under load). The same seed replays the same schedule and load.
 
 The check: every request has a final outcome; a stream's indexes have no repeat and (gRPC) no gap;
 every greedy answer equals the undisturbed reference for its prompt; every error is of a documented
@@ -29,6 +32,7 @@ import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -41,9 +45,10 @@ import httpx  # noqa: E402
 
 from bench.stack import publish_default_model  # noqa: E402
 from llmserve.cli import infra  # noqa: E402
-from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc  # noqa: E402
+from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc  # noqa: E402
 from tests.helpers.cluster import Cluster  # noqa: E402
-from tests.helpers.servers import nats_server, redis_server  # noqa: E402
+from tests.helpers.registry import with_catalog  # noqa: E402
+from tests.helpers.servers import ServerProcess  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 SHORT = ["What is the capital of France?", "Name three colours.", "Why is the sky blue?", "Who wrote Hamlet?"]
@@ -55,7 +60,10 @@ LONG = [
 ]
 PRIORITIES = ["low", "normal", "normal", "high", "critical"]
 TENANTS = ["acme", "globex", "initech"]
-FAULTS = ["worker_kill", "worker_stop", "worker_term", "scheduler_kill", "router_kill", "redis_restart", "nats_restart"]
+FAULTS = ["worker_kill", "worker_stop", "worker_term", "worker_net_stall", "scheduler_kill", "router_kill", "redis_restart",
+          "nats_restart", "promote"]
+# The worker whose NATS connection goes through the pausable proxy.
+STALLED_WORKER = "worker-2"
 # Errors a client may see during a fault, and after it while the cluster recovers (seconds).
 DOCUMENTED = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "503", "504", "429"}
 RECOVERY_GRACE_S = 20.0
@@ -95,6 +103,57 @@ class Outcome:
     cancelled_by_client: bool = False
 
 
+class StallableProxy:
+    """A TCP proxy one worker reaches NATS through. Paused, it forwards nothing either way: the
+    worker's network stalls while its process runs on (unlike SIGSTOP)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self.port = infra.free_port()
+        self._open = threading.Event()
+        self._open.set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="nats-proxy", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._connection, "127.0.0.1", self.port), self._loop).result(10)
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def stop(self) -> None:
+        self._open.set()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        except OSError:  # NATS is restarting: the worker's client reconnects
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                while not self._open.is_set():
+                    await asyncio.sleep(0.05)
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
 class Soak:
     def __init__(self, minutes: float, seed: int, work: Path, store: Path, log) -> None:
         self.minutes = minutes
@@ -108,17 +167,25 @@ class Soak:
         self.references: dict[tuple[int, int], str] = {}
         self.services: dict[str, tuple[str, dict]] = {}
         self.routers: list[tuple[str, str]] = []
+        self.rss_samples: list[dict] = []
 
     def now(self) -> float:
         return time.monotonic() - self.t0
 
     # -- the cluster ------------------------------------------------------------------------------
     def start_cluster(self) -> None:
-        self.nats, self.redis = nats_server(self.work / "n"), redis_server(self.work / "r")
-        if self.nats.external or self.redis.external:
-            raise SystemExit("the soak restarts NATS and Redis: unset NATS_URL / REDIS_URL")
+        # Servers of its own whatever NATS_URL / REDIS_URL say: the soak restarts them.
+        self.nats = ServerProcess("nats", f"nats://127.0.0.1:{infra.free_port()}", self.work / "nats")
+        self.redis = ServerProcess("redis", f"redis://127.0.0.1:{infra.free_port()}/0", self.work / "redis")
+        self.nats.start()
+        self.redis.start()
         prefix = "soak" + uuid.uuid4().hex[:6]
-        asyncio.run(publish_default_model(self.redis.url, f"{prefix}:", self.store))
+        record = asyncio.run(publish_default_model(self.redis.url, f"{prefix}:", self.store))
+        # Version 2: the same artifact, for promote and rollback under load.
+        asyncio.run(with_catalog(self.redis.url, f"{prefix}:", lambda c: c.publish(record.name, record.path, record.sha256, "soak")))
+        self.stable = record.version
+        self.proxy = StallableProxy(*self.nats.host_port)
+        self.proxy.start()
         c = self.cluster = Cluster(self.nats.url, self.redis.url, prefix, self.store, self.work / "logs")
         c.extra_env.update(LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", LLMSERVE_WORKER_DRAIN_GRACE_S="5", LLMSERVE_WORKER_MAX_RUNNING="8")
         c.log_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +195,8 @@ class Soak:
             self._start("scheduler", f"scheduler-{i}")
         self._start("monitor", "monitor")
         for i in range(3):
-            self._start("model_worker", f"worker-{i}")
+            name = f"worker-{i}"
+            self._start("model_worker", name, **({"LLMSERVE_NATS_URL": self.proxy.url} if name == STALLED_WORKER else {}))
         for i in range(2):
             grpc_port, http_port = (c.grpc_port, c.http_port) if i == 0 else (infra.free_port(), infra.free_port())
             self._start("router", f"router-{i}", LLMSERVE_ROUTER_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
@@ -153,6 +221,7 @@ class Soak:
 
     def stop_cluster(self) -> None:
         self.cluster.stop()
+        self.proxy.stop()
         self.nats.stop()
         self.redis.stop()
 
@@ -178,7 +247,7 @@ class Soak:
                 kinds = rng.sample(FAULTS, len(FAULTS))
             kind = kinds.pop()
             target = {"worker_kill": "worker", "worker_stop": "worker", "worker_term": "worker", "scheduler_kill": "scheduler",
-                      "router_kill": "router"}.get(kind, kind.split("_")[0])
+                      "router_kill": "router", "worker_net_stall": STALLED_WORKER, "promote": MODEL}.get(kind, kind.split("_")[0])
             if target in ("worker", "scheduler", "router"):
                 target = f"{target}-{rng.randrange(3 if target == 'worker' else 2)}"
             faults.append(Fault(round(at, 1), kind, target))
@@ -202,6 +271,20 @@ class Soak:
             service.signal(signal.SIGTERM)
             service.proc.wait(60)
             self._restart(name)
+        elif kind == "worker_net_stall":
+            self.proxy.pause()
+            time.sleep(STOP_S)
+            self.proxy.resume()
+        elif kind == "promote":
+            # Promote version 2, or roll back to version 1 when 2 is stable: every worker swaps.
+            with grpc.insecure_channel(self.cluster.registry_addr) as channel:
+                stub = registry_pb2_grpc.RegistryStub(channel)
+                if self.stable == 1:
+                    stub.Promote(registry_pb2.PromoteRequest(name=MODEL, version=2, actor="soak"), timeout=30)
+                    self.stable, fault.target = 2, f"{MODEL} v2"
+                else:
+                    stub.Rollback(registry_pb2.RollbackRequest(name=MODEL, actor="soak"), timeout=30)
+                    self.stable, fault.target = 1, f"{MODEL} v1 (rollback)"
         elif kind == "redis_restart":
             self.redis.stop()
             time.sleep(RESTART_AFTER_S)
@@ -221,17 +304,27 @@ class Soak:
             fault.recovered_s = await self.recovered(end_s)
 
     async def recovered(self, end_s: float) -> float | None:
-        """Seconds from the fault's start until a probe request through each router succeeds."""
+        """When the cluster is whole again after a fault: a probe request through each router succeeds
+        and every worker is live (None: not before the run's end)."""
         while self.now() < end_s:
             try:
                 for grpc_addr, _ in self.routers:
                     async with grpc.aio.insecure_channel(grpc_addr) as channel:
-                        request = _request(0, 4, "critical", "probe", None)
-                        await inference_pb2_grpc.InferenceStub(channel).Generate(request, timeout=5)
+                        stub = inference_pb2_grpc.InferenceStub(channel)
+                        await stub.Generate(_request(0, 4, "critical", "probe", None), timeout=5)
+                        models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models
+                        if sum(m.live_workers for m in models) < 3:
+                            raise _NotYet
                 return round(self.now(), 2)
-            except grpc.aio.AioRpcError:
+            except (grpc.aio.AioRpcError, _NotYet):
                 await asyncio.sleep(0.5)
         return None
+
+    async def sample_rss(self, end_s: float) -> None:
+        """Every service's resident memory every 10 s, for the growth figures."""
+        while self.now() < end_s:
+            self.rss_samples.append({"t_s": round(self.now(), 1), **{name: r for name, r in self.rss_mb().items()}})
+            await asyncio.sleep(10.0)
 
     # -- load -------------------------------------------------------------------------------------
     async def reference_texts(self) -> None:
@@ -296,9 +389,11 @@ class Soak:
                 if exc.code() == grpc.StatusCode.NOT_FOUND and o.attaches:
                     return  # nobody holds it any more: the error that cut the stream stands
                 o.status, o.message = exc.code().name, (exc.details() or "")[:200]
-                # The router died under a stream: re-attach through the other one. A whole answer
+                # A router that is down was never reached: the other one takes the request (same id).
+                # A router that died under a stream: re-attach through the other one. A whole answer
                 # cannot be re-attached to; any other error is the answer.
-                if not (o.stream and exc.code() == grpc.StatusCode.UNAVAILABLE and o.indexes):
+                unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE and _refused(exc.details() or "") and not o.indexes
+                if not (unreachable or (o.stream and exc.code() == grpc.StatusCode.UNAVAILABLE and o.indexes)):
                     return
 
     async def rest_call(self, o: Outcome, seed: int | None, cancel_after: int | None, router: int) -> None:
@@ -363,6 +458,8 @@ class Soak:
                 o.status, o.message = "cut", "stream ended without [DONE]"
             except httpx.HTTPError as exc:
                 o.status, o.message = "cut" if o.stream else "connection", f"{type(exc).__name__}: {exc}"[:200]
+                if isinstance(exc, httpx.ConnectError) and last_id is None:
+                    continue  # the router is down and was never reached: the other one takes it (same id)
                 if not o.stream or last_id is None:
                     return
 
@@ -384,8 +481,9 @@ class Soak:
         self.t0 = time.monotonic()
         self.log(f"soak: load for {length_s:.0f} s with {len(self.faults)} faults")
         clients = [asyncio.create_task(self.client(i, length_s)) for i in range(6)]
+        sampler = asyncio.create_task(self.sample_rss(length_s))
         await self.run_faults(self.faults, length_s)
-        await asyncio.wait_for(asyncio.gather(*clients), 300)
+        await asyncio.wait_for(asyncio.gather(*clients, sampler), 300)
         return self.report(rss_start, self.rss_mb(), length_s)
 
     # -- the check and the figures ----------------------------------------------------------------
@@ -429,8 +527,12 @@ class Soak:
         for name, start in rss_start.items():
             end = rss_end.get(name)
             if end and end["pid"] == start["pid"]:
+                # The slope over the second half of the run: caches filling at the start are not growth.
+                late = [(row["t_s"], row[name]["rss_mb"]) for row in self.rss_samples
+                        if row["t_s"] >= length_s / 2 and name in row and row[name]["pid"] == start["pid"]]
+                slope = _slope(late) * 3600 if len(late) >= 3 else (end["rss_mb"] - start["rss_mb"]) * 3600 / length_s
                 growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1),
-                                "growth_mb_per_hour": round((end["rss_mb"] - start["rss_mb"]) * 3600 / length_s, 1)}
+                                "growth_mb_per_hour": round(slope, 1)}
             else:
                 growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1) if end else None,
                                 "growth_mb_per_hour": None, "note": "restarted during the run"}
@@ -445,7 +547,9 @@ class Soak:
             "lost": len(lost), "repeated_or_missing": len(repeats), "greedy_checked": sum(1 for o in ok if o.greedy),
             "greedy_differing": len(differ), "unexplained_errors": len(unexplained), "re_attaches": attached, "migrations": migrations,
             "during_faults": figures(during), "outside_faults": figures(outside),
-            "faults": [asdict(f) | {"recovery_s": round(f.recovered_s - f.at_s, 2) if f.recovered_s else None} for f in self.faults],
+            "faults": [asdict(f) | {"lasted_s": round(f.ended_s - f.at_s, 2),
+                                    "recovery_s": round(f.recovered_s - f.ended_s, 2) if f.recovered_s else None} for f in self.faults],
+            "rss_samples": self.rss_samples,
             "rss": growth, "tokens_per_s_5s": [round(b, 1) for b in buckets],
             "history": [asdict(o) for o in self.outcomes],
         }
@@ -466,6 +570,25 @@ def _request(prompt: int, max_tokens: int, priority: str, tenant: str, seed: int
 
 def _prompt(index: int) -> str:
     return (SHORT + LONG)[index]
+
+
+class _NotYet(Exception):
+    pass
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) points, per second."""
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var if var else 0.0
+
+
+def _refused(details: str) -> bool:
+    """A gRPC error that says the router could not be reached at all."""
+    details = details.lower()
+    return "failed to connect" in details or "connection refused" in details
 
 
 def _ready(url: str) -> bool:
@@ -499,9 +622,11 @@ def markdown(report: dict) -> str:
     for name in ("during_faults", "outside_faults"):
         f = report[name]
         lines.append(f"| {name.replace('_', ' ')} | {f['requests']} | {f['ttft_p50_s']} s | {f['ttft_p99_s']} s | {f['tokens_per_s_per_request_p50']} |")
-    lines += ["", "| at | fault | target | recovered after |", "|---|---|---|---|"]
-    lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['recovery_s']} s |" for f in report["faults"]]
-    lines += ["", "| service | RSS at start | at end | growth per hour |", "|---|---|---|---|"]
+    lines += ["", "Recovered: a probe through each router answers and all three workers are live again.", "",
+              "| at | fault | target | lasted | recovered after its end |", "|---|---|---|---|---|"]
+    lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['lasted_s']} s | {f['recovery_s']} s |" for f in report["faults"]]
+    lines += ["", "Growth per hour: the slope of the resident memory over the run's second half.", "",
+              "| service | RSS at start | at end | growth per hour |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {r['growth_mb_per_hour'] if r['growth_mb_per_hour'] is not None else r.get('note')} |"
               for name, r in sorted(report["rss"].items())]
     if report["problems"]:
