@@ -644,7 +644,7 @@ def chart(report: dict) -> str:
     shades = []
     for f in report["faults"]:
         x0 = pad + f["at_s"] / 5 * step
-        x1 = pad + ((f["at_s"] + (f["recovery_s"] or 0)) / 5) * step
+        x1 = pad + ((f["at_s"] + f["lasted_s"] + (f["recovery_s"] or 0)) / 5) * step
         shades.append(f'<rect x="{x0:.1f}" y="{pad}" width="{max(2.0, x1 - x0):.1f}" height="{height - 2 * pad}" fill="#f4b4b4">'
                       f'<title>{f["kind"]} {f["target"]}</title></rect>')
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">'
