@@ -100,6 +100,8 @@ class Outcome:
     text: str = ""
     tokens: int = 0
     attaches: int = 0
+    # A whole answer whose router died under it, asked again (new id) as OpenAI's and gRPC's clients do.
+    retried: bool = False
     cancelled_by_client: bool = False
 
 
@@ -168,6 +170,8 @@ class Soak:
         self.services: dict[str, tuple[str, dict]] = {}
         self.routers: list[tuple[str, str]] = []
         self.rss_samples: list[dict] = []
+        # Each worker's metrics (and /readyz) port.
+        self.worker_ports: dict[str, int] = {}
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -196,7 +200,9 @@ class Soak:
         self._start("monitor", "monitor")
         for i in range(3):
             name = f"worker-{i}"
-            self._start("model_worker", name, **({"LLMSERVE_NATS_URL": self.proxy.url} if name == STALLED_WORKER else {}))
+            self.worker_ports[name] = infra.free_port()
+            network = {"LLMSERVE_NATS_URL": self.proxy.url} if name == STALLED_WORKER else {}
+            self._start("model_worker", name, LLMSERVE_WORKER_METRICS_ADDR=f"127.0.0.1:{self.worker_ports[name]}", **network)
         for i in range(2):
             grpc_port, http_port = (c.grpc_port, c.http_port) if i == 0 else (infra.free_port(), infra.free_port())
             self._start("router", f"router-{i}", LLMSERVE_ROUTER_GRPC_ADDR=f"127.0.0.1:{grpc_port}",
@@ -305,20 +311,29 @@ class Soak:
 
     async def recovered(self, end_s: float) -> float | None:
         """When the cluster is whole again after a fault: a probe request through each router succeeds
-        and every worker is live (None: not before the run's end)."""
+        and every worker is ready (None: not before the run's end)."""
         while self.now() < end_s:
             try:
                 for grpc_addr, _ in self.routers:
                     async with grpc.aio.insecure_channel(grpc_addr) as channel:
                         stub = inference_pb2_grpc.InferenceStub(channel)
                         await stub.Generate(_request(0, 4, "critical", "probe", None), timeout=5)
-                        models = (await stub.ListModels(inference_pb2.ListModelsRequest(), timeout=5)).models
-                        if sum(m.live_workers for m in models) < 3:
-                            raise _NotYet
+                if not await asyncio.to_thread(self.workers_ready):
+                    raise _NotYet
                 return round(self.now(), 2)
             except (grpc.aio.AioRpcError, _NotYet):
                 await asyncio.sleep(0.5)
         return None
+
+    def workers_ready(self) -> bool:
+        """Every worker answers ready on its own /readyz (a restarted one: its model loaded)."""
+        for port in self.worker_ports.values():
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code != 200:
+                    return False
+            except httpx.HTTPError:
+                return False
+        return True
 
     async def sample_rss(self, end_s: float) -> None:
         """Every service's resident memory every 10 s, for the growth figures."""
@@ -393,6 +408,9 @@ class Soak:
                 # A router that died under a stream: re-attach through the other one. A whole answer
                 # cannot be re-attached to; any other error is the answer.
                 unreachable = exc.code() == grpc.StatusCode.UNAVAILABLE and _refused(exc.details() or "") and not o.indexes
+                if not o.stream and exc.code() == grpc.StatusCode.UNAVAILABLE and not unreachable and not o.retried:
+                    o.retried, request.request_id = True, f"{o.rid}-retry"
+                    continue
                 if not (unreachable or (o.stream and exc.code() == grpc.StatusCode.UNAVAILABLE and o.indexes)):
                     return
 
@@ -404,6 +422,7 @@ class Soak:
         else:
             body.update(temperature=0.8, seed=seed)
         headers = {"x-request-id": o.rid, "x-tenant": o.tenant}
+        # The id of the last event with one; "" once the stream started (a re-attach from its start).
         last_id = None
         for attempt in range(3):
             url = self.routers[(router + attempt) % 2][1]
@@ -429,6 +448,8 @@ class Soak:
                                 return
                             o.status, o.message = str(r.status_code), (await r.aread()).decode()[:200]
                             return
+                        # A 200 comes once the request runs: from here a cut stream can be re-attached to.
+                        last_id = "" if last_id is None else last_id
                         event_id = None
                         async for line in r.aiter_lines():
                             if line.startswith("id: "):
@@ -460,6 +481,9 @@ class Soak:
                 o.status, o.message = "cut" if o.stream else "connection", f"{type(exc).__name__}: {exc}"[:200]
                 if isinstance(exc, httpx.ConnectError) and last_id is None:
                     continue  # the router is down and was never reached: the other one takes it (same id)
+                if not o.stream and not o.retried:
+                    o.retried, headers["x-request-id"] = True, f"{o.rid}-retry"
+                    continue
                 if not o.stream or last_id is None:
                     return
 
@@ -546,6 +570,7 @@ class Soak:
             "errors": {status: sum(1 for o in errors if o.status == status) for status in sorted({o.status for o in errors})},
             "lost": len(lost), "repeated_or_missing": len(repeats), "greedy_checked": sum(1 for o in ok if o.greedy),
             "greedy_differing": len(differ), "unexplained_errors": len(unexplained), "re_attaches": attached, "migrations": migrations,
+            "whole_answers_retried": sum(o.retried for o in self.outcomes),
             "during_faults": figures(during), "outside_faults": figures(outside),
             "faults": [asdict(f) | {"lasted_s": round(f.ended_s - f.at_s, 2),
                                     "recovery_s": round(f.recovered_s - f.ended_s, 2) if f.recovered_s else None} for f in self.faults],
@@ -616,13 +641,14 @@ def markdown(report: dict) -> str:
         f"errors {report['errors'] or 'none'}",
         f"- Lost {report['lost']}; repeated or missing pieces {report['repeated_or_missing']}; greedy answers checked "
         f"{report['greedy_checked']}, differing {report['greedy_differing']}; unexplained errors {report['unexplained_errors']}",
-        f"- Migrations {report['migrations']}, re-attaches after a router died {report['re_attaches']}", "",
+        f"- Migrations {report['migrations']}, re-attaches after a router died {report['re_attaches']}, whole answers asked "
+        f"again after their router died {report['whole_answers_retried']}", "",
         "| | requests | TTFT p50 | TTFT p99 | tokens/s per request (p50) |", "|---|---|---|---|---|",
     ]
     for name in ("during_faults", "outside_faults"):
         f = report[name]
         lines.append(f"| {name.replace('_', ' ')} | {f['requests']} | {f['ttft_p50_s']} s | {f['ttft_p99_s']} s | {f['tokens_per_s_per_request_p50']} |")
-    lines += ["", "Recovered: a probe through each router answers and all three workers are live again.", "",
+    lines += ["", "Recovered: a probe through each router answers and all three workers are ready again.", "",
               "| at | fault | target | lasted | recovered after its end |", "|---|---|---|---|---|"]
     lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['lasted_s']} s | {f['recovery_s']} s |" for f in report["faults"]]
     lines += ["", "Growth per hour: the slope of the resident memory over the run's second half.", "",

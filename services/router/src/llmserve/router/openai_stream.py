@@ -140,13 +140,14 @@ class _ChoiceStream:
 
 async def sse_events(
     kind: Kind, job: events_pb2.Job, first: tuple[int, events_pb2.TokenChunk], rest: AsyncIterator[tuple[int, events_pb2.TokenChunk]],
-    n: int, include_usage: bool, resume_from: int = 0,
+    n: int, include_usage: bool, resume_from: int | None = None,
 ) -> AsyncIterator[bytes]:
     """The SSE stream of n choices, from their interleaved chunks (the first already in hand).
 
     With one choice, the last event of each piece of the answer carries the piece's index as its
     `id`; a client re-attaching with Last-Event-ID gets the pieces from `resume_from` on (the
-    earlier ones still pass through the choice's state: tool calls, offsets)."""
+    earlier ones still pass through the choice's state: tool calls, offsets), without the opening
+    event it had with its first response."""
     is_chat = kind == "chat"
     base = {
         "id": ("chatcmpl-" if is_chat else "cmpl-") + job.request_id,
@@ -155,7 +156,7 @@ async def sse_events(
         "model": job.model,
     }
     choices = [_ChoiceStream(kind, job, i) for i in range(n)]
-    if is_chat and resume_from == 0:
+    if is_chat and resume_from is None:
         for choice in choices:
             yield sse({**base, "choices": [choice.opening()]})
     item = first
@@ -164,7 +165,7 @@ async def sse_events(
         while True:
             index, chunk = item
             pieces = choices[index].pieces(chunk)
-            if n == 1 and chunk.index < resume_from:
+            if n == 1 and resume_from is not None and chunk.index < resume_from:
                 pieces = []
             for i, piece in enumerate(pieces):
                 yield sse({**base, "choices": [piece]}, chunk.index if n == 1 and i == len(pieces) - 1 else None)

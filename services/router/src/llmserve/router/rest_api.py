@@ -103,7 +103,7 @@ class RestBridge:
             first = await anext(chunks)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(
-                sse_events(kind, job, first, chunks, len(jobs), include_usage, resume_from or 0),
+                sse_events(kind, job, first, chunks, len(jobs), include_usage, resume_from),
                 media_type="text/event-stream",
                 headers={**headers, "Cache-Control": "no-cache"},
             )
