@@ -1,13 +1,14 @@
 """Chaos soak: a bounded run of mixed load on a whole local cluster with faults drawn from a seed,
 then a check of every request's history.
 
-Cluster: NATS and Redis of its own, registry, monitor, two schedulers, three workers, two routers.
+Cluster: a NATS cluster of three (JetStream streams with three replicas) and a Redis of its own,
+registry, monitor, two schedulers, three workers, two routers.
 Load: clients that each loop over requests drawn from the seed (gRPC and REST, streamed and whole,
 greedy and seeded, every priority, three tenants, short and long prompts, client cancels, deadlines).
 Faults, one at a time: worker kill -9 (restarted), worker SIGSTOP for 10 s, worker SIGTERM (drains,
 restarted), a worker's network stalled for 10 s (it reaches NATS through a TCP proxy the soak
 pauses), scheduler kill -9, router kill -9 (its clients re-attach through the other router by
-request id and index), Redis restart, NATS restart, and promote / rollback between two versions of
+request id and index), Redis restart, a NATS server killed and restarted, and promote / rollback between two versions of
 the model (the same weights, so greedy answers stay comparable while every worker swaps versions
 under load). The same seed replays the same schedule and load.
 
@@ -48,7 +49,7 @@ from llmserve.cli import infra  # noqa: E402
 from llmserve.v1 import common_pb2, inference_pb2, inference_pb2_grpc, registry_pb2, registry_pb2_grpc  # noqa: E402
 from tests.helpers.cluster import Cluster  # noqa: E402
 from tests.helpers.registry import with_catalog  # noqa: E402
-from tests.helpers.servers import ServerProcess  # noqa: E402
+from tests.helpers.servers import ServerProcess, nats_cluster  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
 SHORT = ["What is the capital of France?", "Name three colours.", "Why is the sky blue?", "Who wrote Hamlet?"]
@@ -109,8 +110,8 @@ class StallableProxy:
     """A TCP proxy one worker reaches NATS through. Paused, it forwards nothing either way: the
     worker's network stalls while its process runs on (unlike SIGSTOP)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self._upstream = (host, port)
+    def __init__(self, upstreams: list[tuple[str, int]]) -> None:
+        self._upstreams = upstreams
         self.port = infra.free_port()
         self._open = threading.Event()
         self._open.set()
@@ -136,9 +137,13 @@ class StallableProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:  # NATS is restarting: the worker's client reconnects
+        for upstream in self._upstreams:  # the first server that answers
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*upstream)
+                break
+            except OSError:
+                continue
+        else:  # none answers: the worker's client reconnects
             writer.close()
             return
         await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
@@ -178,20 +183,22 @@ class Soak:
 
     # -- the cluster ------------------------------------------------------------------------------
     def start_cluster(self) -> None:
-        # Servers of its own whatever NATS_URL / REDIS_URL say: the soak restarts them.
-        self.nats = ServerProcess("nats", f"nats://127.0.0.1:{infra.free_port()}", self.work / "nats")
+        # Servers of its own whatever NATS_URL / REDIS_URL say: the soak restarts them. Clients keep to
+        # their seed list (no_advertise), so the worker behind the proxy never goes around it.
+        self.nats_nodes = nats_cluster(self.work, 3, no_advertise=True)
         self.redis = ServerProcess("redis", f"redis://127.0.0.1:{infra.free_port()}/0", self.work / "redis")
-        self.nats.start()
         self.redis.start()
         prefix = "soak" + uuid.uuid4().hex[:6]
         record = asyncio.run(publish_default_model(self.redis.url, f"{prefix}:", self.store))
         # Version 2: the same artifact, for promote and rollback under load.
         asyncio.run(with_catalog(self.redis.url, f"{prefix}:", lambda c: c.publish(record.name, record.path, record.sha256, "soak")))
         self.stable = record.version
-        self.proxy = StallableProxy(*self.nats.host_port)
+        self.proxy = StallableProxy([("127.0.0.1", node.port) for node in self.nats_nodes])
         self.proxy.start()
-        c = self.cluster = Cluster(self.nats.url, self.redis.url, prefix, self.store, self.work / "logs")
-        c.extra_env.update(LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", LLMSERVE_WORKER_DRAIN_GRACE_S="5", LLMSERVE_WORKER_MAX_RUNNING="8")
+        seeds = ",".join(node.url for node in self.nats_nodes)
+        c = self.cluster = Cluster(seeds, self.redis.url, prefix, self.store, self.work / "logs")
+        c.extra_env.update(LLMSERVE_MONITOR_PROBE_INTERVAL_S="0", LLMSERVE_WORKER_DRAIN_GRACE_S="5", LLMSERVE_WORKER_MAX_RUNNING="8",
+                           LLMSERVE_NATS_JS_REPLICAS="3")
         c.log_dir.mkdir(parents=True, exist_ok=True)
         self._start("registry", "registry", LLMSERVE_REGISTRY_GRPC_ADDR=c.registry_addr,
                     LLMSERVE_REGISTRY_METRICS_ADDR=f"127.0.0.1:{c.registry_metrics_port}")
@@ -228,7 +235,8 @@ class Soak:
     def stop_cluster(self) -> None:
         self.cluster.stop()
         self.proxy.stop()
-        self.nats.stop()
+        for node in self.nats_nodes:
+            node.stop()
         self.redis.stop()
 
     def rss_mb(self) -> dict[str, dict]:
@@ -253,9 +261,9 @@ class Soak:
                 kinds = rng.sample(FAULTS, len(FAULTS))
             kind = kinds.pop()
             target = {"worker_kill": "worker", "worker_stop": "worker", "worker_term": "worker", "scheduler_kill": "scheduler",
-                      "router_kill": "router", "worker_net_stall": STALLED_WORKER, "promote": MODEL}.get(kind, kind.split("_")[0])
-            if target in ("worker", "scheduler", "router"):
-                target = f"{target}-{rng.randrange(3 if target == 'worker' else 2)}"
+                      "router_kill": "router", "worker_net_stall": STALLED_WORKER, "promote": MODEL, "nats_restart": "nats"}.get(kind, "redis")
+            if target in ("worker", "scheduler", "router", "nats"):
+                target = f"{target}-{rng.randrange(2 if target in ('scheduler', 'router') else 3)}"
             faults.append(Fault(round(at, 1), kind, target))
             at += rng.uniform(25.0, 35.0)
         return faults
@@ -296,9 +304,10 @@ class Soak:
             time.sleep(RESTART_AFTER_S)
             self.redis.start()
         elif kind == "nats_restart":
-            self.nats.stop()
+            node = self.nats_nodes[int(name.rsplit("-", 1)[1])]
+            node.kill()
             time.sleep(RESTART_AFTER_S)
-            self.nats.start()
+            node.start()
 
     async def run_faults(self, faults: list[Fault], end_s: float) -> None:
         for fault in faults:

@@ -73,6 +73,8 @@ class NatsNode:
     routes: list[str]
     data_dir: Path
     proc: subprocess.Popen | None = None
+    # Clients learn no other server of the cluster from this one (they keep to their seed list).
+    no_advertise: bool = False
 
     @property
     def url(self) -> str:
@@ -83,6 +85,7 @@ class NatsNode:
         args = [
             infra.find_binary("nats-server"), "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name, "-js", "-sd", str(self.data_dir),
             "--cluster_name", "llmserve", "--cluster", f"nats://127.0.0.1:{self.cluster_port}", "--routes", ",".join(self.routes),
+            *(["--no_advertise=true"] if self.no_advertise else []),
         ]
         log = open(self.data_dir.parent / f"{self.name}.log", "ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -100,13 +103,13 @@ class NatsNode:
             self.proc = None
 
 
-def nats_cluster(tmp: Path, size: int = 3) -> list[NatsNode]:
+def nats_cluster(tmp: Path, size: int = 3, no_advertise: bool = False) -> list[NatsNode]:
     """`size` nats-servers clustered on loopback, each with JetStream and a store of its own."""
     ports = [(infra.free_port(), infra.free_port()) for _ in range(size)]
     nodes = []
     for i, (port, cluster_port) in enumerate(ports):
         routes = [f"nats://127.0.0.1:{c}" for j, (_, c) in enumerate(ports) if j != i]
-        nodes.append(NatsNode(f"n{i}", port, cluster_port, routes, tmp / "nats-cluster" / f"n{i}"))
+        nodes.append(NatsNode(f"n{i}", port, cluster_port, routes, tmp / "nats-cluster" / f"n{i}", no_advertise=no_advertise))
     for node in nodes:
         node.start()
     return nodes
