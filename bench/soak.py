@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import os
 import random
@@ -585,7 +586,9 @@ class Soak:
                                     "recovery_s": round(f.recovered_s - f.ended_s, 2) if f.recovered_s else None} for f in self.faults],
             "rss_samples": self.rss_samples,
             "rss": growth, "tokens_per_s_5s": [round(b, 1) for b in buckets],
-            "history": [asdict(o) for o in self.outcomes],
+            # Reference answers once; each request's answer as its hash and length (same hash: same text).
+            "references": {f"{prompt}/{max_tokens}": text for (prompt, max_tokens), text in self.references.items()},
+            "history": [_compact(o) for o in self.outcomes],
         }
 
 
@@ -604,6 +607,15 @@ def _request(prompt: int, max_tokens: int, priority: str, tenant: str, seed: int
 
 def _prompt(index: int) -> str:
     return (SHORT + LONG)[index]
+
+
+def _compact(o: Outcome) -> dict:
+    row = asdict(o)
+    text = row.pop("text")
+    row["text_sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    row["text_chars"] = len(text)
+    row["started_s"], row["first_s"], row["ended_s"] = (round(t, 3) if t is not None else None for t in (o.started_s, o.first_s, o.ended_s))
+    return row
 
 
 class _NotYet(Exception):
@@ -701,7 +713,7 @@ def main() -> int:
         report = Soak(args.minutes, args.seed, Path(work), store, lambda m: print(m, flush=True)).run()
     name = f"{dt.date.today().isoformat()}-soak"
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.results / f"{name}.json").write_text(json.dumps(report, separators=(",", ":")) + "\n")
     (args.results / f"{name}.md").write_text(markdown(report))
     (args.results / f"{name}.svg").write_text(chart(report))
     print(markdown(report))
