@@ -4,11 +4,12 @@ then a check of every request's history.
 Cluster: a NATS cluster of three (JetStream streams with three replicas) and a Redis of its own,
 registry, monitor, two schedulers, three workers, two routers.
 Load: clients that each loop over requests drawn from the seed (gRPC and REST, streamed and whole,
-greedy and seeded, every priority, three tenants, short and long prompts, client cancels, deadlines).
+greedy and seeded, every priority, three tenants, short and long prompts, client cancels, 20 s
+deadlines on a tenth of them).
 Faults, one at a time: worker kill -9 (restarted), worker SIGSTOP for 10 s, worker SIGTERM (drains,
 restarted), a worker's network stalled for 10 s (it reaches NATS through a TCP proxy the soak
 pauses), scheduler kill -9, router kill -9 (its clients re-attach through the other router by
-request id and index), Redis restart, a NATS server killed and restarted, and promote / rollback between two versions of
+request id and index), router SIGTERM (it finishes its streams, restarted), Redis restart, a NATS server killed and restarted, and promote / rollback between two versions of
 the model (the same weights, so greedy answers stay comparable while every worker swaps versions
 under load). The same seed replays the same schedule and load.
 
@@ -62,8 +63,11 @@ LONG = [
 ]
 PRIORITIES = ["low", "normal", "normal", "high", "critical"]
 TENANTS = ["acme", "globex", "initech"]
-FAULTS = ["worker_kill", "worker_stop", "worker_term", "worker_net_stall", "scheduler_kill", "router_kill", "redis_restart",
-          "nats_restart", "promote"]
+FAULTS = ["worker_kill", "worker_stop", "worker_term", "worker_net_stall", "scheduler_kill", "router_kill", "router_term",
+          "redis_restart", "nats_restart", "promote"]
+# Share of requests with a deadline, and its length (generous: only a fault should make one pass).
+DEADLINE_SHARE = 0.1
+DEADLINE_S = 20.0
 # The worker whose NATS connection goes through the pausable proxy.
 STALLED_WORKER = "worker-2"
 # Errors a client may see during a fault, and after it while the cluster recovers (seconds).
@@ -105,6 +109,8 @@ class Outcome:
     # A whole answer whose router died under it, asked again (new id) as OpenAI's and gRPC's clients do.
     retried: bool = False
     cancelled_by_client: bool = False
+    # The request's deadline, in seconds from its start (None: none).
+    deadline_s: float | None = None
 
 
 class StallableProxy:
@@ -262,7 +268,7 @@ class Soak:
                 kinds = rng.sample(FAULTS, len(FAULTS))
             kind = kinds.pop()
             target = {"worker_kill": "worker", "worker_stop": "worker", "worker_term": "worker", "scheduler_kill": "scheduler",
-                      "router_kill": "router", "worker_net_stall": STALLED_WORKER, "promote": MODEL, "nats_restart": "nats"}.get(kind, "redis")
+                      "router_kill": "router", "router_term": "router", "worker_net_stall": STALLED_WORKER, "promote": MODEL, "nats_restart": "nats"}.get(kind, "redis")
             if target in ("worker", "scheduler", "router", "nats"):
                 target = f"{target}-{rng.randrange(2 if target in ('scheduler', 'router') else 3)}"
             faults.append(Fault(round(at, 1), kind, target))
@@ -281,7 +287,8 @@ class Soak:
             service.signal(signal.SIGSTOP)
             time.sleep(STOP_S)
             service.signal(signal.SIGCONT)
-        elif kind == "worker_term":
+        elif kind in ("worker_term", "router_term"):
+            # Drains (a router finishes its open streams within its grace), then starts again.
             service = self._process(name)
             service.signal(signal.SIGTERM)
             service.proc.wait(60)
@@ -372,7 +379,7 @@ class Soak:
             outcome = Outcome(
                 rid=f"soak{self.seed}-{index}-{n}", api=rng.choice(["grpc", "rest"]), stream=rng.random() < 0.7, greedy=greedy,
                 prompt=rng.randrange(len(SHORT) + len(LONG)), max_tokens=rng.choice((16, 48)), priority=rng.choice(PRIORITIES),
-                tenant=rng.choice(TENANTS), started_s=self.now(),
+                tenant=rng.choice(TENANTS), started_s=self.now(), deadline_s=DEADLINE_S if rng.random() < DEADLINE_SHARE else None,
             )
             seed = None if greedy else rng.randrange(1 << 30)
             cancel_after = rng.randrange(2, 6) if outcome.stream and rng.random() < 0.08 else None
@@ -387,19 +394,21 @@ class Soak:
     async def grpc_call(self, o: Outcome, seed: int | None, cancel_after: int | None, router: int) -> None:
         request = _request(o.prompt, o.max_tokens, o.priority, o.tenant, seed)
         request.request_id = o.rid
+        tenant = (("x-tenant", o.tenant),)
+        timeout = o.deadline_s or 120.0
         for attempt in range(3):
             addr = self.routers[(router + attempt) % 2][0]
             try:
                 async with grpc.aio.insecure_channel(addr) as channel:
                     stub = inference_pb2_grpc.InferenceStub(channel)
                     if not o.stream:
-                        answer = await stub.Generate(request, timeout=120)
+                        answer = await stub.Generate(request, timeout=timeout, metadata=tenant)
                         o.text, o.tokens, o.status, o.first_s = answer.text, answer.usage.completion_tokens, "ok", self.now()
                         return
                     if o.indexes:
                         request.resume_from_index = o.indexes[-1] + 1
                         o.attaches += 1
-                    async for response in stub.GenerateStream(request, timeout=120):
+                    async for response in stub.GenerateStream(request, timeout=timeout, metadata=tenant):
                         o.first_s = o.first_s or self.now()
                         o.indexes.append(response.index)
                         o.text += response.text
@@ -432,6 +441,8 @@ class Soak:
         else:
             body.update(temperature=0.8, seed=seed)
         headers = {"x-request-id": o.rid, "x-tenant": o.tenant}
+        if o.deadline_s:
+            headers["x-request-timeout"] = str(o.deadline_s)
         # The id of the last event with one; "" once the stream started (a re-attach from its start).
         last_id = None
         for attempt in range(3):
