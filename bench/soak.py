@@ -184,6 +184,7 @@ class Soak:
         self.rss_samples: list[dict] = []
         # Each worker's metrics (and /readyz) port.
         self.worker_ports: dict[str, int] = {}
+        self.unloads_before: dict[str, int] = {}
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -299,6 +300,7 @@ class Soak:
             self.proxy.resume()
         elif kind == "promote":
             # Promote version 2, or roll back to version 1 when 2 is stable: every worker swaps.
+            self.unloads_before = {name: self.unloads(name) for name in self.worker_ports}
             with grpc.insecure_channel(self.cluster.registry_addr) as channel:
                 stub = registry_pb2_grpc.RegistryStub(channel)
                 if self.stable == 1:
@@ -324,13 +326,16 @@ class Soak:
             self.log(f"  {fault.at_s:6.1f} s  fault {fault.kind} {fault.target}")
             await asyncio.to_thread(self.inject, fault)
             fault.ended_s = round(self.now(), 2)
-            fault.recovered_s = await self.recovered(end_s)
+            fault.recovered_s = await self.recovered(end_s, fault)
 
-    async def recovered(self, end_s: float) -> float | None:
+    async def recovered(self, end_s: float, fault: Fault) -> float | None:
         """When the cluster is whole again after a fault: a probe request through each router succeeds
-        and every worker is ready (None: not before the run's end)."""
+        and every worker is ready, and after a promote every worker unloaded the version it left
+        (None: not before the run's end)."""
         while self.now() < end_s:
             try:
+                if fault.kind == "promote" and any(self.unloads(name) <= count for name, count in self.unloads_before.items()):
+                    raise _NotYet
                 for grpc_addr, _ in self.routers:
                     async with grpc.aio.insecure_channel(grpc_addr) as channel:
                         stub = inference_pb2_grpc.InferenceStub(channel)
@@ -341,6 +346,10 @@ class Soak:
             except (grpc.aio.AioRpcError, _NotYet):
                 await asyncio.sleep(0.5)
         return None
+
+    def unloads(self, worker: str) -> int:
+        """Versions a worker unloaded after moving to another one (its log's version_unloaded events)."""
+        return _count_events(self.cluster.log_dir / f"{worker}.log", "version_unloaded")
 
     def workers_ready(self) -> bool:
         """Every worker answers ready on its own /readyz (a restarted one: its model loaded)."""
@@ -568,19 +577,7 @@ class Soak:
         outside = [o for o in ok if self.window(o.started_s) is None]
         migrations = sum(_count_events(path, "request_migrated") for path in self.cluster.log_dir.glob("router-*.log"))
         attached = sum(_count_events(path, "request_attached") for path in self.cluster.log_dir.glob("router-*.log"))
-        growth = {}
-        for name, start in rss_start.items():
-            end = rss_end.get(name)
-            if end and end["pid"] == start["pid"]:
-                # The slope over the second half of the run: caches filling at the start are not growth.
-                late = [(row["t_s"], row[name]["rss_mb"]) for row in self.rss_samples
-                        if row["t_s"] >= length_s / 2 and name in row and row[name]["pid"] == start["pid"]]
-                slope = _slope(late) * 3600 if len(late) >= 3 else (end["rss_mb"] - start["rss_mb"]) * 3600 / length_s
-                growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1),
-                                "growth_mb_per_hour": round(slope, 1)}
-            else:
-                growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1) if end else None,
-                                "growth_mb_per_hour": None, "note": "restarted during the run"}
+        growth = memory_growth(rss_start, rss_end, self.rss_samples, self.window, length_s)
         buckets = [0.0] * (int(length_s // 5) + 1)
         for o in ok:
             if o.ended_s is not None and o.tokens:
@@ -618,6 +615,26 @@ def _request(prompt: int, max_tokens: int, priority: str, tenant: str, seed: int
 
 def _prompt(index: int) -> str:
     return (SHORT + LONG)[index]
+
+
+def memory_growth(rss_start: dict, rss_end: dict, samples: list[dict], in_fault, length_s: float) -> dict:
+    """Each service's resident memory at start and end, and its growth per hour: the slope over the
+    run's second half, outside fault windows (a version swap holds two models for a moment; caches
+    filling at the start are not growth either). None for a service restarted during the run."""
+    growth = {}
+    for name, start in rss_start.items():
+        end = rss_end.get(name)
+        if not end or end["pid"] != start["pid"]:
+            growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1) if end else None,
+                            "growth_mb_per_hour": None, "note": "restarted during the run"}
+            continue
+        late = [(row["t_s"], row[name]["rss_mb"]) for row in samples
+                if row["t_s"] >= length_s / 2 and name in row and row[name]["pid"] == start["pid"] and in_fault(row["t_s"]) is None]
+        slope = _slope(late) * 3600 if len(late) >= 3 else (end["rss_mb"] - start["rss_mb"]) * 3600 / length_s
+        peak = max((row[name]["rss_mb"] for row in samples if name in row and row[name]["pid"] == start["pid"]), default=end["rss_mb"])
+        growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1), "peak_mb": round(peak, 1),
+                        "growth_mb_per_hour": round(slope, 1), "quiet_samples": len(late)}
+    return growth
 
 
 def _compact(o: Outcome) -> dict:
@@ -683,9 +700,10 @@ def markdown(report: dict) -> str:
     lines += ["", "Recovered: a probe through each router answers and all three workers are ready again.", "",
               "| at | fault | target | lasted | recovered after its end |", "|---|---|---|---|---|"]
     lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['lasted_s']} s | {f['recovery_s']} s |" for f in report["faults"]]
-    lines += ["", "Growth per hour: the slope of the resident memory over the run's second half.", "",
-              "| service | RSS at start | at end | growth per hour |", "|---|---|---|---|"]
-    lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {r['growth_mb_per_hour'] if r['growth_mb_per_hour'] is not None else r.get('note')} |"
+    lines += ["", "Growth per hour: the slope of the resident memory over the run's second half, outside fault windows.", "",
+              "| service | RSS at start | at end | peak | growth per hour |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {r.get('peak_mb', '')} MB | "
+              f"{r['growth_mb_per_hour'] if r['growth_mb_per_hour'] is not None else r.get('note')} |"
               for name, r in sorted(report["rss"].items())]
     if report["problems"]:
         lines += ["", "## Problems", *[f"- {p}" for p in report["problems"]]]
