@@ -454,7 +454,7 @@ class Soak:
             headers["x-request-timeout"] = str(o.deadline_s)
         # The id of the last event with one; "" once the stream started (a re-attach from its start).
         last_id = None
-        for attempt in range(3):
+        for attempt in range(4):
             url = self.routers[(router + attempt) % 2][1]
             cut = (o.status, o.message)
             o.status = None
@@ -474,6 +474,12 @@ class Soak:
                     async with http.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as r:
                         if r.status_code != 200:
                             if r.status_code == 404 and o.attaches:
+                                if not o.indexes and not o.retried:
+                                    # Cut before any answer and held by no worker: it never ran; ask again.
+                                    o.retried, last_id = True, None
+                                    headers["x-request-id"] = f"{o.rid}-retry"
+                                    headers.pop("last-event-id", None)
+                                    continue
                                 o.status, o.message = cut  # nobody holds it any more: what cut the stream stands
                                 return
                             o.status, o.message = str(r.status_code), (await r.aread()).decode()[:200]
@@ -511,6 +517,9 @@ class Soak:
                 o.status, o.message = "cut" if o.stream else "connection", f"{type(exc).__name__}: {exc}"[:200]
                 if isinstance(exc, httpx.ConnectError) and last_id is None:
                     continue  # the router is down and was never reached: the other one takes it (same id)
+                if o.stream and last_id is None and not o.attaches:
+                    last_id = ""  # cut before its response: it may run all the same; re-attach from the start
+                    continue
                 if not o.stream and not o.retried:
                     o.retried, headers["x-request-id"] = True, f"{o.rid}-retry"
                     continue
