@@ -71,6 +71,7 @@ class Observer:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.taken: list[str] = []
+        self.took = asyncio.Condition()
         self.finals: dict[str, list[events_pb2.TokenChunk]] = {}
         self.nc = None
         self.js = None
@@ -83,6 +84,8 @@ class Observer:
             chunk = events_pb2.TokenChunk.FromString(msg.data)
             if chunk.seq == 0 and not chunk.final:
                 self.taken.append(chunk.request_id)
+                async with self.took:
+                    self.took.notify_all()
             if chunk.final:
                 self.finals.setdefault(chunk.request_id, []).append(chunk)
 
@@ -92,6 +95,12 @@ class Observer:
 
     async def __aexit__(self, *exc) -> None:
         await self.nc.close()
+
+    async def wait_taken(self, rid: str, timeout_s: float = 10.0) -> None:
+        """Waits until this observer saw the worker take `rid`: its own subscription may hear the
+        "taken" chunk after the router already relayed the first piece to the client."""
+        async with self.took:
+            await asyncio.wait_for(self.took.wait_for(lambda: rid in self.taken), timeout_s)
 
     async def queued(self) -> int:
         try:
@@ -113,7 +122,7 @@ async def blocker(stub: inference_pb2_grpc.InferenceStub, observer: Observer):
     call = stub.GenerateStream(gen_request(rid, max_tokens=4000), timeout=300)
     first = await call.read()  # the worker is generating: the slot is busy
     assert first.text or first.index == 0
-    assert rid in observer.taken
+    await observer.wait_taken(rid)
     try:
         yield
     finally:
