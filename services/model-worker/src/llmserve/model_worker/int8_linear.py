@@ -49,15 +49,34 @@ class Int8Linear:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         weight = weight.detach().float()
-        self.out_features, self.in_features = weight.shape
         scales = (weight.abs().amax(dim=1) / 127.0).clamp_min(1e-12).double()
-        zero_points = torch.zeros(self.out_features, dtype=torch.long)
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
         with warnings.catch_warnings():
             # Quantized tensors are deprecated as a user-facing type; fbgemm's packed weights still take one.
             warnings.simplefilter("ignore")
             qweight = torch.quantize_per_channel(weight, scales, zero_points, 0, torch.qint8)
+        self._pack(qweight, bias)
+
+    @classmethod
+    def from_quantized(cls, values: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None) -> Int8Linear:
+        """The layer whose `quantized()` gave (values, scales): the same packed weights, bit for bit."""
+        zero_points = torch.zeros(values.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            qweight = torch._make_per_channel_quantized_tensor(values, scales.double(), zero_points, 0)
+        layer = cls.__new__(cls)
+        layer._pack(qweight, bias)
+        return layer
+
+    def _pack(self, qweight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.out_features, self.in_features = qweight.shape
         self.packed = torch.ops.quantized.linear_prepack(qweight, None)
         self.bias = None if bias is None else bias.detach().float().clone()
+
+    def quantized(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int8 weights [out, in] and their float64 scale per output channel."""
+        qweight = torch.ops.quantized.linear_unpack(self.packed)[0]
+        return qweight.int_repr(), qweight.q_per_channel_scales()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = _int8_linear(x, self.packed)

@@ -74,6 +74,12 @@ class Int8Rows:
         self.scale = (table.abs().amax(dim=1, keepdim=True) / 127.0).clamp_min(1e-12).float()
         self.rows = torch.round(table / self.scale).to(torch.int8)
 
+    @classmethod
+    def from_parts(cls, rows: torch.Tensor, scale: torch.Tensor) -> Int8Rows:
+        table = cls.__new__(cls)
+        table.rows, table.scale = rows, scale
+        return table
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         return self.rows[ids].float() * self.scale[ids]
 
@@ -92,6 +98,10 @@ class _FloatLinear:
         return F.linear(x, self.weight, self.bias)
 
 
+# A layer's linear parts, in the order of a pass.
+_LINEARS = ("qkv", "o", "gate_up", "down")
+
+
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
@@ -103,7 +113,7 @@ class _Layer:
 
     def scriptable(self, rotated: bool) -> bool:
         """Rotated int8 layers without biases run their small operations in TorchScript (int8_linear.py)."""
-        lins = (self.qkv, self.o, self.gate_up, self.down)
+        lins = [getattr(self, part) for part in _LINEARS]
         return rotated and all(isinstance(lin, int8_linear.Int8Linear) and lin.bias is None for lin in lins)
 
 
@@ -114,22 +124,7 @@ class LlamaDecoder:
     ) -> None:
         """`weights` maps checkpoint names to tensors (or is a safetensors handle with `get_tensor`).
         `rotate` (default: in int8 numerics) rotates the weights as rotation.py says."""
-        if numerics not in NUMERICS:
-            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
-        if numerics == "int8" and (device.type != "cpu" or dtype != torch.float32):
-            raise ValueError("int8 numerics run on the CPU with float32 activations")
-        self.config = config
-        self.numerics = numerics
-        self.device, self.dtype = device, dtype
-        self.heads = config.num_attention_heads
-        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = float(config.rms_norm_eps)
-        self.scale = self.head_dim**-0.5
-        # int8 numerics keep keys and values in float16 (half the memory of a position; attention
-        # still computes in float32); float numerics keep them in the model's type, exactly.
-        self.kv_dtype = torch.float16 if numerics == "int8" else dtype
-        self.vocab_size = config.vocab_size
+        self._describe(config, numerics, device, dtype)
         # int8: the hidden space rotated, and the MLP's inner activations through this Hadamard matrix
         # (rotation.py); None when the weights are not rotated.
         self.hadamard: torch.Tensor | None = None
@@ -175,9 +170,79 @@ class LlamaDecoder:
         self.lm_head = linear(["lm_head"] if "lm_head.weight" in names else ["model.embed_tokens"])
         # The lookup table: int8 rows in int8 mode (a quarter of float32's memory).
         self.embed: torch.Tensor | Int8Rows = Int8Rows(embed) if numerics == "int8" else embed
+        self._finish()
+
+    def _describe(self, config: Any, numerics: str, device: torch.device, dtype: torch.dtype) -> None:
+        """The model's shapes and numeric mode: everything but the weights."""
+        if numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {', '.join(NUMERICS)}, got {numerics!r}")
+        if numerics == "int8" and (device.type != "cpu" or dtype != torch.float32):
+            raise ValueError("int8 numerics run on the CPU with float32 activations")
+        self.config = config
+        self.numerics = numerics
+        self.device, self.dtype = device, dtype
+        self.heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = float(config.rms_norm_eps)
+        self.scale = self.head_dim**-0.5
+        # int8 numerics keep keys and values in float16 (half the memory of a position; attention
+        # still computes in float32); float numerics keep them in the model's type, exactly.
+        self.kv_dtype = torch.float16 if numerics == "int8" else dtype
+        self.vocab_size = config.vocab_size
+
+    def _finish(self) -> None:
+        """What follows from the weights: whether layers run in TorchScript, and the rotary tables."""
         self.scripted = all(layer.scriptable(self.hadamard is not None) for layer in self.layers)
-        self.cos, self.sin = _rotary_tables(config, device, dtype)
+        self.cos, self.sin = _rotary_tables(self.config, self.device, self.dtype)
         self.max_positions = self.cos.shape[0]
+
+    def int8_state(self) -> dict[str, torch.Tensor]:
+        """Every weight of a rotated int8 decoder as plain tensors (int8 values, scales, norms, biases):
+        what `from_int8_state` builds the same decoder from without rotating or quantizing again."""
+        if self.numerics != "int8" or self.hadamard is None:
+            raise ValueError("only a rotated int8 decoder has an int8 state")
+        state: dict[str, torch.Tensor] = {"final_norm": self.final_norm, "embed.rows": self.embed.rows, "embed.scale": self.embed.scale}
+        linears = {f"layers.{i}.{part}": getattr(layer, part) for i, layer in enumerate(self.layers) for part in _LINEARS}
+        linears["lm_head"] = self.lm_head
+        for key, lin in linears.items():
+            state[f"{key}.values"], state[f"{key}.scales"] = lin.quantized()
+            if lin.bias is not None:
+                state[f"{key}.bias"] = lin.bias
+        for i, layer in enumerate(self.layers):
+            state[f"layers.{i}.input_norm"], state[f"layers.{i}.post_norm"] = layer.input_norm, layer.post_norm
+        return {name: t.contiguous() for name, t in state.items()}
+
+    @classmethod
+    def from_int8_state(cls, config: Any, state: Any) -> LlamaDecoder:
+        """The rotated int8 decoder `int8_state` described; `state` maps names to tensors (or is a
+        safetensors handle with `get_tensor`)."""
+        get = state.get_tensor if hasattr(state, "get_tensor") else state.__getitem__
+        names = set(state.keys())
+        decoder = cls.__new__(cls)
+        decoder._describe(config, "int8", torch.device("cpu"), torch.float32)
+        decoder.hadamard = rotation.sylvester_hadamard(rotation.hadamard_block(config.intermediate_size)).float()
+
+        def tensor(name: str) -> torch.Tensor:
+            return get(name).clone()
+
+        def linear(key: str) -> int8_linear.Int8Linear:
+            bias = tensor(f"{key}.bias") if f"{key}.bias" in names else None
+            # Copies: the packed layer keeps its int8 tensor, which must not hold the file's mapping.
+            return int8_linear.Int8Linear.from_quantized(tensor(f"{key}.values"), tensor(f"{key}.scales"), bias)
+
+        decoder.layers = [
+            _Layer(
+                input_norm=tensor(f"layers.{i}.input_norm"), post_norm=tensor(f"layers.{i}.post_norm"),
+                **{part: linear(f"layers.{i}.{part}") for part in _LINEARS},
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+        decoder.final_norm = tensor("final_norm")
+        decoder.embed = Int8Rows.from_parts(tensor("embed.rows"), tensor("embed.scale"))
+        decoder.lm_head = linear("lm_head")
+        decoder._finish()
+        return decoder
 
     @classmethod
     def from_checkpoint(cls, path: Path, config: Any, numerics: str, device: torch.device, dtype: torch.dtype, onednn: bool = True) -> LlamaDecoder:

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmserve.common.modelstore import verify_artifact
-from llmserve.model_worker import heap, int8_linear
+from llmserve.model_worker import heap, int8_linear, weight_cache
 from llmserve.model_worker.cpu_linear import pack_linears
 from llmserve.model_worker.llama_decoder import LlamaDecoder, unsupported
 
@@ -97,13 +97,14 @@ def load_model(
     cpu_linear: str = "onednn",
     numerics: str = "auto",
     model_impl: str = "auto",
+    weight_cache_dir: Path | None = None,
 ) -> LoadedModel:
     """Raises ChecksumMismatch before reading a single weight when the artifact was altered.
 
     A Llama-family model runs on llmserve's flat decoder (llama_decoder.py) in the `numerics` mode,
     unless model_impl is "transformers"; any other model runs on transformers' own model, in float.
     cpu_linear "onednn" runs float32 CPU linear layers through oneDNN (see cpu_linear.py); "torch" keeps
-    plain matrix products."""
+    plain matrix products. `weight_cache_dir` keeps int8 weights once built (weight_cache.py; None: off)."""
     if cpu_linear not in CPU_LINEARS:
         raise ValueError(f"cpu_linear must be one of {', '.join(CPU_LINEARS)}, got {cpu_linear!r}")
     if model_impl not in MODEL_IMPLS:
@@ -115,7 +116,13 @@ def load_model(
     config = AutoConfig.from_pretrained(path)
     reason = unsupported(config) if model_impl == "auto" else "transformers' model was asked for"
     if reason is None:
-        model: Any = LlamaDecoder.from_checkpoint(path, config, mode, dev, torch_dtype, onednn=cpu_linear == "onednn")
+        # Only a rotated int8 decoder is cached: float weights load as they lie in the checkpoint.
+        cache = weight_cache_dir if mode == "int8" else None
+        model: Any = weight_cache.load(cache, sha256, config) if cache is not None else None
+        if model is None:
+            model = LlamaDecoder.from_checkpoint(path, config, mode, dev, torch_dtype, onednn=cpu_linear == "onednn")
+            if cache is not None:
+                weight_cache.save(cache, sha256, model)
     else:
         if mode == "int8":
             log.info("int8_numerics_unavailable", reason=reason)

@@ -103,7 +103,8 @@ async def serve(settings: WorkerSettings, rt: ServiceRuntime) -> None:
         # The serial engine drives transformers' model (its generate-style forward).
         impl = "transformers" if settings.engine == "serial" else settings.model_impl
         loaded = await in_own_thread(
-            load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear, settings.numerics, impl
+            load_model, path, record.sha256, settings.device, settings.dtype, settings.cpu_linear, settings.numerics, impl,
+            settings.weight_cache_path(),
         )
         engine = build_engine(settings, loaded)
         await engine.start()
