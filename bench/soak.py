@@ -586,7 +586,8 @@ class Soak:
         outside = [o for o in ok if self.window(o.started_s) is None]
         migrations = sum(_count_events(path, "request_migrated") for path in self.cluster.log_dir.glob("router-*.log"))
         attached = sum(_count_events(path, "request_attached") for path in self.cluster.log_dir.glob("router-*.log"))
-        growth = memory_growth(rss_start, rss_end, self.rss_samples, self.window, length_s)
+        swaps = [(f.at_s, (f.recovered_s or f.ended_s) + RECOVERY_GRACE_S) for f in self.faults if f.kind == "promote"]
+        growth = memory_growth(rss_start, rss_end, self.rss_samples, length_s, swaps)
         buckets = [0.0] * (int(length_s // 5) + 1)
         for o in ok:
             if o.ended_s is not None and o.tokens:
@@ -626,10 +627,14 @@ def _prompt(index: int) -> str:
     return (SHORT + LONG)[index]
 
 
-def memory_growth(rss_start: dict, rss_end: dict, samples: list[dict], in_fault, length_s: float) -> dict:
-    """Each service's resident memory at start and end, and its growth per hour: the slope over the
-    run's second half, outside fault windows (a version swap holds two models for a moment; caches
-    filling at the start are not growth either). None for a service restarted during the run."""
+def memory_growth(rss_start: dict, rss_end: dict, samples: list[dict], length_s: float, swaps: list[tuple[float, float]]) -> dict:
+    """Each service's resident memory at start and end, its peak, and its growth per hour: the slope over
+    the run's second half, fitted within each stretch between version swaps and pooled, leaving out
+    the swaps themselves (`swaps`: each one's start and recovery). A swap holds two models for a
+    moment and may leave the level higher once (the allocator keeps freed pages); that step is not
+    growth, a steady climb within the stretches is. Caches filling at the start are not growth either.
+    Other faults stay in: they change the load, not what a process keeps. None for a service
+    restarted during the run."""
     growth = {}
     for name, start in rss_start.items():
         end = rss_end.get(name)
@@ -637,12 +642,18 @@ def memory_growth(rss_start: dict, rss_end: dict, samples: list[dict], in_fault,
             growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1) if end else None,
                             "growth_mb_per_hour": None, "note": "restarted during the run"}
             continue
-        late = [(row["t_s"], row[name]["rss_mb"]) for row in samples
-                if row["t_s"] >= length_s / 2 and name in row and row[name]["pid"] == start["pid"] and in_fault(row["t_s"]) is None]
-        slope = _slope(late) * 3600 if len(late) >= 3 else (end["rss_mb"] - start["rss_mb"]) * 3600 / length_s
+        stretches: dict[int, list[tuple[float, float]]] = {}
+        for row in samples:
+            t = row["t_s"]
+            swapping = any(begin <= t <= end_s for begin, end_s in swaps)
+            if t >= length_s / 2 and name in row and row[name]["pid"] == start["pid"] and not swapping:
+                stretches.setdefault(sum(1 for begin, _ in swaps if begin <= t), []).append((t, row[name]["rss_mb"]))
+        quiet = sum(len(points) for points in stretches.values())
+        slope = _pooled_slope(list(stretches.values()))
+        per_hour = slope * 3600 if slope is not None else (end["rss_mb"] - start["rss_mb"]) * 3600 / length_s
         peak = max((row[name]["rss_mb"] for row in samples if name in row and row[name]["pid"] == start["pid"]), default=end["rss_mb"])
         growth[name] = {"start_mb": round(start["rss_mb"], 1), "end_mb": round(end["rss_mb"], 1), "peak_mb": round(peak, 1),
-                        "growth_mb_per_hour": round(slope, 1), "quiet_samples": len(late)}
+                        "growth_mb_per_hour": round(per_hour, 1), "quiet_samples": quiet}
     return growth
 
 
@@ -659,13 +670,20 @@ class _NotYet(Exception):
     pass
 
 
-def _slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of (t, y) points, per second."""
-    n = len(points)
-    mean_t = sum(t for t, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    var = sum((t - mean_t) ** 2 for t, _ in points)
-    return sum((t - mean_t) * (y - mean_y) for t, y in points) / var if var else 0.0
+def _pooled_slope(groups: list[list[tuple[float, float]]]) -> float | None:
+    """Least-squares slope, per second, of (t, y) points in groups that may each sit at their own level
+    (one line per group, all with the same slope); None with fewer than three points in groups of two
+    or more."""
+    groups = [g for g in groups if len(g) >= 2]
+    if sum(len(g) for g in groups) < 3:
+        return None
+    covariance = variance = 0.0
+    for points in groups:
+        mean_t = sum(t for t, _ in points) / len(points)
+        mean_y = sum(y for _, y in points) / len(points)
+        covariance += sum((t - mean_t) * (y - mean_y) for t, y in points)
+        variance += sum((t - mean_t) ** 2 for t, _ in points)
+    return covariance / variance if variance else 0.0
 
 
 def _refused(details: str) -> bool:
@@ -709,9 +727,10 @@ def markdown(report: dict) -> str:
     lines += ["", "Recovered: a probe through each router answers and all three workers are ready again.", "",
               "| at | fault | target | lasted | recovered after its end |", "|---|---|---|---|---|"]
     lines += [f"| {f['at_s']:.1f} s | {f['kind']} | {f['target']} | {f['lasted_s']} s | {f['recovery_s']} s |" for f in report["faults"]]
-    lines += ["", "Growth per hour: the slope of the resident memory over the run's second half, outside fault windows.", "",
+    lines += ["", "Growth per hour: the slope of the resident memory over the run's second half, fitted within each "
+              "stretch between version swaps (the swaps left out).", "",
               "| service | RSS at start | at end | peak | growth per hour |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {r.get('peak_mb', '')} MB | "
+    lines += [f"| {name} | {r['start_mb']} MB | {r['end_mb']} MB | {str(r['peak_mb']) + ' MB' if 'peak_mb' in r else '–'} | "
               f"{r['growth_mb_per_hour'] if r['growth_mb_per_hour'] is not None else r.get('note')} |"
               for name, r in sorted(report["rss"].items())]
     if report["problems"]:
