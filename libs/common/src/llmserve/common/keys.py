@@ -79,6 +79,10 @@ class RedisKeys:
     def request_done(self, request_id: str) -> str:
         return f"{self.prefix}request:{request_id}:done"
 
+    def handed_directly(self, attempt_key: str) -> str:
+        """Set when a scheduler handed this attempt to a worker outside the queue (scheduler/direct.py)."""
+        return f"{self.prefix}direct:{attempt_key}"
+
     @property
     def tenants(self) -> str:
         return f"{self.prefix}tenants"

@@ -39,6 +39,11 @@ PRIORITIES_HIGH_FIRST = (
 )
 
 
+# Header of a job handed to a worker directly: the wall-clock time (seconds since the epoch) after
+# which the worker must decline it (scheduler/direct.py).
+DIRECT_UNTIL_HEADER = "Llmserve-Direct-Until"
+
+
 def attempt_key(request_id: str, attempt: int) -> str:
     """One attempt of one request: JetStream's de-duplication id for its job (a resubmitted request
     runs once, a migrated one runs again) and the worker's key for it (a migrated request may come
@@ -112,6 +117,11 @@ class Subjects:
             return int(parts[3]), int(parts[4][1:]), parts[5] if len(parts) == 6 else ""
         except ValueError:
             return None
+
+    def direct(self, model: str, version: int, instance_id: str) -> str:
+        """A job handed to one worker directly (request/reply, DirectJobReply) while the queue has no
+        stream leader (scheduler/direct.py)."""
+        return f"{self.prefix}.direct.{model}.{version}.{instance_id}"
 
     def doorbell(self, model: str, version: int) -> str:
         return f"{self.prefix}.doorbell.{model}.{version}"

@@ -145,6 +145,12 @@ class SubmitReply(_message.Message):
     reason: str
     def __init__(self, error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., model_version: _Optional[int] = ..., retry_after_s: _Optional[float] = ..., model: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
+class DirectJobReply(_message.Message):
+    __slots__ = ("taken",)
+    TAKEN_FIELD_NUMBER: _ClassVar[int]
+    taken: bool
+    def __init__(self, taken: _Optional[bool] = ...) -> None: ...
+
 class JobDone(_message.Message):
     __slots__ = ("request_id", "tenant")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

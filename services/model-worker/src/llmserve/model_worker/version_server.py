@@ -23,7 +23,7 @@ import structlog
 from nats.aio.client import Client as NATS
 
 from llmserve.common.prefix_keys import job_prefix_keys
-from llmserve.common.subjects import Subjects, attempt_key
+from llmserve.common.subjects import DIRECT_UNTIL_HEADER, Subjects, attempt_key
 from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
 from llmserve.model_worker.attach_book import AttachBook
@@ -100,6 +100,7 @@ class VersionServer:
         self._pull_task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._direct_sub = None
 
     @property
     def book(self) -> AttachBook:
@@ -127,6 +128,7 @@ class VersionServer:
     async def start(self) -> None:
         await self.model_calls.start()
         await self.puller.start(on_ring=self._doorbell.set)
+        self._direct_sub = await self._nc.subscribe(self._subjects.direct(self.record.name, self.version, self.instance_id), cb=self._on_direct)
         self._pull_task = asyncio.create_task(self._pull_loop(), name=f"pull-loop-v{self.version}")
 
     def cancel(self, request: events_pb2.Cancel) -> None:
@@ -140,6 +142,9 @@ class VersionServer:
         if self._draining:
             return
         self._draining = True
+        if self._direct_sub is not None:
+            await self._direct_sub.unsubscribe()
+            self._direct_sub = None
         if self._pull_task is not None:
             self._pull_task.cancel()
             await asyncio.gather(self._pull_task, return_exceptions=True)
@@ -193,15 +198,36 @@ class VersionServer:
                 continue
             for msg in msgs:
                 self._confirm_ack(msg)
-                job = events_pb2.Job.FromString(msg.data)
-                if job.deadline and time.time() > job.deadline:
-                    await self._drop_expired(job)
-                    continue
-                key = attempt_key(job.request_id, job.attempt)
-                task = asyncio.create_task(self._run_job(job, extract(msg.headers)), name=f"job-{key}")
-                self._jobs[key] = task
-                self._attempts[key] = (job.request_id, job.attempt)
-                task.add_done_callback(lambda _t, key=key: self._job_done(key))
+                await self._take(events_pb2.Job.FromString(msg.data), extract(msg.headers))
+
+    async def _take(self, job: events_pb2.Job, trace_parent: Context | None) -> None:
+        """Starts a job taken from the queue or handed here directly (one that expired is dropped)."""
+        if job.deadline and time.time() > job.deadline:
+            await self._drop_expired(job)
+            return
+        key = attempt_key(job.request_id, job.attempt)
+        task = asyncio.create_task(self._run_job(job, trace_parent), name=f"job-{key}")
+        self._jobs[key] = task
+        self._attempts[key] = (job.request_id, job.attempt)
+        task.add_done_callback(lambda _t, key=key: self._job_done(key))
+
+    async def _on_direct(self, msg) -> None:
+        """A job a scheduler hands here while the queue has no stream leader (scheduler/direct.py):
+        taken only with a slot free, before the hand-off's time is up, and not while draining."""
+        try:
+            job = events_pb2.Job.FromString(msg.data)
+            until = float((msg.headers or {}).get(DIRECT_UNTIL_HEADER, "0"))
+        except Exception:
+            return  # not a job: the scheduler's request times out and it asks another worker
+        key = attempt_key(job.request_id, job.attempt)
+        running = key in self._jobs
+        free = self.engine.stats().slots_free - self._starting() if self.engine is not None else 0
+        taken = running or (not self._draining and free > 0 and time.time() <= until and job.model_version == self.version)
+        if taken and not running:
+            log.info("job_taken_directly", request_id=job.request_id, attempt=job.attempt)
+            await self._take(job, extract(msg.headers))
+        if msg.reply:
+            await msg.respond(events_pb2.DirectJobReply(taken=taken).SerializeToString())
 
     def _confirm_ack(self, msg) -> None:
         """Acks a job taken, in the background, until JetStream confirms it: an ack lost while a NATS

@@ -10,6 +10,7 @@ import structlog
 
 from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.runtime import run_main, service_runtime
+from llmserve.scheduler.direct import DirectHandoff
 from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.service import Scheduler
 from llmserve.scheduler.settings import SchedulerSettings
@@ -29,7 +30,9 @@ async def run(settings: SchedulerSettings) -> None:
         tenants = TenantPolicy(
             redis, rt.keys, TenantLimits(settings.tenant_max_active, settings.tenant_max_priority), settings.lease_s
         )
-        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), await rt.liveness(), queues, tenants, settings.cache_aware)
+        liveness = await rt.liveness()
+        direct = DirectHandoff(nc, rt.subjects, liveness, redis, rt.keys)
+        scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), liveness, queues, tenants, settings.cache_aware, direct)
         await scheduler.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
         rt.started()

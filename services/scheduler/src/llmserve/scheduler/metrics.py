@@ -27,3 +27,8 @@ PREFERRED_DISPATCHES = Counter(
     ["model"],
 )
 TENANT_RELEASES = Counter("llmserve_scheduler_tenant_releases_total", "Requests whose end freed their tenant's share.")
+DIRECT_HANDOFFS = Counter(
+    "llmserve_scheduler_direct_handoffs_total",
+    "Jobs handed straight to a worker because the job queue had no stream leader (a NATS server of a cluster died).",
+    ["model"],
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -94,16 +95,23 @@ class JobQueues:
         """After a NATS reconnect the server may have lost its streams: check them again on next use."""
         self._streams.clear()
 
-    async def publish(self, job: events_pb2.Job, trace_headers: dict[str, str] | None = None, worker: str | None = None) -> bool:
+    async def publish(
+        self, job: events_pb2.Job, trace_headers: dict[str, str] | None = None, worker: str | None = None,
+        hand_off: Callable[[events_pb2.Job, dict[str, str]], Awaitable[bool]] | None = None,
+    ) -> bool:
         """Queues the job (on `worker`'s own subject when given: see dispatch.py); returns False when
         JetStream dropped it as a duplicate of an earlier submission. `trace_headers` (the scheduler's
-        span) travel with the job to the worker that takes it."""
+        span) travel with the job to the worker that takes it. While the stream has no leader and
+        every try so far surely did not store the job, `hand_off` may run it elsewhere (direct.py):
+        True from it ends the publish as queued."""
         if worker:
             subject = self._subjects.jobs_for(job.model, job.model_version, job.priority, worker)
         else:
             subject = self._subjects.jobs(job.model, job.model_version, job.priority)
         give_up = time.monotonic() + _PUBLISH_RETRY_S
         recreated = False
+        # Whether an earlier try may have stored the job after all (it timed out rather than being refused).
+        maybe_stored = False
         while True:
             try:
                 msg_ttl = await self.ensure(job.model)
@@ -131,7 +139,12 @@ class JobQueues:
                 if isinstance(exc, APIError) and not isinstance(exc, ServiceUnavailableError):
                     raise
                 # No stream leader for a moment (a NATS server of a cluster died): JetStream's duplicate
-                # window makes publishing again harmless if the first one did land.
+                # window makes publishing again harmless if the first one did land. "No responders"
+                # means nothing stored it: while every try says so, the job may run elsewhere.
+                refused = isinstance(exc, (NoRespondersError, NoStreamResponseError))
+                maybe_stored = maybe_stored or not refused
+                if refused and not maybe_stored and hand_off is not None and await hand_off(job, trace_headers or {}):
+                    return True
                 if time.monotonic() >= give_up:
                     raise ServiceError(events_pb2.ERROR_CODE_UNAVAILABLE, "the job queue is not answering; retry", reason=QUEUE_UNAVAILABLE) from exc
                 log.info("job_publish_retrying", model=job.model, error=type(exc).__name__)

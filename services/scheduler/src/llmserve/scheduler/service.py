@@ -19,6 +19,7 @@ from llmserve.common.subjects import Subjects
 from llmserve.common.tracing import Context, Span, SpanKind, end_span, extract, headers_for, start_span
 from llmserve.scheduler import metrics
 from llmserve.scheduler.admission import admit, effective_priority
+from llmserve.scheduler.direct import DirectHandoff
 from llmserve.scheduler.dispatch import PrefixDispatch
 from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.tenants import TenantPolicy
@@ -30,7 +31,7 @@ log = structlog.get_logger()
 class Scheduler:
     def __init__(
         self, nc: NATS, subjects: Subjects, catalog: ModelCatalog, liveness: LivenessTable, queues: JobQueues, tenants: TenantPolicy,
-        cache_aware: bool = True,
+        cache_aware: bool = True, direct: DirectHandoff | None = None,
     ) -> None:
         self._nc = nc
         self._subjects = subjects
@@ -41,6 +42,8 @@ class Scheduler:
         self._subs: list = []
         # None: every job goes to the shared queue (LLMSERVE_SCHEDULER_CACHE_AWARE=0).
         self._dispatch = PrefixDispatch(liveness) if cache_aware else None
+        # None: a job waits for the queue while it has no stream leader (direct.py).
+        self._direct = direct
 
     async def start(self) -> None:
         group = Subjects.SCHEDULER_QUEUE_GROUP
@@ -126,7 +129,10 @@ class Scheduler:
         if worker:
             span.set_attribute("llmserve.preferred_worker", worker)
         try:
-            queued = await self.queues.publish(job, headers_for(span), worker)
+            if self._direct is not None and await self._direct.handed_before(job):
+                queued = False  # a resubmission of an attempt a worker already runs
+            else:
+                queued = await self.queues.publish(job, headers_for(span), worker, self._direct.hand_off if self._direct else None)
         except BaseException:
             if job.attempt == 0:
                 await self._tenants.forget(job.tenant, job.request_id)
