@@ -76,6 +76,8 @@ RECOVERY_GRACE_S = 20.0
 # A fault's own length: how long a SIGSTOPped worker stays stopped; a restart's pause.
 STOP_S = 10.0
 RESTART_AFTER_S = 1.0
+# A router fault waits at most this long for a stream in flight through that router (stream_in_flight).
+ROUTER_FAULT_WAIT_S = 10.0
 
 
 @dataclass
@@ -111,6 +113,8 @@ class Outcome:
     cancelled_by_client: bool = False
     # The request's deadline, in seconds from its start (None: none).
     deadline_s: float | None = None
+    # Index of the router the current try goes through.
+    via: int = -1
 
 
 class StallableProxy:
@@ -322,11 +326,22 @@ class Soak:
     async def run_faults(self, faults: list[Fault], end_s: float) -> None:
         for fault in faults:
             await asyncio.sleep(max(0.0, fault.at_s - self.now()))
+            if fault.kind in ("router_kill", "router_term"):
+                await self.stream_in_flight(int(fault.target.rsplit("-", 1)[1]))
             fault.at_s = round(self.now(), 2)
             self.log(f"  {fault.at_s:6.1f} s  fault {fault.kind} {fault.target}")
             await asyncio.to_thread(self.inject, fault)
             fault.ended_s = round(self.now(), 2)
             fault.recovered_s = await self.recovered(end_s, fault)
+
+    async def stream_in_flight(self, router: int) -> None:
+        """Until a stream through `router` has received pieces and not ended (at most ROUTER_FAULT_WAIT_S):
+        a router fault then cuts at least one stream, which its client re-attaches through the other."""
+        give_up = self.now() + ROUTER_FAULT_WAIT_S
+        while self.now() < give_up:
+            if any(o.stream and o.via == router and o.status is None and len(o.indexes) >= 2 for o in self.outcomes[-200:]):
+                return
+            await asyncio.sleep(0.05)
 
     async def recovered(self, end_s: float, fault: Fault) -> float | None:
         """When the cluster is whole again after a fault: a probe request through each router succeeds
@@ -406,7 +421,8 @@ class Soak:
         tenant = (("x-tenant", o.tenant),)
         timeout = o.deadline_s or 120.0
         for attempt in range(3):
-            addr = self.routers[(router + attempt) % 2][0]
+            o.via = (router + attempt) % 2
+            addr = self.routers[o.via][0]
             try:
                 async with grpc.aio.insecure_channel(addr) as channel:
                     stub = inference_pb2_grpc.InferenceStub(channel)
@@ -455,7 +471,8 @@ class Soak:
         # The id of the last event with one; "" once the stream started (a re-attach from its start).
         last_id = None
         for attempt in range(4):
-            url = self.routers[(router + attempt) % 2][1]
+            o.via = (router + attempt) % 2
+            url = self.routers[o.via][1]
             cut = (o.status, o.message)
             o.status = None
             try:
