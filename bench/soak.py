@@ -76,7 +76,8 @@ RECOVERY_GRACE_S = 20.0
 # A fault's own length: how long a SIGSTOPped worker stays stopped; a restart's pause.
 STOP_S = 10.0
 RESTART_AFTER_S = 1.0
-# A router fault waits at most this long for a stream in flight through that router (stream_in_flight).
+# A router or worker fault waits at most this long for a stream through that router (stream_in_flight),
+# or a request on that worker (worker_running).
 ROUTER_FAULT_WAIT_S = 10.0
 
 
@@ -328,6 +329,8 @@ class Soak:
             await asyncio.sleep(max(0.0, fault.at_s - self.now()))
             if fault.kind in ("router_kill", "router_term"):
                 await self.stream_in_flight(int(fault.target.rsplit("-", 1)[1]))
+            elif fault.kind.startswith("worker_"):
+                await self.worker_running(fault.target)
             fault.at_s = round(self.now(), 2)
             self.log(f"  {fault.at_s:6.1f} s  fault {fault.kind} {fault.target}")
             await asyncio.to_thread(self.inject, fault)
@@ -342,6 +345,22 @@ class Soak:
             if any(o.stream and o.via == router and o.status is None and len(o.indexes) >= 2 for o in self.outcomes[-200:]):
                 return
             await asyncio.sleep(0.05)
+
+    async def worker_running(self, name: str) -> None:
+        """Until worker `name` runs a request (its slots-busy gauge, at most ROUTER_FAULT_WAIT_S): a
+        worker fault then interrupts at least one request, which migrates to another worker."""
+        give_up = self.now() + ROUTER_FAULT_WAIT_S
+        url = f"http://127.0.0.1:{self.worker_ports[name]}/metrics"
+        async with httpx.AsyncClient(timeout=2) as http:
+            while self.now() < give_up:
+                try:
+                    text = (await http.get(url)).text
+                    busy = next((float(line.split()[1]) for line in text.splitlines() if line.startswith("llmserve_worker_slots_busy ")), 0.0)
+                    if busy >= 1:
+                        return
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
 
     async def recovered(self, end_s: float, fault: Fault) -> float | None:
         """When the cluster is whole again after a fault: a probe request through each router succeeds
