@@ -78,7 +78,7 @@ STOP_S = 10.0
 RESTART_AFTER_S = 1.0
 # A router or worker fault waits at most this long for a stream through that router (stream_in_flight),
 # or a request on that worker (worker_running).
-ROUTER_FAULT_WAIT_S = 10.0
+FAULT_WAIT_S = 10.0
 
 
 @dataclass
@@ -338,18 +338,18 @@ class Soak:
             fault.recovered_s = await self.recovered(end_s, fault)
 
     async def stream_in_flight(self, router: int) -> None:
-        """Until a stream through `router` has received pieces and not ended (at most ROUTER_FAULT_WAIT_S):
+        """Until a stream through `router` has received pieces and not ended (at most FAULT_WAIT_S):
         a router fault then cuts at least one stream, which its client re-attaches through the other."""
-        give_up = self.now() + ROUTER_FAULT_WAIT_S
+        give_up = self.now() + FAULT_WAIT_S
         while self.now() < give_up:
             if any(o.stream and o.via == router and o.status is None and len(o.indexes) >= 2 for o in self.outcomes[-200:]):
                 return
             await asyncio.sleep(0.05)
 
     async def worker_running(self, name: str) -> None:
-        """Until worker `name` runs a request (its slots-busy gauge, at most ROUTER_FAULT_WAIT_S): a
+        """Until worker `name` runs a request (its slots-busy gauge, at most FAULT_WAIT_S): a
         worker fault then interrupts at least one request, which migrates to another worker."""
-        give_up = self.now() + ROUTER_FAULT_WAIT_S
+        give_up = self.now() + FAULT_WAIT_S
         url = f"http://127.0.0.1:{self.worker_ports[name]}/metrics"
         async with httpx.AsyncClient(timeout=2) as http:
             while self.now() < give_up:
