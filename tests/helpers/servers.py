@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nats
 
 from llmserve.cli import infra
 
@@ -113,6 +117,22 @@ def nats_cluster(tmp: Path, size: int = 3, no_advertise: bool = False) -> list[N
     for node in nodes:
         node.start()
     return nodes
+
+
+async def jetstream_ready(urls: list[str], timeout_s: float = 30.0) -> None:
+    """Until the cluster has elected its JetStream meta leader (an account info answers)."""
+    deadline = time.monotonic() + timeout_s
+    nc = await nats.connect(urls)
+    try:
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception:
+                assert time.monotonic() < deadline, "JetStream of the NATS cluster never became ready"
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
 
 
 @dataclass

@@ -11,6 +11,7 @@ import structlog
 from llmserve.common.metrics_server import serve_metrics
 from llmserve.common.runtime import run_main, service_runtime
 from llmserve.scheduler.direct import DirectHandoff
+from llmserve.scheduler.leaders import ConsumerLeaderAlignment
 from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.service import Scheduler
 from llmserve.scheduler.settings import SchedulerSettings
@@ -34,6 +35,10 @@ async def run(settings: SchedulerSettings) -> None:
         direct = DirectHandoff(nc, rt.subjects, liveness, redis, rt.keys)
         scheduler = Scheduler(nc, rt.subjects, rt.catalog(redis), liveness, queues, tenants, settings.cache_aware, direct)
         await scheduler.start()
+        alignment = None
+        if settings.common.nats_js_replicas > 1:
+            alignment = ConsumerLeaderAlignment(nc, rt.subjects.jobs_stream_prefix, lambda: map(rt.subjects.jobs_stream, queues.states))
+            await alignment.start()
         rt.start_heartbeat(nc, scheduler.fill_beat)
         rt.started()
         log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active,
@@ -43,6 +48,8 @@ async def run(settings: SchedulerSettings) -> None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(rt.stop.wait(), settings.common.heartbeat_interval_s)
         log.info("scheduler_stopping")
+        if alignment is not None:
+            await alignment.stop()
         await scheduler.stop()
 
 

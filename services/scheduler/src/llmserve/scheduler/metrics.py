@@ -32,3 +32,8 @@ DIRECT_HANDOFFS = Counter(
     "Jobs handed straight to a worker because the job queue had no stream leader (a NATS server of a cluster died).",
     ["model"],
 )
+CONSUMER_LEADER_MOVES = Counter(
+    "llmserve_scheduler_consumer_leader_moves_total",
+    "Job-queue consumers whose leadership was moved to their stream's leader (on a NATS cluster; see leaders.py).",
+    ["stream"],
+)

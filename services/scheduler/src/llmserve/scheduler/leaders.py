@@ -1,0 +1,167 @@
+"""Keeping each job queue's consumers led by the server that leads the queue's stream.
+
+On a NATS cluster every JetStream stream and every consumer is a Raft group of its own, and each
+elects its leader by itself. A job is stored by its stream's leader and handed to a worker by its
+consumer's leader; when a server dies, whatever it led stalls until the others elect a new leader
+(nats-server's Raft election timeout, 4 to 9 s, is not a setting). With the consumers led elsewhere
+than their stream, the death of any of those servers stalls the queue. With all of them on the
+stream leader's server, the other servers (two of three) may die without any pause at all, and when
+the stream leader's server dies the scheduler hands new jobs to workers directly (direct.py).
+
+So the scheduler asks each consumer led elsewhere to step down in favour of its stream's leader (a
+leader transfer, tens of milliseconds; workers confirm their acks, so none is lost across it). It acts
+on JetStream's leader-elected advisories, which name the new leader (so a move costs no lookup: the
+API that lists a stream's consumers may take seconds while leaders change), and sweeps the queues it
+knows every SWEEP_S through that API in case an advisory was missed. Several
+schedulers may do the same: a consumer already led by the preferred server answers "already
+leader", which changes nothing. A nats-server older than 2.11 knows no preferred leader: the
+scheduler logs that once and leaves leaders where they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable, Iterable
+
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from llmserve.scheduler import metrics
+
+log = structlog.get_logger()
+
+# Fallback sweep of every known queue, for advisories lost while reconnecting.
+SWEEP_S = 10.0
+# Bound on each JetStream API call of a pass.
+_API_TIMEOUT_S = 2.0
+# JetStream's advisories (subject tokens: ... LEADER_ELECTED.<stream>[.<consumer>]).
+_STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
+_CONSUMER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.*"
+_STEPDOWN = "$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
+# JetStream's error codes: the preferred server already leads; a request it cannot read (a server
+# before 2.11 takes no body on this subject).
+_ALREADY_LEADER = 10005
+_BAD_REQUEST = 10003
+
+
+class ConsumerLeaderAlignment:
+    """Moves the leaders of the job queues' consumers to their stream's leader (see the module)."""
+
+    def __init__(self, nc: NATS, stream_prefix: str, known_streams: Callable[[], Iterable[str]], sweep_s: float = SWEEP_S) -> None:
+        self._nc = nc
+        self._js = nc.jetstream(timeout=_API_TIMEOUT_S)
+        self._prefix = stream_prefix
+        self._known_streams = known_streams
+        self._sweep_s = sweep_s
+        # Last leaders seen, by stream, and by stream and consumer.
+        self._stream_leaders: dict[str, str] = {}
+        self._consumer_leaders: dict[str, dict[str, str]] = {}
+        self._subs: list = []
+        self._tasks: set[asyncio.Task] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        # Streams being looked up after an advisory named one whose leader was not known.
+        self._looking: set[str] = set()
+        self._unsupported = False
+
+    async def start(self) -> None:
+        for subject in (_STREAM_ELECTED, _CONSUMER_ELECTED):
+            self._subs.append(await self._nc.subscribe(subject, cb=self._on_elected))
+        self._sweeper = asyncio.create_task(self._sweep(), name="consumer-leader-sweep")
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        for task in [self._sweeper, *self._tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _on_elected(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        stream = tokens[5]
+        if not stream.startswith(self._prefix) or self._unsupported:
+            return
+        try:
+            leader = json.loads(msg.data)["leader"]
+        except (ValueError, KeyError, TypeError):
+            return
+        consumers = self._consumer_leaders.setdefault(stream, {})
+        if len(tokens) == 6:
+            self._stream_leaders[stream] = leader
+            misplaced = [name for name, at in consumers.items() if at != leader]
+        else:
+            consumers[tokens[6]] = leader
+            at = self._stream_leaders.get(stream)
+            misplaced = [tokens[6]] if at is not None and at != leader else []
+        if stream not in self._stream_leaders:
+            if stream not in self._looking:
+                self._looking.add(stream)
+                self._spawn(self.align(stream))
+        elif misplaced:
+            self._spawn(self._move(stream, misplaced, self._stream_leaders[stream]))
+
+    def _spawn(self, work) -> None:
+        task = asyncio.create_task(self._quietly(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _quietly(work) -> None:
+        try:
+            await work
+        except Exception as exc:  # no leader yet, or reconnecting: the next advisory or sweep tries again
+            log.info("consumer_leaders_not_aligned", error=f"{type(exc).__name__}: {exc}")
+
+    async def _sweep(self) -> None:
+        while not self._unsupported:
+            for stream in sorted({*self._known_streams(), *self._stream_leaders}):
+                await self._quietly(self.align(stream))
+            await asyncio.sleep(self._sweep_s)
+
+    async def align(self, stream: str) -> int:
+        """Looks the leaders of `stream` and its consumers up and moves every consumer led elsewhere;
+        returns how many moved."""
+        try:
+            info = await self._js.stream_info(stream)
+        finally:
+            self._looking.discard(stream)
+        leader = info.cluster.leader if info.cluster else None
+        if not leader or info.config.num_replicas is None or info.config.num_replicas < 2:
+            return 0
+        self._stream_leaders[stream] = leader
+        consumers = {c.name: c.cluster.leader for c in await self._js.consumers_info(stream) if c.cluster and c.cluster.leader}
+        self._consumer_leaders[stream] = consumers
+        return await self._move(stream, [name for name, at in consumers.items() if at != leader], leader)
+
+    async def _move(self, stream: str, consumers: list[str], leader: str) -> int:
+        moved = sum(await asyncio.gather(*(self._step_down(stream, name, leader) for name in consumers)))
+        if moved:
+            metrics.CONSUMER_LEADER_MOVES.labels(stream=stream).inc(moved)
+        return moved
+
+    async def _step_down(self, stream: str, consumer: str, preferred: str) -> bool:
+        request = json.dumps({"placement": {"preferred": preferred}}).encode()
+        try:
+            reply = await self._nc.request(_STEPDOWN.format(stream=stream, consumer=consumer), request, timeout=_API_TIMEOUT_S)
+            answer = json.loads(reply.data or b"{}")
+        except Exception as exc:  # its leader died: its election's advisory brings it here again
+            log.info("consumer_leader_not_moved", stream=stream, consumer=consumer, error=f"{type(exc).__name__}: {exc}")
+            return False
+        error = answer.get("error")
+        if not error:
+            log.info("consumer_leader_moved", stream=stream, consumer=consumer, to=preferred)
+            return bool(answer.get("success"))
+        if error.get("err_code") == _ALREADY_LEADER:
+            return False
+        if error.get("err_code") == _BAD_REQUEST:
+            # Leaders stay where they were elected.
+            self._unsupported = True
+            log.warning("consumer_leader_placement_unsupported", stream=stream, error=error.get("description"))
+            return False
+        log.info("consumer_leader_not_moved", stream=stream, consumer=consumer, error=error.get("description"))
+        return False

@@ -1,0 +1,144 @@
+"""Keeping the job queue's consumers led by its stream's leader (scheduler/leaders.py), on a real cluster
+of three nats-servers: misplaced leaders are moved by a pass and, once it runs, on JetStream's own
+advisories; a consumer then keeps handing out jobs while a server that leads nothing dies."""
+
+import asyncio
+import json
+import time
+
+import nats
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import REGISTRY
+
+from llmserve.common.natsio import ensure_jobs_stream
+from llmserve.common.subjects import Subjects
+from llmserve.scheduler.leaders import ConsumerLeaderAlignment
+from tests.helpers.servers import jetstream_ready, nats_cluster
+
+pytestmark = pytest.mark.integration
+
+MODEL = "m"
+CONSUMERS = 4
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes = nats_cluster(tmp_path)
+    try:
+        asyncio.run(jetstream_ready([n.url for n in nodes]))
+        yield nodes
+    finally:
+        for node in nodes:
+            node.kill()
+
+
+async def leaders(js, stream: str) -> tuple[str, dict[str, str | None]]:
+    info = await js.stream_info(stream)
+    consumers = await js.consumers_info(stream)
+    return info.cluster.leader, {c.name: c.cluster.leader for c in consumers}
+
+
+async def until(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except Exception:  # an API call during an election: ask again
+            pass
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.1)
+
+
+async def step_away(nc, js, stream: str) -> str:
+    """Asks every consumer to step down in favour of a server that does not lead the stream; returns it."""
+    stream_leader, consumers = await leaders(js, stream)
+    elsewhere = next(name for name in await servers(js, stream) if name != stream_leader)
+    for name in consumers:
+        await nc.request(f"$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{name}", json.dumps({"placement": {"preferred": elsewhere}}).encode(),
+                         timeout=2)
+    return elsewhere
+
+
+async def moved_away(js, stream: str, elsewhere: str) -> bool:
+    _, consumers = await leaders(js, stream)
+    return len(consumers) == CONSUMERS and all(leader == elsewhere for leader in consumers.values())
+
+
+def moves(stream: str) -> float:
+    return REGISTRY.get_sample_value("llmserve_scheduler_consumer_leader_moves_total", {"stream": stream}) or 0.0
+
+
+async def servers(js, stream: str) -> list[str]:
+    info = await js.stream_info(stream)
+    return [info.cluster.leader] + [r.name for r in info.cluster.replicas]
+
+
+async def aligned(js, stream: str) -> bool:
+    stream_leader, consumers = await leaders(js, stream)
+    return len(consumers) == CONSUMERS and all(leader == stream_leader for leader in consumers.values())
+
+
+def test_consumers_follow_the_stream_leader_and_a_follower_may_die_without_a_pause(cluster):
+    asyncio.run(consumers_follow_the_stream_leader(cluster))
+
+
+async def consumers_follow_the_stream_leader(nodes) -> None:
+    subjects = Subjects("llm")
+    stream = subjects.jobs_stream(MODEL)
+    nc = await nats.connect([n.url for n in nodes])
+    js = nc.jetstream(timeout=5)
+    alignment = ConsumerLeaderAlignment(nc, subjects.jobs_stream_prefix, lambda: [stream], sweep_s=3600)
+    try:
+        await ensure_jobs_stream(nc, subjects, MODEL, 100, replicas=3)
+        for priority in range(CONSUMERS):
+            await js.add_consumer(stream, ConsumerConfig(durable_name=f"c{priority}", filter_subject=subjects.jobs(MODEL, 1, priority),
+                                                         ack_policy=AckPolicy.EXPLICIT))
+
+        # One pass moves every consumer led elsewhere.
+        elsewhere = await step_away(nc, js, stream)
+        await until(lambda: moved_away(js, stream, elsewhere), 10, "the consumers' leaders did not move away from the stream's leader")
+        assert await alignment.align(stream) == CONSUMERS
+        await until(lambda: aligned(js, stream), 10, "one pass did not bring the consumers to the stream's leader")
+        assert await alignment.align(stream) == 0
+
+        # Running, it follows JetStream's advisories (its sweep is an hour away): consumers moved away
+        # come back, and when the stream's leader changes they follow it.
+        await alignment.start()
+        before = moves(stream)
+        await step_away(nc, js, stream)
+
+        async def moved_back() -> bool:
+            return moves(stream) > before and await aligned(js, stream)
+
+        await until(moved_back, 10, "the consumers were not moved back after their leaders changed")
+        old_leader, _ = await leaders(js, stream)
+        before = moves(stream)
+        answer = json.loads((await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)).data)
+        assert answer.get("success"), answer
+
+        async def followed() -> bool:
+            stream_leader, _ = await leaders(js, stream)
+            return stream_leader != old_leader and moves(stream) > before and await aligned(js, stream)
+
+        await until(followed, 15, "the consumers did not follow the stream's new leader")
+
+        # A server that leads neither the stream nor a consumer dies: jobs are still handed out at once
+        # (a consumer led there would hand out nothing until its Raft election, 4 to 9 s).
+        # This client is connected to the leader's server, so it has no reconnect of its own to make.
+        stream_leader, _ = await leaders(js, stream)
+        follower = next(n for n in nodes if n.name != stream_leader)
+        client = await nats.connect(next(n.url for n in nodes if n.name == stream_leader))
+        client_js = client.jetstream(timeout=2)
+        follower.kill()
+        await client_js.publish(subjects.jobs(MODEL, 1, 2), b"job", timeout=2)
+        sub = await client_js.pull_subscribe_bind("c2", stream=stream)
+        msgs = await sub.fetch(1, timeout=2)
+        assert [m.data for m in msgs] == [b"job"]
+        await msgs[0].ack_sync(timeout=2)
+        await client.close()
+    finally:
+        await alignment.stop()
+        await nc.close()
