@@ -622,6 +622,7 @@ class Soak:
         outside = [o for o in ok if self.window(o.started_s) is None]
         migrations = sum(_count_events(path, "request_migrated") for path in self.cluster.log_dir.glob("router-*.log"))
         attached = sum(_count_events(path, "request_attached") for path in self.cluster.log_dir.glob("router-*.log"))
+        handed = sum(_count_events(path, "job_handed_directly") for path in self.cluster.log_dir.glob("scheduler*.log"))
         swaps = [(f.at_s, (f.recovered_s or f.ended_s) + RECOVERY_GRACE_S) for f in self.faults if f.kind == "promote"]
         growth = memory_growth(rss_start, rss_end, self.rss_samples, length_s, swaps)
         buckets = [0.0] * (int(length_s // 5) + 1)
@@ -634,6 +635,7 @@ class Soak:
             "errors": {status: sum(1 for o in errors if o.status == status) for status in sorted({o.status for o in errors})},
             "lost": len(lost), "repeated_or_missing": len(repeats), "greedy_checked": sum(1 for o in ok if o.greedy),
             "greedy_differing": len(differ), "unexplained_errors": len(unexplained), "re_attaches": attached, "migrations": migrations,
+            "handed_directly": handed,
             "whole_answers_retried": sum(o.retried for o in self.outcomes),
             "during_faults": figures(during), "outside_faults": figures(outside),
             "faults": [asdict(f) | {"lasted_s": round(f.ended_s - f.at_s, 2),
@@ -754,7 +756,8 @@ def markdown(report: dict) -> str:
         f"- Lost {report['lost']}; repeated or missing pieces {report['repeated_or_missing']}; greedy answers checked "
         f"{report['greedy_checked']}, differing {report['greedy_differing']}; unexplained errors {report['unexplained_errors']}",
         f"- Migrations {report['migrations']}, re-attaches after a router died {report['re_attaches']}, whole answers asked "
-        f"again after their router died {report['whole_answers_retried']}", "",
+        f"again after their router died {report['whole_answers_retried']}, jobs handed to a worker directly while the queue had "
+        f"no leader {report.get('handed_directly', 0)}", "",
         "| | requests | TTFT p50 | TTFT p99 | tokens/s per request (p50) |", "|---|---|---|---|---|",
     ]
     for name in ("during_faults", "outside_faults"):

@@ -26,12 +26,24 @@ def artifact_sha256(path: Path, progress: Callable[[int], None] | None = None) -
     for file in artifact_files(path):
         rel = file.relative_to(path).as_posix().encode()
         digest.update(len(rel).to_bytes(4, "big") + rel + file.stat().st_size.to_bytes(8, "big"))
-        with file.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-                if progress is not None:
-                    progress(len(chunk))
+        _hash_file(digest, file, progress)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one file's bytes."""
+    digest = hashlib.sha256()
+    _hash_file(digest, Path(path))
+    return digest.hexdigest()
+
+
+def _hash_file(digest: hashlib._Hash, path: Path, progress: Callable[[int], None] | None = None) -> None:
+    """Feeds a file's bytes to `digest` in chunks (never the whole file in memory)."""
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+            if progress is not None:
+                progress(len(chunk))
 
 
 def artifact_size(path: Path) -> int:

@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -28,13 +27,13 @@ import structlog
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from llmserve.common.modelstore import file_sha256
 from llmserve.model_worker.llama_decoder import LlamaDecoder
 
 log = structlog.get_logger(__name__)
 
 # Bump when `int8_state`'s names or numbers change (rotation seed, quantization, layout).
 FORMAT = 1
-_CHUNK = 1 << 20
 
 
 def entry_path(cache_dir: Path, sha256: str) -> Path:
@@ -43,14 +42,6 @@ def entry_path(cache_dir: Path, sha256: str) -> Path:
 
 def _digest_path(entry: Path) -> Path:
     return entry.with_name(entry.name + ".sha256")
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load(cache_dir: Path, sha256: str, config: Any) -> LlamaDecoder | None:
@@ -64,7 +55,7 @@ def load(cache_dir: Path, sha256: str, config: Any) -> LlamaDecoder | None:
         log.warning("weight_cache_unreadable", path=str(entry), error=str(exc))
         return None
     try:
-        if _file_sha256(entry) != expected:
+        if file_sha256(entry) != expected:
             log.warning("weight_cache_damaged", path=str(entry), action="rebuilding from the checkpoint")
             return None
         with safe_open(str(entry), "pt") as state:
@@ -86,7 +77,7 @@ def save(cache_dir: Path, sha256: str, decoder: LlamaDecoder) -> None:
         os.close(fd)
         tmp = Path(name)
         save_file(decoder.int8_state(), str(tmp), metadata={"artifact_sha256": sha256, "format": str(FORMAT)})
-        digest = _file_sha256(tmp)
+        digest = file_sha256(tmp)
         tmp.replace(entry)
         tmp = None
         digest_tmp = _digest_path(entry).with_name(f".writing-{os.getpid()}.sha256")
