@@ -1,6 +1,8 @@
 """Keeping the job queue's consumers led by its stream's leader (scheduler/leaders.py), on a real cluster
 of three nats-servers: misplaced leaders are moved by a pass and, once it runs, on JetStream's own
-advisories; a consumer then keeps handing out jobs while a server that leads nothing dies."""
+advisories; a consumer then keeps handing out jobs while a server that leads nothing dies. When the
+server that leads them all dies, a consumer still waiting for its election once the stream has a new
+leader is known to be without one (the scheduler hands its jobs to workers directly meanwhile)."""
 
 import asyncio
 import json
@@ -20,6 +22,8 @@ pytestmark = pytest.mark.integration
 
 MODEL = "m"
 CONSUMERS = 4
+# Seconds after the stream's election by which a consumer still without a leader is known to be.
+NOTICED_S = 1.5
 
 
 @pytest.fixture
@@ -76,26 +80,32 @@ async def servers(js, stream: str) -> list[str]:
     return [info.cluster.leader] + [r.name for r in info.cluster.replicas]
 
 
-async def aligned(js, stream: str) -> bool:
+async def aligned(js, stream: str, count: int = CONSUMERS) -> bool:
     stream_leader, consumers = await leaders(js, stream)
-    return len(consumers) == CONSUMERS and all(leader == stream_leader for leader in consumers.values())
+    return len(consumers) == count and all(leader == stream_leader for leader in consumers.values())
 
 
 def test_consumers_follow_the_stream_leader_and_a_follower_may_die_without_a_pause(cluster):
     asyncio.run(consumers_follow_the_stream_leader(cluster))
 
 
+async def make_queue(nc, subjects: Subjects, consumers: int) -> str:
+    stream = subjects.jobs_stream(MODEL)
+    js = nc.jetstream(timeout=5)
+    await ensure_jobs_stream(nc, subjects, MODEL, 100, replicas=3)
+    for i in range(consumers):
+        await js.add_consumer(stream, ConsumerConfig(durable_name=f"c{i}", filter_subject=subjects.jobs(MODEL, 1, i),
+                                                     ack_policy=AckPolicy.EXPLICIT))
+    return stream
+
+
 async def consumers_follow_the_stream_leader(nodes) -> None:
     subjects = Subjects("llm")
-    stream = subjects.jobs_stream(MODEL)
     nc = await nats.connect([n.url for n in nodes])
     js = nc.jetstream(timeout=5)
+    stream = await make_queue(nc, subjects, CONSUMERS)
     alignment = ConsumerLeaderAlignment(nc, subjects.jobs_stream_prefix, lambda: [stream], sweep_s=3600)
     try:
-        await ensure_jobs_stream(nc, subjects, MODEL, 100, replicas=3)
-        for priority in range(CONSUMERS):
-            await js.add_consumer(stream, ConsumerConfig(durable_name=f"c{priority}", filter_subject=subjects.jobs(MODEL, 1, priority),
-                                                         ack_policy=AckPolicy.EXPLICIT))
 
         # One pass moves every consumer led elsewhere.
         elsewhere = await step_away(nc, js, stream)
@@ -142,3 +152,62 @@ async def consumers_follow_the_stream_leader(nodes) -> None:
     finally:
         await alignment.stop()
         await nc.close()
+
+
+def test_consumers_that_died_with_the_stream_leader_are_known_leaderless_until_elected(cluster):
+    asyncio.run(leaderless_until_elected(cluster))
+
+
+async def leaderless_until_elected(nodes) -> None:
+    subjects = Subjects("llm")
+    setup = await nats.connect([n.url for n in nodes])
+    consumers = 3 * CONSUMERS  # more elections: more chances of one coming well after the stream's
+    stream = await make_queue(setup, subjects, consumers)
+    js = setup.jetstream(timeout=5)
+    # Everything on one server, as the scheduler keeps it; then that server dies.
+    one = ConsumerLeaderAlignment(setup, subjects.jobs_stream_prefix, lambda: [stream])
+    await one.align(stream)
+    await until(lambda: aligned(js, stream, consumers), 10, "the consumers were not brought to the stream's leader")
+    doomed, _ = await leaders(js, stream)
+    await setup.close()
+    survivors = [n.url for n in nodes if n.name != doomed]
+    nc = await nats.connect(survivors)  # kept connected through the kill
+    alignment = ConsumerLeaderAlignment(nc, subjects.jobs_stream_prefix, lambda: [stream], sweep_s=3600)
+    elected: dict[str, float] = {}
+
+    async def on_elected(msg) -> None:
+        tokens = msg.subject.split(".")
+        elected.setdefault(tokens[6] if len(tokens) > 6 else "", time.monotonic())
+
+    try:
+        await alignment.start()
+        await nc.subscribe(f"$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.{stream}", cb=on_elected)
+        await nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.{stream}.*", cb=on_elected)
+        await nc.flush()
+        noticed: dict[str, float] = {}
+        killed_at = time.monotonic()
+        next(n for n in nodes if n.name == doomed).kill()
+        deadline = killed_at + 40
+        while len(elected) < consumers + 1:
+            assert time.monotonic() < deadline, f"elections not over: {sorted(elected)}"
+            for i in range(consumers):
+                if alignment.leaderless(stream, f"c{i}"):
+                    noticed.setdefault(f"c{i}", time.monotonic())
+            await asyncio.sleep(0.05)
+        # Each consumer elected well after the stream was known to have no leader before its election.
+        late = [name for name, at in elected.items() if name and at > elected[""] + NOTICED_S]
+        for name in late:
+            assert name in noticed and noticed[name] < elected[name], (name, elected, noticed)
+
+        # Elected, none is taken for leaderless any more, and they follow the stream's new leader.
+        async def none_leaderless() -> bool:
+            return not any(alignment.leaderless(stream, f"c{i}") for i in range(consumers))
+
+        await until(none_leaderless, 5, "consumers that elected a leader are still taken for leaderless")
+        await until(lambda: aligned(nc.jetstream(timeout=5), stream, consumers), 15, "the consumers did not follow the stream's new leader")
+        print(json.dumps({"stream_elected_s": round(elected[""] - killed_at, 2), "consumers_elected_late": len(late),
+                          "consumers_noticed_leaderless": len(noticed)}))
+    finally:
+        await alignment.stop()
+        await nc.close()
+

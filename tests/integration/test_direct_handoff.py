@@ -1,5 +1,6 @@
-"""Handing a job straight to a worker while the queue has no stream leader (scheduler/direct.py), over a
-real NATS and Redis: workers that answer on their direct subjects stand in for model workers."""
+"""Handing a job straight to a worker while the queue has no stream leader, or its consumer none
+(scheduler/direct.py), over a real NATS and Redis: workers that answer on their direct subjects stand
+in for model workers."""
 
 import time
 
@@ -8,6 +9,7 @@ import pytest
 from llmserve.common.liveness import LivenessTable
 from llmserve.common.subjects import DIRECT_UNTIL_HEADER, attempt_key
 from llmserve.scheduler.direct import ACCEPT_WITHIN_S, DirectHandoff
+from llmserve.scheduler.queues import JobQueues
 from llmserve.v1 import events_pb2
 
 pytestmark = pytest.mark.integration
@@ -90,3 +92,37 @@ async def test_no_worker_with_a_free_slot_means_no_hand_off(nc, subjects, redis_
     direct = DirectHandoff(nc, subjects, liveness, redis_client, keys)
     assert not await direct.hand_off(job("j3"), {})
     assert not await redis_client.exists(keys.handed_directly(attempt_key("j3", 0)))
+
+
+async def test_a_job_whose_consumer_has_no_leader_is_handed_off_before_it_is_queued(nc, subjects, redis_client, keys, liveness, workers):
+    queues = JobQueues(nc, subjects, max_queued_per_model=10)
+    leaderless = {(subjects.jobs_stream("m"), subjects.jobs_consumer("m", 1, 2))}
+    queues.consumer_leaderless = lambda stream, consumer: (stream, consumer) in leaderless
+    direct = DirectHandoff(nc, subjects, liveness, redis_client, keys)
+    stored = subjects.jobs("m", 1, 2)
+
+    # The stream would store it, but the consumer that hands it out has no leader: a worker takes it.
+    led_elsewhere = job("j4")
+    led_elsewhere.priority = 2
+    assert await queues.publish(led_elsewhere, {}, hand_off=direct.hand_off)
+    assert [j.request_id for j, _ in workers["free"]] == ["j4"]
+    assert not await waiting(nc, subjects, stored)
+
+    # No worker takes it: it is queued as usual.
+    nobody = DirectHandoff(nc, subjects, LivenessTable(), redis_client, keys)
+    queued = job("j5")
+    queued.priority = 2
+    assert await queues.publish(queued, {}, hand_off=nobody.hand_off)
+    assert await waiting(nc, subjects, stored) == 1
+
+    # A consumer with a leader: queued, nobody asked.
+    other = job("j6")
+    other.priority = 1
+    assert await queues.publish(other, {}, hand_off=direct.hand_off)
+    assert [j.request_id for j, _ in workers["free"]] == ["j4"]
+    assert await waiting(nc, subjects, subjects.jobs("m", 1, 1)) == 1
+
+
+async def waiting(nc, subjects, subject: str) -> int:
+    info = await nc.jetstream().stream_info(subjects.jobs_stream("m"), subjects_filter=subject)
+    return (info.state.subjects or {}).get(subject, 0)

@@ -39,6 +39,7 @@ async def run(settings: SchedulerSettings) -> None:
         if settings.common.nats_js_replicas > 1:
             alignment = ConsumerLeaderAlignment(nc, rt.subjects.jobs_stream_prefix, lambda: map(rt.subjects.jobs_stream, queues.states))
             await alignment.start()
+            queues.consumer_leaderless = alignment.leaderless
         rt.start_heartbeat(nc, scheduler.fill_beat)
         rt.started()
         log.info("scheduler_ready", max_queued_per_model=settings.max_queued, tenant_max_active=settings.tenant_max_active,

@@ -6,6 +6,9 @@ The rest of NATS works (core subjects are served by every live server). A job th
 "no responders" was surely not stored, so the scheduler may hand it to a live worker of its version
 that has a free slot (by its last heartbeat), over core NATS, instead of making the client wait out
 the election. The worker takes it only if it still has a free slot, and says so (`DirectJobReply`).
+The same goes, before any publish, for a job whose consumer is known to have no leader while the
+stream has one (leaders.py): the stream would store it, but nothing would hand it out until that
+consumer's election.
 
 Exactly once: JetStream's duplicate window cannot see a job that never reached the stream, so a
 router that resubmits the same attempt (its first submission's reply was lost) could have it queued

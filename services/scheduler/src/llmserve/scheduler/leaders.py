@@ -16,6 +16,13 @@ knows every SWEEP_S through that API in case an advisory was missed. Several
 schedulers may do the same: a consumer already led by the preferred server answers "already
 leader", which changes nothing. A nats-server older than 2.11 knows no preferred leader: the
 scheduler logs that once and leaves leaders where they are.
+
+When the server that leads a queue dies, its stream and each consumer elect new leaders one by one.
+Once the stream has one, jobs are stored again, but a consumer still without a leader would hold the
+jobs queued for it until its own election. A live leader answers a stepdown in milliseconds, so a
+consumer that does not answer the move after the stream's election is taken to have no leader
+(`leaderless`) until its election's advisory names one, and the scheduler hands jobs for it to
+workers directly instead of queueing them (queues.py, direct.py).
 """
 
 from __future__ import annotations
@@ -41,9 +48,11 @@ _API_TIMEOUT_S = 2.0
 _STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
 _CONSUMER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.*"
 _STEPDOWN = "$JS.API.CONSUMER.LEADER.STEPDOWN.{stream}.{consumer}"
-# JetStream's error codes: the preferred server already leads; a request it cannot read (a server
-# before 2.11 takes no body on this subject).
-_ALREADY_LEADER = 10005
+# A consumer's leader answers a stepdown in milliseconds; no answer means it has none (or it died).
+_STEPDOWN_TIMEOUT_S = 0.5
+# JetStream's error codes: no server fits the placement (the preferred one already leads, or it is
+# not a member); a request it cannot read (a server before 2.11 takes no body on this subject).
+_PLACEMENT_REFUSED = 10005
 _BAD_REQUEST = 10003
 
 
@@ -62,6 +71,8 @@ class ConsumerLeaderAlignment:
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        # Consumers found without a leader (a stepdown nobody answered), until an election names one.
+        self._leaderless: set[tuple[str, str]] = set()
         # Streams being looked up after an advisory named one whose leader was not known.
         self._looking: set[str] = set()
         self._unsupported = False
@@ -81,6 +92,11 @@ class ConsumerLeaderAlignment:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
+    def leaderless(self, stream: str, consumer: str) -> bool:
+        """Whether the consumer was last found without a leader: a job queued for it now would wait for
+        its election although the stream stores it (the scheduler hands such jobs off directly)."""
+        return (stream, consumer) in self._leaderless
+
     async def _on_elected(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
         stream = tokens[5]
@@ -96,6 +112,7 @@ class ConsumerLeaderAlignment:
             misplaced = [name for name, at in consumers.items() if at != leader]
         else:
             consumers[tokens[6]] = leader
+            self._leaderless.discard((stream, tokens[6]))
             at = self._stream_leaders.get(stream)
             misplaced = [tokens[6]] if at is not None and at != leader else []
         if stream not in self._stream_leaders:
@@ -136,6 +153,7 @@ class ConsumerLeaderAlignment:
         self._stream_leaders[stream] = leader
         consumers = {c.name: c.cluster.leader for c in await self._js.consumers_info(stream) if c.cluster and c.cluster.leader}
         self._consumer_leaders[stream] = consumers
+        self._leaderless -= {(stream, name) for name in consumers}
         return await self._move(stream, [name for name, at in consumers.items() if at != leader], leader)
 
     async def _move(self, stream: str, consumers: list[str], leader: str) -> int:
@@ -147,16 +165,18 @@ class ConsumerLeaderAlignment:
     async def _step_down(self, stream: str, consumer: str, preferred: str) -> bool:
         request = json.dumps({"placement": {"preferred": preferred}}).encode()
         try:
-            reply = await self._nc.request(_STEPDOWN.format(stream=stream, consumer=consumer), request, timeout=_API_TIMEOUT_S)
+            reply = await self._nc.request(_STEPDOWN.format(stream=stream, consumer=consumer), request, timeout=_STEPDOWN_TIMEOUT_S)
             answer = json.loads(reply.data or b"{}")
-        except Exception as exc:  # its leader died: its election's advisory brings it here again
-            log.info("consumer_leader_not_moved", stream=stream, consumer=consumer, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # no leader: its election's advisory brings it here again
+            self._leaderless.add((stream, consumer))
+            log.info("consumer_without_leader", stream=stream, consumer=consumer, error=f"{type(exc).__name__}: {exc}")
             return False
+        self._leaderless.discard((stream, consumer))
         error = answer.get("error")
         if not error:
             log.info("consumer_leader_moved", stream=stream, consumer=consumer, to=preferred)
             return bool(answer.get("success"))
-        if error.get("err_code") == _ALREADY_LEADER:
+        if error.get("err_code") == _PLACEMENT_REFUSED:
             return False
         if error.get("err_code") == _BAD_REQUEST:
             # Leaders stay where they were elected.

@@ -80,6 +80,8 @@ class JobQueues:
         # Model -> whether its stream takes per-message TTLs; a model is here once its stream exists.
         self._streams: dict[str, bool] = {}
         self.states: dict[str, QueueState] = {}
+        # (stream, consumer) -> whether that consumer is known to have no leader (leaders.py, on a cluster).
+        self.consumer_leaderless: Callable[[str, str], bool] = lambda stream, consumer: False
 
     @property
     def total_queued(self) -> int:
@@ -103,11 +105,17 @@ class JobQueues:
         JetStream dropped it as a duplicate of an earlier submission. `trace_headers` (the scheduler's
         span) travel with the job to the worker that takes it. While the stream has no leader and
         every try so far surely did not store the job, `hand_off` may run it elsewhere (direct.py):
-        True from it ends the publish as queued."""
+        True from it ends the publish as queued. So may it, first, when the consumer that would hand
+        the job out is known to have no leader (the job would wait for its election)."""
         if worker:
             subject = self._subjects.jobs_for(job.model, job.model_version, job.priority, worker)
+            consumer = self._subjects.jobs_for_consumer(job.model, job.model_version, job.priority, worker)
         else:
             subject = self._subjects.jobs(job.model, job.model_version, job.priority)
+            consumer = self._subjects.jobs_consumer(job.model, job.model_version, job.priority)
+        if hand_off is not None and self.consumer_leaderless(self._subjects.jobs_stream(job.model), consumer):
+            if await hand_off(job, trace_headers or {}):
+                return True
         give_up = time.monotonic() + _PUBLISH_RETRY_S
         recreated = False
         # Whether an earlier try may have stored the job after all (it timed out rather than being refused).
