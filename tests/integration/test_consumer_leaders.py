@@ -165,14 +165,22 @@ async def leaderless_until_elected(nodes) -> None:
     stream = await make_queue(setup, subjects, consumers)
     js = setup.jetstream(timeout=5)
     # Everything on one server, as the scheduler keeps it; then that server dies.
-    one = ConsumerLeaderAlignment(setup, subjects.jobs_stream_prefix, lambda: [stream])
-    await one.align(stream)
+    await ConsumerLeaderAlignment(setup, subjects.jobs_stream_prefix, lambda: [stream]).align(stream)
     await until(lambda: aligned(js, stream, consumers), 10, "the consumers were not brought to the stream's leader")
     doomed, _ = await leaders(js, stream)
     await setup.close()
     survivors = [n.url for n in nodes if n.name != doomed]
     nc = await nats.connect(survivors)  # kept connected through the kill
     alignment = ConsumerLeaderAlignment(nc, subjects.jobs_stream_prefix, lambda: [stream], sweep_s=3600)
+    # It knows every consumer's leader before the kill, as a running scheduler does from its sweeps
+    # (the list is whole once no leadership is changing).
+    listing = nc.jetstream(timeout=10)
+
+    async def listed_whole() -> bool:
+        return len(await listing.consumers_info(stream)) == consumers
+
+    await until(listed_whole, 20, "the stream's consumers were not listed")
+    assert await alignment.align(stream) == 0
     elected: dict[str, float] = {}
 
     async def on_elected(msg) -> None:

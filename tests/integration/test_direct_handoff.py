@@ -96,6 +96,7 @@ async def test_no_worker_with_a_free_slot_means_no_hand_off(nc, subjects, redis_
 
 async def test_a_job_whose_consumer_has_no_leader_is_handed_off_before_it_is_queued(nc, subjects, redis_client, keys, liveness, workers):
     queues = JobQueues(nc, subjects, max_queued_per_model=10)
+    await queues.ensure("m")
     leaderless = {(subjects.jobs_stream("m"), subjects.jobs_consumer("m", 1, 2))}
     queues.consumer_leaderless = lambda stream, consumer: (stream, consumer) in leaderless
     direct = DirectHandoff(nc, subjects, liveness, redis_client, keys)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable
 
 import structlog
@@ -42,8 +43,14 @@ log = structlog.get_logger()
 
 # Fallback sweep of every known queue, for advisories lost while reconnecting.
 SWEEP_S = 10.0
-# Bound on each JetStream API call of a pass.
+# Bound on a stream's info (answered by its leader).
 _API_TIMEOUT_S = 2.0
+# Bound on listing a stream's consumers: the meta leader gathers them from their leaders, and waits
+# up to 4 s for those whose leadership just changed (the list then lacks them).
+_LIST_TIMEOUT_S = 6.0
+# A consumer's own election moves it at most this often: one whose preferred server cannot win (it
+# lags behind) is left to the next sweep rather than sent through election after election.
+_MOVE_EVERY_S = 2.0
 # JetStream's advisories (subject tokens: ... LEADER_ELECTED.<stream>[.<consumer>]).
 _STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
 _CONSUMER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.*"
@@ -54,6 +61,8 @@ _STEPDOWN_TIMEOUT_S = 0.5
 # not a member); a request it cannot read (a server before 2.11 takes no body on this subject).
 _PLACEMENT_REFUSED = 10005
 _BAD_REQUEST = 10003
+# ...and "JetStream system temporarily unavailable", a member's answer while its group has no leader.
+_NO_LEADER = 10008
 
 
 class ConsumerLeaderAlignment:
@@ -62,19 +71,22 @@ class ConsumerLeaderAlignment:
     def __init__(self, nc: NATS, stream_prefix: str, known_streams: Callable[[], Iterable[str]], sweep_s: float = SWEEP_S) -> None:
         self._nc = nc
         self._js = nc.jetstream(timeout=_API_TIMEOUT_S)
+        self._list_js = nc.jetstream(timeout=_LIST_TIMEOUT_S)
         self._prefix = stream_prefix
         self._known_streams = known_streams
         self._sweep_s = sweep_s
         # Last leaders seen, by stream, and by stream and consumer.
         self._stream_leaders: dict[str, str] = {}
         self._consumer_leaders: dict[str, dict[str, str]] = {}
+        # Elections seen per (stream, consumer): a stepdown unanswered while one came means nothing.
+        self._elections: dict[tuple[str, str], int] = {}
+        # When a consumer's own election last moved it (see _MOVE_EVERY_S).
+        self._followed_at: dict[tuple[str, str], float] = {}
+        # Consumers found without a leader (a stepdown nobody answered), until an election names one.
+        self._leaderless: set[tuple[str, str]] = set()
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        # Consumers found without a leader (a stepdown nobody answered), until an election names one.
-        self._leaderless: set[tuple[str, str]] = set()
-        # Streams being looked up after an advisory named one whose leader was not known.
-        self._looking: set[str] = set()
         self._unsupported = False
 
     async def start(self) -> None:
@@ -108,19 +120,21 @@ class ConsumerLeaderAlignment:
             return
         consumers = self._consumer_leaders.setdefault(stream, {})
         if len(tokens) == 6:
+            # The stream's new leader speaks for itself: every consumer led elsewhere follows it (those
+            # led by a dead server answer nothing, and are known leaderless until their election).
             self._stream_leaders[stream] = leader
             misplaced = [name for name, at in consumers.items() if at != leader]
-        else:
-            consumers[tokens[6]] = leader
-            self._leaderless.discard((stream, tokens[6]))
-            at = self._stream_leaders.get(stream)
-            misplaced = [tokens[6]] if at is not None and at != leader else []
-        if stream not in self._stream_leaders:
-            if stream not in self._looking:
-                self._looking.add(stream)
-                self._spawn(self.align(stream))
-        elif misplaced:
-            self._spawn(self._move(stream, misplaced, self._stream_leaders[stream]))
+            if misplaced:
+                self._spawn(self._move(stream, misplaced, leader))
+            return
+        consumer = tokens[6]
+        consumers[consumer] = leader
+        self._elections[stream, consumer] = self._elections.get((stream, consumer), 0) + 1
+        self._leaderless.discard((stream, consumer))
+        if self._stream_leaders.get(stream) != leader:
+            # The stream's leader as last seen may be gone (its server died before it was replaced):
+            # ask the stream before moving anything toward it.
+            self._spawn(self._follow(stream, consumer))
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(self._quietly(work))
@@ -140,21 +154,35 @@ class ConsumerLeaderAlignment:
                 await self._quietly(self.align(stream))
             await asyncio.sleep(self._sweep_s)
 
+    async def _stream_leader(self, stream: str) -> str | None:
+        """The stream's leader as the stream answers now; None for a stream of one replica."""
+        info = await self._js.stream_info(stream)
+        leader = info.cluster.leader if info.cluster else None
+        if not leader or info.config.num_replicas is None or info.config.num_replicas < 2:
+            return None
+        self._stream_leaders[stream] = leader
+        return leader
+
+    async def _follow(self, stream: str, consumer: str) -> None:
+        """After the consumer's own election: toward the stream's leader, unless it was moved just now."""
+        if time.monotonic() - self._followed_at.get((stream, consumer), -_MOVE_EVERY_S) < _MOVE_EVERY_S:
+            return
+        self._followed_at[stream, consumer] = time.monotonic()
+        leader = await self._stream_leader(stream)
+        if leader is not None and self._consumer_leaders[stream].get(consumer) != leader:
+            await self._move(stream, [consumer], leader)
+
     async def align(self, stream: str) -> int:
         """Looks the leaders of `stream` and its consumers up and moves every consumer led elsewhere;
         returns how many moved."""
-        try:
-            info = await self._js.stream_info(stream)
-        finally:
-            self._looking.discard(stream)
-        leader = info.cluster.leader if info.cluster else None
-        if not leader or info.config.num_replicas is None or info.config.num_replicas < 2:
+        leader = await self._stream_leader(stream)
+        if leader is None:
             return 0
-        self._stream_leaders[stream] = leader
-        consumers = {c.name: c.cluster.leader for c in await self._js.consumers_info(stream) if c.cluster and c.cluster.leader}
-        self._consumer_leaders[stream] = consumers
-        self._leaderless -= {(stream, name) for name in consumers}
-        return await self._move(stream, [name for name, at in consumers.items() if at != leader], leader)
+        found = {c.name: c.cluster.leader for c in await self._list_js.consumers_info(stream) if c.cluster and c.cluster.leader}
+        # The list may lack consumers whose leadership just changed: what it lacks is kept as last seen.
+        self._consumer_leaders.setdefault(stream, {}).update(found)
+        self._leaderless -= {(stream, name) for name in found}
+        return await self._move(stream, [name for name, at in found.items() if at != leader], leader)
 
     async def _move(self, stream: str, consumers: list[str], leader: str) -> int:
         moved = sum(await asyncio.gather(*(self._step_down(stream, name, leader) for name in consumers)))
@@ -163,16 +191,23 @@ class ConsumerLeaderAlignment:
         return moved
 
     async def _step_down(self, stream: str, consumer: str, preferred: str) -> bool:
+        key = (stream, consumer)
+        elections = self._elections.get(key, 0)
         request = json.dumps({"placement": {"preferred": preferred}}).encode()
         try:
             reply = await self._nc.request(_STEPDOWN.format(stream=stream, consumer=consumer), request, timeout=_STEPDOWN_TIMEOUT_S)
             answer = json.loads(reply.data or b"{}")
-        except Exception as exc:  # no leader: its election's advisory brings it here again
-            self._leaderless.add((stream, consumer))
-            log.info("consumer_without_leader", stream=stream, consumer=consumer, error=f"{type(exc).__name__}: {exc}")
+            error = answer.get("error")
+            no_leader = bool(error) and error.get("err_code") == _NO_LEADER
+        except Exception as exc:
+            error, no_leader = {"description": f"{type(exc).__name__}: {exc}"}, True
+        if no_leader:
+            # Its election's advisory brings it here again; one that came meanwhile makes this moot.
+            if self._elections.get(key, 0) == elections:
+                self._leaderless.add(key)
+                log.info("consumer_without_leader", stream=stream, consumer=consumer, error=error.get("description"))
             return False
-        self._leaderless.discard((stream, consumer))
-        error = answer.get("error")
+        self._leaderless.discard(key)
         if not error:
             log.info("consumer_leader_moved", stream=stream, consumer=consumer, to=preferred)
             return bool(answer.get("success"))
