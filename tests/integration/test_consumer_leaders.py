@@ -37,17 +37,29 @@ def cluster(tmp_path):
             node.kill()
 
 
-async def leaders(js, stream: str) -> tuple[str, dict[str, str | None]]:
+async def leaders(js, stream: str, count: int = CONSUMERS) -> tuple[str, dict[str, str | None]]:
+    """The stream's leader and each consumer's, each asked of itself (listing a stream's consumers may
+    take seconds, and come back partial, while leaderships change)."""
     info = await js.stream_info(stream)
-    consumers = await js.consumers_info(stream)
-    return info.cluster.leader, {c.name: c.cluster.leader for c in consumers}
+    found = {}
+    for i in range(count):
+        consumer = await js.consumer_info(stream, f"c{i}")
+        found[consumer.name] = consumer.cluster.leader if consumer.cluster else None
+    return info.cluster.leader, found
 
 
-async def until(check, timeout_s: float, what: str):
+async def listed_whole(js, stream: str, count: int) -> bool:
+    """Whether listing the stream's consumers gives them all (as the scheduler's sweep reads them)."""
+    return len(await js.consumers_info(stream)) == count
+
+
+async def until(check, timeout_s: float, what: str, per_try_s: float = 2.0):
+    """Until `check` answers true; a try that takes longer than `per_try_s` (an API call caught in an
+    election) is given up and made again."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            result = await check()
+            result = await asyncio.wait_for(check(), per_try_s)
             if result:
                 return result
         except Exception:  # an API call during an election: ask again
@@ -68,7 +80,7 @@ async def step_away(nc, js, stream: str) -> str:
 
 async def moved_away(js, stream: str, elsewhere: str) -> bool:
     _, consumers = await leaders(js, stream)
-    return len(consumers) == CONSUMERS and all(leader == elsewhere for leader in consumers.values())
+    return all(leader == elsewhere for leader in consumers.values())
 
 
 def moves(stream: str) -> float:
@@ -81,8 +93,8 @@ async def servers(js, stream: str) -> list[str]:
 
 
 async def aligned(js, stream: str, count: int = CONSUMERS) -> bool:
-    stream_leader, consumers = await leaders(js, stream)
-    return len(consumers) == count and all(leader == stream_leader for leader in consumers.values())
+    stream_leader, consumers = await leaders(js, stream, count)
+    return all(leader == stream_leader for leader in consumers.values())
 
 
 def test_consumers_follow_the_stream_leader_and_a_follower_may_die_without_a_pause(cluster):
@@ -110,6 +122,7 @@ async def consumers_follow_the_stream_leader(nodes) -> None:
         # One pass moves every consumer led elsewhere.
         elsewhere = await step_away(nc, js, stream)
         await until(lambda: moved_away(js, stream, elsewhere), 10, "the consumers' leaders did not move away from the stream's leader")
+        await until(lambda: listed_whole(js, stream, CONSUMERS), 20, "the stream's consumers were not listed", per_try_s=10)
         assert await alignment.align(stream) == CONSUMERS
         await until(lambda: aligned(js, stream), 10, "one pass did not bring the consumers to the stream's leader")
         assert await alignment.align(stream) == 0
@@ -167,19 +180,14 @@ async def leaderless_until_elected(nodes) -> None:
     # Everything on one server, as the scheduler keeps it; then that server dies.
     await ConsumerLeaderAlignment(setup, subjects.jobs_stream_prefix, lambda: [stream]).align(stream)
     await until(lambda: aligned(js, stream, consumers), 10, "the consumers were not brought to the stream's leader")
-    doomed, _ = await leaders(js, stream)
+    doomed, _ = await leaders(js, stream, consumers)
     await setup.close()
     survivors = [n.url for n in nodes if n.name != doomed]
     nc = await nats.connect(survivors)  # kept connected through the kill
     alignment = ConsumerLeaderAlignment(nc, subjects.jobs_stream_prefix, lambda: [stream], sweep_s=3600)
     # It knows every consumer's leader before the kill, as a running scheduler does from its sweeps
     # (the list is whole once no leadership is changing).
-    listing = nc.jetstream(timeout=10)
-
-    async def listed_whole() -> bool:
-        return len(await listing.consumers_info(stream)) == consumers
-
-    await until(listed_whole, 20, "the stream's consumers were not listed")
+    await until(lambda: listed_whole(nc.jetstream(timeout=10), stream, consumers), 20, "the stream's consumers were not listed", per_try_s=10)
     assert await alignment.align(stream) == 0
     elected: dict[str, float] = {}
 

@@ -7,6 +7,7 @@ import pytest
 
 from llmserve.common.liveness import LivenessTable
 from llmserve.model_worker.job_puller import JobPuller
+from llmserve.scheduler import queues as queues_module
 from llmserve.scheduler.queues import JobQueues
 from llmserve.scheduler.service import Scheduler
 from llmserve.scheduler.tenants import TenantLimits, TenantPolicy
@@ -308,3 +309,32 @@ async def test_doorbell_hints_spare_round_trips_and_a_lost_doorbell_is_swept_up(
         await taken[0].ack()
     finally:
         await puller.stop()
+
+
+async def test_after_a_reconnect_a_known_stream_takes_jobs_while_jetstreams_api_is_silent(nc, subjects, monkeypatch):
+    """A reconnect often means a server of the cluster died, maybe the one that led JetStream's API: the
+    stream as known before is published to without waiting for that API, and checked once it says nothing."""
+    queues = JobQueues(nc, subjects, max_queued_per_model=10)
+    await queues.ensure("m")
+    queues.forget_streams()
+
+    async def api_silent(*args, **kwargs) -> bool:
+        raise TimeoutError("JetStream's API is electing its leader")
+
+    monkeypatch.setattr(queues_module, "ensure_jobs_stream", api_silent)
+    assert await queues.publish(job("after-reconnect"), {})
+    info = await nc.jetstream().stream_info(subjects.jobs_stream("m"))
+    assert info.state.messages == 1
+    # The publish proved the stream: the next one does not ask the API either.
+    assert await queues.publish(job("next"), {})
+
+    # A model whose stream was never known waits for the API; the job, surely not stored, may be handed off.
+    handed: list[str] = []
+
+    async def hand_off(j: events_pb2.Job, headers: dict[str, str]) -> bool:
+        handed.append(j.request_id)
+        return True
+
+    assert await queues.publish(job("new-model", model="other"), {}, hand_off=hand_off)
+    assert handed == ["new-model"]
+    await nc.jetstream().delete_stream(subjects.jobs_stream("m"))

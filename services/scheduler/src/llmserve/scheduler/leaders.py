@@ -10,10 +10,11 @@ the stream leader's server dies the scheduler hands new jobs to workers directly
 
 So the scheduler asks each consumer led elsewhere to step down in favour of its stream's leader (a
 leader transfer, tens of milliseconds; workers confirm their acks, so none is lost across it). It acts
-on JetStream's leader-elected advisories, which name the new leader (so a move costs no lookup: the
-API that lists a stream's consumers may take seconds while leaders change), and sweeps the queues it
-knows every SWEEP_S through that API in case an advisory was missed. Several
-schedulers may do the same: a consumer already led by the preferred server answers "already
+on JetStream's leader-elected advisories, which name the new leader (the API that lists a stream's
+consumers may take seconds while leaders change): the stream's own moves every consumer known to be
+led elsewhere; a consumer's asks the stream for its leader first, since the one last seen may be
+the server that just died. It also sweeps the queues it knows every SWEEP_S through that API in
+case an advisory was missed. Several schedulers may do the same: a consumer already led by the preferred server answers "already
 leader", which changes nothing. A nats-server older than 2.11 knows no preferred leader: the
 scheduler logs that once and leaves leaders where they are.
 
@@ -48,8 +49,9 @@ _API_TIMEOUT_S = 2.0
 # Bound on listing a stream's consumers: the meta leader gathers them from their leaders, and waits
 # up to 4 s for those whose leadership just changed (the list then lacks them).
 _LIST_TIMEOUT_S = 6.0
-# A consumer's own election moves it at most this often: one whose preferred server cannot win (it
-# lags behind) is left to the next sweep rather than sent through election after election.
+# A consumer's own election moves it at most this often: a move does not always land on the preferred
+# server (the election that follows may go to another), and a consumer must not be sent through
+# election after election.
 _MOVE_EVERY_S = 2.0
 # JetStream's advisories (subject tokens: ... LEADER_ELECTED.<stream>[.<consumer>]).
 _STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
@@ -80,8 +82,10 @@ class ConsumerLeaderAlignment:
         self._consumer_leaders: dict[str, dict[str, str]] = {}
         # Elections seen per (stream, consumer): a stepdown unanswered while one came means nothing.
         self._elections: dict[tuple[str, str], int] = {}
-        # When a consumer's own election last moved it (see _MOVE_EVERY_S).
+        # When a consumer's own election last moved it (see _MOVE_EVERY_S), and the consumers being
+        # moved that way (True: another election came meanwhile, look again).
         self._followed_at: dict[tuple[str, str], float] = {}
+        self._following: dict[tuple[str, str], bool] = {}
         # Consumers found without a leader (a stepdown nobody answered), until an election names one.
         self._leaderless: set[tuple[str, str]] = set()
         self._subs: list = []
@@ -164,13 +168,27 @@ class ConsumerLeaderAlignment:
         return leader
 
     async def _follow(self, stream: str, consumer: str) -> None:
-        """After the consumer's own election: toward the stream's leader, unless it was moved just now."""
-        if time.monotonic() - self._followed_at.get((stream, consumer), -_MOVE_EVERY_S) < _MOVE_EVERY_S:
+        """After the consumer's own election: toward the stream's leader, at most every _MOVE_EVERY_S.
+        Elections while this runs make it look again once it is done (one such task per consumer)."""
+        key = (stream, consumer)
+        if key in self._following:
+            self._following[key] = True
             return
-        self._followed_at[stream, consumer] = time.monotonic()
-        leader = await self._stream_leader(stream)
-        if leader is not None and self._consumer_leaders[stream].get(consumer) != leader:
-            await self._move(stream, [consumer], leader)
+        self._following[key] = False
+        try:
+            while True:
+                wait = self._followed_at.get(key, -_MOVE_EVERY_S) + _MOVE_EVERY_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._followed_at[key] = time.monotonic()
+                leader = await self._stream_leader(stream)
+                if leader is not None and self._consumer_leaders[stream].get(consumer) != leader:
+                    await self._move(stream, [consumer], leader)
+                if not self._following[key]:
+                    return
+                self._following[key] = False
+        finally:
+            self._following.pop(key, None)
 
     async def align(self, stream: str) -> int:
         """Looks the leaders of `stream` and its consumers up and moves every consumer led elsewhere;

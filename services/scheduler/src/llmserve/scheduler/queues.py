@@ -70,6 +70,10 @@ class QueueState:
         return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, math.ceil(1.0 / self.drain_rate)))
 
 
+class _NothingPublished(Exception):
+    """JetStream's API did not answer the stream check, so the job was not published (and not stored)."""
+
+
 class JobQueues:
     def __init__(self, nc: NATS, subjects: Subjects, max_queued_per_model: int, replicas: int = 1) -> None:
         self._nc = nc
@@ -79,6 +83,8 @@ class JobQueues:
         self._replicas = replicas
         # Model -> whether its stream takes per-message TTLs; a model is here once its stream exists.
         self._streams: dict[str, bool] = {}
+        # The same, for streams known before a reconnect and not checked since (see forget_streams).
+        self._unchecked: dict[str, bool] = {}
         self.states: dict[str, QueueState] = {}
         # (stream, consumer) -> whether that consumer is known to have no leader (leaders.py, on a cluster).
         self.consumer_leaderless: Callable[[str, str], bool] = lambda stream, consumer: False
@@ -90,11 +96,25 @@ class JobQueues:
     async def ensure(self, model: str) -> bool:
         if model not in self._streams:
             self._streams[model] = await ensure_jobs_stream(self._nc, self._subjects, model, self._max_queued, self._replicas, _PUBLISH_TIMEOUT_S)
+            self._unchecked.pop(model, None)
             self.states.setdefault(model, QueueState())
         return self._streams[model]
 
+    async def _stream_for(self, model: str) -> bool:
+        """ensure(), except for a stream known before a reconnect: published to as it was, unchecked.
+        A reconnect often means a server of the cluster died, and JetStream's API may have no meta
+        leader for seconds while the stream itself lives on; a publish that finds no stream is followed
+        by the check (publish() drops the model from _unchecked)."""
+        if model in self._unchecked:
+            return self._unchecked[model]
+        try:
+            return await self.ensure(model)
+        except (TimeoutError, NatsTimeoutError, NoRespondersError, ServiceUnavailableError) as exc:
+            raise _NothingPublished from exc
+
     def forget_streams(self) -> None:
         """After a NATS reconnect the server may have lost its streams: check them again on next use."""
+        self._unchecked.update(self._streams)
         self._streams.clear()
 
     async def publish(
@@ -122,21 +142,24 @@ class JobQueues:
         maybe_stored = False
         while True:
             try:
-                msg_ttl = await self.ensure(job.model)
+                msg_ttl = await self._stream_for(job.model)
                 ack = await self._js.publish(
                     subject,
                     job.SerializeToString(),
                     timeout=_PUBLISH_TIMEOUT_S,
                     headers={**(trace_headers or {}), **self._headers(job, msg_ttl)},
                 )
+                if job.model in self._unchecked:
+                    self._streams[job.model] = self._unchecked.pop(job.model)
                 break
             except NotFoundError:
                 # The stream vanished (server restarted with fresh storage, or deleted): make it again.
                 self._streams.pop(job.model, None)
+                self._unchecked.pop(job.model, None)
                 if recreated:
                     raise
                 recreated = True
-            except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError, APIError) as exc:
+            except (TimeoutError, NatsTimeoutError, NoRespondersError, NoStreamResponseError, APIError, _NothingPublished) as exc:
                 if isinstance(exc, APIError) and exc.err_code in _STREAM_FULL_CODES:
                     state = self.states.setdefault(job.model, QueueState())
                     raise ServiceError.exhausted(
@@ -149,8 +172,10 @@ class JobQueues:
                 # No stream leader for a moment (a NATS server of a cluster died): JetStream's duplicate
                 # window makes publishing again harmless if the first one did land. "No responders"
                 # means nothing stored it: while every try says so, the job may run elsewhere.
-                refused = isinstance(exc, (NoRespondersError, NoStreamResponseError))
+                refused = isinstance(exc, (NoRespondersError, NoStreamResponseError, _NothingPublished))
                 maybe_stored = maybe_stored or not refused
+                if refused:
+                    self._unchecked.pop(job.model, None)  # no stream answered: check it before the next try
                 if refused and not maybe_stored and hand_off is not None and await hand_off(job, trace_headers or {}):
                     return True
                 if time.monotonic() >= give_up:
