@@ -184,6 +184,28 @@ async def test_a_client_that_gives_up_on_a_whole_answer_frees_the_worker(real_cl
     assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
     assert chunk.usage.completion_tokens < 2000
 
+
+async def test_a_cancel_that_comes_before_its_job_runs_still_stops_it(real_cluster):
+    """A router's cancel may come while the job still waits in the queue, or before the worker's engine
+    has it: the worker remembers it, and the job ends at once, cancelled, instead of running for nobody."""
+    rid = "rest-cancelled-before-start-1"
+    nc = await nats.connect(real_cluster.nats_url)
+    try:
+        cancel = events_pb2.Cancel(request_id=rid, reason="client_gone", max_attempt=0)
+        await nc.publish(f"{real_cluster.prefix}.cancel.{rid}", cancel.SerializeToString())
+        await nc.flush()
+    finally:
+        await nc.close()
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Write a long essay about rivers."}], "max_tokens": 2000,
+            "ignore_eos": True}
+    async with final_chunk_of(real_cluster, rid) as final, httpx.AsyncClient(timeout=60) as http:
+        reply = await http.post(f"{real_cluster.http_url}/v1/chat/completions", json=body, headers={"x-request-id": rid})
+        chunk = await asyncio.wait_for(final, 10)
+    assert reply.status_code == 200, reply.text
+    assert chunk.finish_reason == common_pb2.FINISH_REASON_CANCELLED
+    assert chunk.usage.completion_tokens == 0
+
+
 def test_playground_streams_an_answer(real_cluster):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

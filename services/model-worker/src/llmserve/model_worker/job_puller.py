@@ -34,8 +34,9 @@ from dataclasses import dataclass
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from llmserve.common.natsio import ensure_jobs_stream
 from llmserve.common.subjects import PRIORITIES_HIGH_FIRST, Subjects
@@ -53,6 +54,8 @@ _CONSUMER_IDLE_S = 24 * 3600.0
 _DEFAULT_MAX_QUEUED = 1000
 # Longest time a level found empty is skipped without a doorbell naming it.
 _FULL_SWEEP_S = 1.0
+# How long a worker starting keeps trying to make its consumers while JetStream does not answer.
+_CONSUMER_SETUP_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -122,11 +125,11 @@ class JobPuller:
             # The scheduler normally creates it; a worker that starts first creates it with defaults.
             await ensure_jobs_stream(self._nc, self._subjects, self._model, _DEFAULT_MAX_QUEUED, self._stream_replicas)
         for priority in PRIORITIES_HIGH_FIRST:
-            await self._add_consumer(
+            await self._add_consumer_patiently(
                 self._subjects.jobs_consumer(self._model, self._version, priority), self._subjects.jobs(self._model, self._version, priority)
             )
             if self._instance:
-                await self._add_consumer(*self._own(priority))
+                await self._add_consumer_patiently(*self._own(priority))
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._replies.put)
         if on_ring is not None:
 
@@ -143,6 +146,21 @@ class JobPuller:
             self._subjects.jobs_for_consumer(self._model, self._version, priority, instance),
             self._subjects.jobs_for(self._model, self._version, priority, instance),
         )
+
+    async def _add_consumer_patiently(self, durable: str, subject: str) -> None:
+        """_add_consumer, tried again while JetStream does not answer (for up to _CONSUMER_SETUP_S): on a
+        cluster, the answer comes from the consumer's leader, and an election (a server died, or the
+        scheduler moved its leadership: scheduler/leaders.py) may swallow it. Adding is idempotent."""
+        give_up = time.monotonic() + _CONSUMER_SETUP_S
+        while True:
+            try:
+                await self._add_consumer(durable, subject)
+                return
+            except (NatsTimeoutError, ServiceUnavailableError) as exc:
+                if time.monotonic() >= give_up:
+                    raise
+                log.info("consumer_setup_retrying", consumer=durable, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(0.5)
 
     async def _add_consumer(self, durable: str, subject: str) -> None:
         """Creates a durable pull consumer (the same call again is a no-op: same configuration)."""

@@ -27,6 +27,7 @@ from llmserve.common.subjects import DIRECT_UNTIL_HEADER, Subjects, attempt_key
 from llmserve.common.tracing import Context, SpanKind, end_span, extract, start_span
 from llmserve.model_worker import metrics
 from llmserve.model_worker.attach_book import AttachBook
+from llmserve.model_worker.cancels import RecentCancels
 from llmserve.model_worker.chunk_publisher import ChunkPublisher
 from llmserve.model_worker.constraints import ConstraintCompiler
 from llmserve.model_worker.engine import Engine, EngineOutput
@@ -97,6 +98,7 @@ class VersionServer:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         # Request id and attempt (see Job.attempt) of each running job, by job key.
         self._attempts: dict[str, tuple[str, int]] = {}
+        self._cancels = RecentCancels()
         self._pull_task: asyncio.Task[None] | None = None
         self._acks: set[asyncio.Task[None]] = set()
         self._draining = False
@@ -132,6 +134,8 @@ class VersionServer:
         self._pull_task = asyncio.create_task(self._pull_loop(), name=f"pull-loop-v{self.version}")
 
     def cancel(self, request: events_pb2.Cancel) -> None:
+        # Kept, for a job that does not run yet (queued, or taken and not in the engine yet).
+        self._cancels.record(request)
         for key, (request_id, attempt) in list(self._attempts.items()):
             # A cancel for an earlier attempt must not stop a migrated request this worker now runs.
             if request_id == request.request_id and attempt <= request.max_attempt and self.engine.cancel(key):
@@ -291,6 +295,15 @@ class VersionServer:
                 done = EngineOutput(finish_reason=common_pb2.FINISH_REASON_LENGTH, prompt_tokens=len(request.prompt_ids),
                                     completion_tokens=len(request.resume_ids))
                 await self._chunks.output(job, seq, done)
+                return
+            if self._cancels.covers(job.request_id, job.attempt):
+                # Cancelled before it reached the engine (nothing awaits between this check and the
+                # engine's knowing the job, so a later cancel finds it there).
+                log.info("job_cancelled_before_start", attempt=job.attempt)
+                span.add_event("cancelled")
+                await self._chunks.output(job, seq, EngineOutput(finish_reason=common_pb2.FINISH_REASON_CANCELLED,
+                                                                 prompt_tokens=len(request.prompt_ids),
+                                                                 completion_tokens=len(request.resume_ids)))
                 return
             async for out in self.engine.submit(request):
                 metrics.GENERATED_TOKENS.inc(len(out.token_ids))

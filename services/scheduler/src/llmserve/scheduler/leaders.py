@@ -51,7 +51,8 @@ _API_TIMEOUT_S = 2.0
 _LIST_TIMEOUT_S = 6.0
 # A consumer's own election moves it at most this often: a move does not always land on the preferred
 # server (the election that follows may go to another), and a consumer must not be sent through
-# election after election.
+# election after election. Past this many tries (the stream had no leader) the sweep takes over.
+_FOLLOW_TRIES = 15
 _MOVE_EVERY_S = 2.0
 # JetStream's advisories (subject tokens: ... LEADER_ELECTED.<stream>[.<consumer>]).
 _STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
@@ -133,12 +134,18 @@ class ConsumerLeaderAlignment:
             return
         consumer = tokens[6]
         consumers[consumer] = leader
+        self._note_new(stream, consumer)
         self._elections[stream, consumer] = self._elections.get((stream, consumer), 0) + 1
         self._leaderless.discard((stream, consumer))
         if self._stream_leaders.get(stream) != leader:
             # The stream's leader as last seen may be gone (its server died before it was replaced):
             # ask the stream before moving anything toward it.
             self._spawn(self._follow(stream, consumer))
+
+    def _note_new(self, stream: str, consumer: str) -> None:
+        """A consumer seen for the first time is likely being created right now: its creator waits for
+        its leader's answer, which a stepdown would cut off. Its first move waits _MOVE_EVERY_S."""
+        self._followed_at.setdefault((stream, consumer), time.monotonic())
 
     def _spawn(self, work) -> None:
         task = asyncio.create_task(self._quietly(work))
@@ -176,14 +183,17 @@ class ConsumerLeaderAlignment:
             return
         self._following[key] = False
         try:
-            while True:
+            for _ in range(_FOLLOW_TRIES):
                 wait = self._followed_at.get(key, -_MOVE_EVERY_S) + _MOVE_EVERY_S - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 self._followed_at[key] = time.monotonic()
-                leader = await self._stream_leader(stream)
+                try:
+                    leader = await self._stream_leader(stream)
+                except Exception:  # the stream has no leader yet either: ask again in a moment
+                    continue
                 if leader is not None and self._consumer_leaders[stream].get(consumer) != leader:
-                    await self._move(stream, [consumer], leader)
+                    await self._transfer(stream, [consumer], leader)
                 if not self._following[key]:
                     return
                 self._following[key] = False
@@ -197,12 +207,24 @@ class ConsumerLeaderAlignment:
         if leader is None:
             return 0
         found = {c.name: c.cluster.leader for c in await self._list_js.consumers_info(stream) if c.cluster and c.cluster.leader}
+        for name in found.keys() - self._consumer_leaders.get(stream, {}).keys():
+            self._note_new(stream, name)
         # The list may lack consumers whose leadership just changed: what it lacks is kept as last seen.
         self._consumer_leaders.setdefault(stream, {}).update(found)
         self._leaderless -= {(stream, name) for name in found}
         return await self._move(stream, [name for name, at in found.items() if at != leader], leader)
 
     async def _move(self, stream: str, consumers: list[str], leader: str) -> int:
+        now = time.monotonic()
+        settled = []
+        for name in consumers:
+            if now - self._followed_at.get((stream, name), -_MOVE_EVERY_S) < _MOVE_EVERY_S:
+                self._spawn(self._follow(stream, name))  # just made, or just moved: in a moment
+            else:
+                settled.append(name)
+        return await self._transfer(stream, settled, leader)
+
+    async def _transfer(self, stream: str, consumers: list[str], leader: str) -> int:
         moved = sum(await asyncio.gather(*(self._step_down(stream, name, leader) for name in consumers)))
         if moved:
             metrics.CONSUMER_LEADER_MOVES.labels(stream=stream).inc(moved)
