@@ -51,9 +51,13 @@ _API_TIMEOUT_S = 2.0
 _LIST_TIMEOUT_S = 6.0
 # A consumer's own election moves it at most this often: a move does not always land on the preferred
 # server (the election that follows may go to another), and a consumer must not be sent through
-# election after election. Past this many tries (the stream had no leader) the sweep takes over.
-_FOLLOW_TRIES = 15
+# election after election.
 _MOVE_EVERY_S = 2.0
+# Past this many tries at following its stream (which had no leader meanwhile) the sweep takes over.
+_FOLLOW_TRIES = 15
+# A consumer missing from the listings this long is gone (workers come and go, and their own
+# consumers with them): what is known of it is dropped.
+_FORGET_S = 60.0
 # JetStream's advisories (subject tokens: ... LEADER_ELECTED.<stream>[.<consumer>]).
 _STREAM_ELECTED = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.*"
 _CONSUMER_ELECTED = "$JS.EVENT.ADVISORY.CONSUMER.LEADER_ELECTED.*.*"
@@ -89,6 +93,8 @@ class ConsumerLeaderAlignment:
         self._following: dict[tuple[str, str], bool] = {}
         # Consumers found without a leader (a stepdown nobody answered), until an election names one.
         self._leaderless: set[tuple[str, str]] = set()
+        # When each consumer was last named by an advisory or a listing.
+        self._seen_at: dict[tuple[str, str], float] = {}
         self._subs: list = []
         self._tasks: set[asyncio.Task] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -135,6 +141,7 @@ class ConsumerLeaderAlignment:
         consumer = tokens[6]
         consumers[consumer] = leader
         self._note_new(stream, consumer)
+        self._seen_at[stream, consumer] = time.monotonic()
         self._elections[stream, consumer] = self._elections.get((stream, consumer), 0) + 1
         self._leaderless.discard((stream, consumer))
         if self._stream_leaders.get(stream) != leader:
@@ -207,12 +214,27 @@ class ConsumerLeaderAlignment:
         if leader is None:
             return 0
         found = {c.name: c.cluster.leader for c in await self._list_js.consumers_info(stream) if c.cluster and c.cluster.leader}
-        for name in found.keys() - self._consumer_leaders.get(stream, {}).keys():
+        known = self._consumer_leaders.setdefault(stream, {})
+        for name in found.keys() - known.keys():
             self._note_new(stream, name)
-        # The list may lack consumers whose leadership just changed: what it lacks is kept as last seen.
-        self._consumer_leaders.setdefault(stream, {}).update(found)
+        now = time.monotonic()
+        for name in found:
+            self._seen_at[stream, name] = now
+        for name in known.keys() - found.keys():
+            if now - self._seen_at.get((stream, name), now) > _FORGET_S:
+                self._forget(stream, name)
+        # The list may lack consumers whose leadership just changed: what it lacks is kept as last seen
+        # (for _FORGET_S).
+        known.update(found)
         self._leaderless -= {(stream, name) for name in found}
         return await self._move(stream, [name for name, at in found.items() if at != leader], leader)
+
+    def _forget(self, stream: str, consumer: str) -> None:
+        key = (stream, consumer)
+        self._consumer_leaders[stream].pop(consumer, None)
+        for table in (self._elections, self._followed_at, self._seen_at):
+            table.pop(key, None)
+        self._leaderless.discard(key)
 
     async def _move(self, stream: str, consumers: list[str], leader: str) -> int:
         now = time.monotonic()
