@@ -14,9 +14,9 @@ on JetStream's leader-elected advisories, which name the new leader (the API tha
 consumers may take seconds while leaders change): the stream's own moves every consumer known to be
 led elsewhere; a consumer's asks the stream for its leader first, since the one last seen may be
 the server that just died. It also sweeps the queues it knows every SWEEP_S through that API in
-case an advisory was missed. Several schedulers may do the same: a consumer already led by the preferred server answers "already
-leader", which changes nothing. A nats-server older than 2.11 knows no preferred leader: the
-scheduler logs that once and leaves leaders where they are.
+case an advisory was missed. Several schedulers may do the same: a stepdown toward the server that
+already leads is refused ("no suitable peers"), which changes nothing. A nats-server older than
+2.11 knows no preferred leader: the scheduler logs that once and leaves leaders where they are.
 
 When the server that leads a queue dies, its stream and each consumer elect new leaders one by one.
 Once the stream has one, jobs are stored again, but a consumer still without a leader would hold the
